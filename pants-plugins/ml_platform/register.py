@@ -1,0 +1,12 @@
+"""The ML platform backend: the `ml_model` target and how it is packaged."""
+
+from ml_platform import dependency_inference, package
+from ml_platform.target_types import MLModelTarget
+
+
+def rules():
+    return (*dependency_inference.rules(), *package.rules())
+
+
+def target_types():
+    return (MLModelTarget,)

@@ -1,0 +1,328 @@
+"""The `ml_model` target: one deployable model, with its own resolve and its own package."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from typing import Optional
+
+from pants.backend.python.subsystems.setup import PythonSetup
+from pants.backend.python.target_types import (
+    EntryPoint,
+    EntryPointField,
+    InterpreterConstraintsField,
+    PythonResolveField,
+)
+from pants.core.goals.package import OutputPathField
+from pants.engine.addresses import Address
+from pants.engine.target import (
+    COMMON_TARGET_FIELDS,
+    Dependencies,
+    DictStringToStringField,
+    FloatField,
+    IntField,
+    InvalidFieldException,
+    InvalidTargetException,
+    StringField,
+    Target,
+    ValidNumbers,
+)
+from pants.util.strutil import help_text, softwrap
+
+
+class Compute(Enum):
+    LOCAL = "local"
+    LAMBDA = "lambda"
+    FARGATE = "fargate"
+    ECS = "ecs"
+    EC2 = "ec2"
+
+
+# Lambda's documented limits.
+LAMBDA_MEMORY_RANGE_MIB = (128, 10240)
+LAMBDA_MAX_TIMEOUT_SECONDS = 900
+
+# Fargate task sizes: vCPU -> allowed memory (MiB). Fargate rejects every other pair.
+FARGATE_TASK_SIZES: dict[float, tuple[int, ...]] = {
+    0.25: (512, 1024, 2048),
+    0.5: tuple(range(1024, 4096 + 1, 1024)),
+    1: tuple(range(2048, 8192 + 1, 1024)),
+    2: tuple(range(4096, 16384 + 1, 1024)),
+    4: tuple(range(8192, 30720 + 1, 1024)),
+    8: tuple(range(16384, 61440 + 1, 4096)),
+    16: tuple(range(32768, 122880 + 1, 8192)),
+}
+
+# What a model gets when it leaves cpu/memory unset; each is a valid size for its compute.
+DEFAULT_CPU = 0.5
+DEFAULT_MEMORY_MIB = 1024
+
+
+def _describe_memory_choices(memories: tuple[int, ...]) -> str:
+    if len(memories) <= 3:
+        return ", ".join(str(m) for m in memories)
+    step = memories[1] - memories[0]
+    return f"{memories[0]}-{memories[-1]} in steps of {step}"
+
+
+class MLModelEntryPointField(EntryPointField):
+    alias = "entry_point"
+    required = True
+    help = help_text(
+        """
+        The model's handler class, as `<file>.py:<Class>` relative to this BUILD file's folder
+        (e.g. `model.py:Model`), or as `<module>:<Class>` with a full module name.
+
+        The class is instantiated once per worker; its optional `load()` method is called once,
+        with the model's artifacts available, and its `predict()` method answers requests. The
+        file's `python_sources` target is added to the model's dependencies automatically.
+        """
+    )
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[str], address: Address) -> EntryPoint:
+        value = super().compute_value(raw_value, address)
+        assert value is not None  # required = True
+        if not value.function or "." in value.function:
+            raise InvalidFieldException(
+                softwrap(
+                    f"""
+                    The `{cls.alias}` field in target {address} must name a class, as
+                    `model.py:Model` (a file in this BUILD file's folder and a class in it) or
+                    `package.module:Model`, but it was {raw_value!r}.
+                    """
+                )
+            )
+        return value
+
+
+class MLModelResolveField(PythonResolveField):
+    alias = "resolve"
+    help = help_text(
+        """
+        The model's own resolve in `[python].resolves` (its lockfile). Every model has one, so
+        no model forces a dependency version on another.
+
+        Defaults to the name of the model's folder: `models/iris:iris` uses the resolve `iris`.
+        The model's `python_sources` and `python_requirements` must use the same resolve.
+        """
+    )
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[str], address: Address) -> str:
+        value = super().compute_value(raw_value, address)
+        return value or os.path.basename(address.spec_path) or address.target_name
+
+    def normalized_value(self, python_setup: PythonSetup) -> str:
+        # Pants' own error lists the known resolves; a model author needs the line to add.
+        if python_setup.enable_resolves and self.value not in python_setup.resolves:
+            lockfile = os.path.join(self.address.spec_path, f"{self.value}.lock")
+            raise InvalidFieldException(
+                softwrap(
+                    f"""
+                    The ml_model target {self.address} uses the resolve {self.value!r} (its
+                    `{self.alias}` field, which defaults to the model's folder name), but
+                    pants.toml does not declare it. Add this line under [python.resolves] in
+                    pants.toml:
+
+                        {self.value} = "{lockfile}"
+
+                    then run `./pants generate-lockfiles --resolve={self.value}`.
+                    """
+                )
+            )
+        return super().normalized_value(python_setup)
+
+
+class MLModelVersionField(IntField):
+    alias = "version"
+    default = 1
+    help = help_text(
+        """
+        The model's API version, an integer >= 1: it appears in the model's URLs as
+        `/v<version>/...` and in the Open Inference Protocol routes. Bump it for a breaking
+        change to the model's inputs or outputs; several versions can be live at once.
+        """
+    )
+
+    valid_numbers = ValidNumbers.positive_only
+
+
+class MLModelComputeField(StringField):
+    alias = "compute"
+    default = Compute.LOCAL.value
+    valid_choices = Compute
+    help = help_text(
+        """
+        Where the model runs when deployed: `local` (a container or process on this machine),
+        `lambda` (AWS Lambda, container image), `fargate` (ECS on Fargate), `ecs` (ECS on EC2
+        capacity, the one that offers GPUs) or `ec2` (a plain EC2 instance).
+        """
+    )
+
+
+class MLModelCpuField(FloatField):
+    alias = "cpu"
+    default = None
+    help = help_text(
+        f"""
+        vCPUs reserved for the model (e.g. `0.25`, `1`, `4`). Defaults to {DEFAULT_CPU}. On
+        `fargate` it must form a Fargate task size with `memory`; on `lambda` it cannot be set
+        (Lambda allots CPU in proportion to memory).
+        """
+    )
+
+    valid_numbers = ValidNumbers.positive_only
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[float], address: Address) -> Optional[float]:
+        # `cpu=1` is as natural as `cpu=0.5`; FloatField alone would reject the int.
+        if isinstance(raw_value, int) and not isinstance(raw_value, bool):
+            raw_value = float(raw_value)
+        return super().compute_value(raw_value, address)
+
+
+class MLModelMemoryField(IntField):
+    alias = "memory"
+    default = None
+    help = help_text(
+        f"""
+        Memory for the model in MiB. Defaults to {DEFAULT_MEMORY_MIB}. On `lambda` it must be
+        within {LAMBDA_MEMORY_RANGE_MIB[0]}-{LAMBDA_MEMORY_RANGE_MIB[1]}; on `fargate` it must
+        form a Fargate task size with `cpu`.
+        """
+    )
+
+    valid_numbers = ValidNumbers.positive_only
+
+
+class MLModelGpuField(IntField):
+    alias = "gpu"
+    default = 0
+    help = help_text(
+        """
+        Number of GPUs the model needs. Only `ecs`, `ec2` and `local` can provide GPUs: Lambda
+        and Fargate have none.
+        """
+    )
+
+    valid_numbers = ValidNumbers.positive_and_zero
+
+
+class MLModelTimeoutField(IntField):
+    alias = "timeout"
+    default = 60
+    help = help_text(
+        f"""
+        Seconds one request may take before it is answered with a timeout error. On `lambda` it
+        is also the function timeout, at most {LAMBDA_MAX_TIMEOUT_SECONDS}.
+        """
+    )
+
+    valid_numbers = ValidNumbers.positive_only
+
+
+class MLModelEnvField(DictStringToStringField):
+    alias = "env"
+    help = help_text(
+        """
+        Environment variables set for the model's process, e.g.
+        `env={"OMP_NUM_THREADS": "1"}`. Never put secrets here: BUILD files live in git.
+        """
+    )
+
+
+class MLModelDependenciesField(Dependencies):
+    help = help_text(
+        """
+        Addresses of what the model needs beyond its entry point's file, which is added
+        automatically: artifacts (`resources` targets), shared code, extra requirements.
+        Everything must be in the model's resolve (or, for shared code, parametrized over it).
+        """
+    )
+
+
+class MLModelOutputPathField(OutputPathField):
+    pass
+
+
+class MLModelTarget(Target):
+    alias = "ml_model"
+    core_fields = (
+        *COMMON_TARGET_FIELDS,
+        MLModelEntryPointField,
+        MLModelResolveField,
+        MLModelVersionField,
+        MLModelComputeField,
+        MLModelCpuField,
+        MLModelMemoryField,
+        MLModelGpuField,
+        MLModelTimeoutField,
+        MLModelEnvField,
+        MLModelDependenciesField,
+        InterpreterConstraintsField,
+        MLModelOutputPathField,
+    )
+    help = help_text(
+        """
+        A machine-learning model served behind a generated REST API.
+
+        The model is a folder with its code, artifacts and requirements. It has its own resolve
+        (lockfile) and is packaged with exactly those dependencies: `pants package` builds it,
+        `pants deploy` ships it to its declared `compute`.
+        """
+    )
+
+    def validate(self) -> None:
+        compute = Compute(self[MLModelComputeField].value)
+        cpu = self[MLModelCpuField].value
+        memory = self[MLModelMemoryField].value
+        gpu = self[MLModelGpuField].value
+        timeout = self[MLModelTimeoutField].value
+
+        def invalid(field: str, message: str) -> InvalidTargetException:
+            return InvalidTargetException(
+                f"The `{field}` field in target {self.address} (compute={compute.value!r}) "
+                f"{message}"
+            )
+
+        if gpu and compute in (Compute.LAMBDA, Compute.FARGATE):
+            raise invalid(
+                MLModelGpuField.alias,
+                f"is {gpu}, but {compute.value} has no GPUs. Use compute='ecs' or 'ec2' for GPU "
+                "models, or remove `gpu`.",
+            )
+        if compute == Compute.LAMBDA:
+            if cpu is not None:
+                raise invalid(
+                    MLModelCpuField.alias,
+                    "cannot be set: Lambda allots CPU in proportion to `memory`. Remove `cpu`.",
+                )
+            low, high = LAMBDA_MEMORY_RANGE_MIB
+            if memory is not None and not low <= memory <= high:
+                raise invalid(
+                    MLModelMemoryField.alias,
+                    f"is {memory} MiB, but Lambda allows {low}-{high} MiB.",
+                )
+            if timeout > LAMBDA_MAX_TIMEOUT_SECONDS:
+                raise invalid(
+                    MLModelTimeoutField.alias,
+                    f"is {timeout} s, but Lambda allows at most {LAMBDA_MAX_TIMEOUT_SECONDS} s.",
+                )
+        if compute == Compute.FARGATE:
+            effective_cpu = DEFAULT_CPU if cpu is None else cpu
+            effective_memory = DEFAULT_MEMORY_MIB if memory is None else memory
+            allowed = FARGATE_TASK_SIZES.get(effective_cpu)
+            if allowed is None:
+                choices = ", ".join(f"{c:g}" for c in FARGATE_TASK_SIZES)
+                raise invalid(
+                    MLModelCpuField.alias,
+                    f"is {effective_cpu:g} vCPU, which Fargate does not offer. Allowed: {choices}.",
+                )
+            if effective_memory not in allowed:
+                raise invalid(
+                    MLModelMemoryField.alias,
+                    f"is {effective_memory} MiB, which Fargate does not offer with "
+                    f"{effective_cpu:g} vCPU. Allowed with {effective_cpu:g} vCPU: "
+                    f"{_describe_memory_choices(allowed)} MiB.",
+                )
