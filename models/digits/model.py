@@ -1,13 +1,13 @@
 """Serving handler for the handwritten digit classifier."""
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import joblib
 import numpy as np
 import xgboost as xgb
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
+from ml_shared.artifacts import artifact_path
+
 PIXELS = 64  # 8x8 image, row-major
 
 
@@ -28,9 +28,9 @@ class Model:
 
     def load(self) -> None:
         # Done here rather than at import so importing the module stays cheap.
-        self._scaler = joblib.load(ARTIFACTS / "scaler.joblib")
+        self._scaler = joblib.load(artifact_path(__file__, "scaler.joblib"))
         self._booster = xgb.Booster()
-        self._booster.load_model(ARTIFACTS / "booster.ubj")
+        self._booster.load_model(artifact_path(__file__, "booster.ubj"))
 
     def predict(self, images: list[list[float]]) -> list[Prediction]:
         # Validate before numpy: a ragged batch would otherwise surface as an

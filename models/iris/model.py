@@ -1,12 +1,11 @@
 """Serving handler for the iris species classifier."""
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import joblib
 import numpy as np
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
+from ml_shared.artifacts import artifact_path
 
 
 @dataclass
@@ -34,7 +33,7 @@ class Model:
 
     def load(self) -> None:
         # Done here rather than at import so importing the module stays cheap.
-        self._clf = joblib.load(ARTIFACTS / "classifier.joblib")
+        self._clf = joblib.load(artifact_path(__file__, "classifier.joblib"))
         # Trained on species names, so classes_ is the column order of predict_proba.
         self._species = [str(name) for name in self._clf.classes_]
 

@@ -1,0 +1,1 @@
+"""Code shared by several models. Standard library only, so it fits every model's resolve."""

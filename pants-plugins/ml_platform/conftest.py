@@ -1,0 +1,124 @@
+"""A RuleRunner with the Python backend and this plugin, set up like the repo's pants.toml."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from ml_platform import register
+from ml_platform.package import MLModelFieldSet, ResolvedModelHandler
+from pants.backend.python import target_types_rules
+from pants.backend.python.dependency_inference import rules as python_dependency_inference
+from pants.backend.python.target_types import (
+    PythonRequirementTarget,
+    PythonSourcesGeneratorTarget,
+    PythonSourceTarget,
+)
+from pants.backend.python.util_rules import pex_from_targets, python_sources
+from pants.core.goals.package import BuiltPackage
+from pants.core.target_types import ResourcesGeneratorTarget, ResourceTarget
+from pants.core.target_types import rules as core_target_types_rules
+from pants.engine.rules import QueryRule
+from pants.testutil.rule_runner import RuleRunner
+
+
+def _repo_pex_cli_options() -> list[str]:
+    """The [pex-cli] options of the repo's pants.toml: GitHub, Pants' default, is unreachable."""
+    toml = Path("pants.toml").read_text()
+    section = toml[toml.index("[pex-cli]") :]
+
+    def value(key: str) -> str:
+        match = re.search(rf"^{key} = (.+)$", section, re.MULTILINE)
+        assert match, f"pants.toml [pex-cli] has no {key}"
+        return match.group(1).strip('"')
+
+    url_template = value("url_template").replace("%(homedir)s", str(Path.home()))
+    return [
+        f"--pex-cli-version={value('version')}",
+        f"--pex-cli-known-versions={value('known_versions')}",
+        f"--pex-cli-url-template={url_template}",
+    ]
+
+
+def runtime_sources() -> dict[str, str]:
+    """The platform runtime's files, from the test's sandbox, under their repo paths."""
+    for entry in sys.path:
+        package = Path(entry) / "ml_runtime"
+        if (package / "once.py").is_file():
+            return {
+                f"platform/ml_runtime/{path.name}": path.read_text()
+                for path in sorted(package.glob("*.py"))
+            }
+    raise AssertionError("ml_runtime is not in the sandbox: is //platform:ml_runtime a dependency?")
+
+
+# A lockfile for a resolve without requirements, as `generate-lockfiles` would write it.
+EMPTY_LOCKFILE = """\
+// --- BEGIN PANTS LOCKFILE METADATA: DO NOT EDIT OR REMOVE ---
+// {
+//   "version": 3,
+//   "valid_for_interpreter_constraints": ["CPython==3.11.*"],
+//   "generated_with_requirements": [],
+//   "manylinux": "manylinux2014",
+//   "requirement_constraints": [],
+//   "only_binary": [],
+//   "no_binary": []
+// }
+// --- END PANTS LOCKFILE METADATA ---
+{
+  "allow_builds": true, "allow_prereleases": false, "allow_wheels": true,
+  "build_isolation": true, "constraints": [], "locked_resolves": [], "path_mappings": {},
+  "pex_version": "2.1.137", "pip_version": "20.3.4-patched", "prefer_older_binary": false,
+  "requirements": [], "requires_python": ["==3.11.*"], "resolver_version": "pip-2020-resolver",
+  "style": "universal", "target_systems": ["linux", "mac"], "transitive": true, "use_pep517": null
+}
+"""
+
+
+@pytest.fixture
+def rule_runner() -> RuleRunner:
+    rule_runner = RuleRunner(
+        rules=[
+            *pex_from_targets.rules(),
+            *python_sources.rules(),
+            *python_dependency_inference.rules(),
+            *target_types_rules.rules(),
+            *core_target_types_rules(),
+            *register.rules(),
+            QueryRule(BuiltPackage, [MLModelFieldSet]),
+            QueryRule(ResolvedModelHandler, [MLModelFieldSet]),
+        ],
+        target_types=[
+            PythonSourcesGeneratorTarget,
+            PythonSourceTarget,
+            PythonRequirementTarget,
+            *register.target_types(),
+            ResourcesGeneratorTarget,
+            ResourceTarget,
+        ],
+    )
+    rule_runner.set_options(
+        [
+            "--source-root-patterns=['/platform', '/models/*']",
+            "--python-interpreter-constraints=['CPython==3.11.*']",
+            "--python-enable-resolves",
+            "--python-resolves={'m': 'models/m/m.lock', 'other': 'models/other/other.lock'}",
+            "--python-pip-version=20.3.4-patched",
+            "--python-infer-use-rust-parser",
+            "--python-bootstrap-search-path=['<PYENV>', '<PATH>']",
+            *_repo_pex_cli_options(),
+        ],
+        env_inherit={"PATH", "PYENV_ROOT", "HOME"},
+    )
+    rule_runner.write_files(
+        {
+            **runtime_sources(),
+            "platform/BUILD": "resources(name='ml_runtime', sources=['ml_runtime/*.py'])\n",
+            "models/m/m.lock": EMPTY_LOCKFILE,
+            "models/other/other.lock": EMPTY_LOCKFILE,
+        }
+    )
+    return rule_runner

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from textwrap import dedent
+
+import pytest
+
+from ml_platform.package import GENERATED_ENTRYPOINT_MODULE, MLModelFieldSet, ResolvedModelHandler
+from pants.core.goals.package import BuiltPackage
+from pants.engine.addresses import Address
+from pants.engine.internals.scheduler import ExecutionError
+from pants.testutil.rule_runner import RuleRunner
+
+MODEL = dedent(
+    """\
+    from dataclasses import dataclass
+    from pathlib import Path
+
+
+    @dataclass
+    class Point:
+        x: float
+        y: float
+
+
+    class Model:
+        def load(self) -> None:
+            self.scale = float((Path(__file__).parent / "artifacts" / "scale.txt").read_text())
+
+        def predict(self, points: list[Point]) -> list[float]:
+            return [self.scale * (p.x + p.y) for p in points]
+    """
+)
+
+
+def write_model(rule_runner: RuleRunner, build: str) -> None:
+    rule_runner.write_files(
+        {
+            "models/m/model.py": MODEL,
+            "models/m/artifacts/scale.txt": "10\n",
+            "models/m/BUILD": build,
+        }
+    )
+
+
+def field_set(rule_runner: RuleRunner, address: Address) -> MLModelFieldSet:
+    return MLModelFieldSet.create(rule_runner.get_target(address))
+
+
+def test_package_runs_handler_on_json(rule_runner: RuleRunner, tmp_path: Path) -> None:
+    write_model(
+        rule_runner,
+        dedent(
+            """\
+            python_sources(name="src", resolve="m")
+            resources(name="artifacts", sources=["artifacts/*"])
+            ml_model(entry_point="model.py:Model", version=2, dependencies=[":artifacts"],
+                     env={"MODEL_GREETING": "hi"})
+            """
+        ),
+    )
+    address = Address("models/m", target_name="m")
+    result = rule_runner.request(BuiltPackage, [field_set(rule_runner, address)])
+    assert [a.relpath for a in result.artifacts] == ["models.m/m.pex"]
+
+    # The PEX carries the model, its artifacts, the runtime and the generated entry point.
+    rule_runner.write_digest(result.digest, path_prefix="dist")
+    pex = Path(rule_runner.build_root, "dist/models.m/m.pex")
+    listing = subprocess.run(["unzip", "-Z1", str(pex)], check=True, capture_output=True, text=True)
+    names = set(listing.stdout.split())
+    for expected in (
+        "model.py",
+        "artifacts/scale.txt",
+        "ml_runtime/once.py",
+        f"{GENERATED_ENTRYPOINT_MODULE}.py",
+    ):
+        assert expected in names, f"{expected} missing from {sorted(names)}"
+
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"points": [{"x": 1, "y": 2}, {"x": 0.5, "y": 0}]}))
+    run = subprocess.run([str(pex), str(request)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [30.0, 5.0]
+
+    # Standard input works as well, and a schema violation is a clear input error (exit 2).
+    run = subprocess.run(
+        [str(pex)], input=json.dumps({"points": [{"x": "a", "y": 2}]}), capture_output=True, text=True
+    )
+    assert run.returncode == 2
+    assert "points[0].x: expected a number" in run.stderr
+
+    generated = subprocess.run(
+        ["unzip", "-p", str(pex), f"{GENERATED_ENTRYPOINT_MODULE}.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "'handler': 'model:Model'" in generated
+    assert "'version': 2" in generated
+    assert "'address': 'models/m:m'" in generated
+    pex_info = json.loads(
+        subprocess.run(["unzip", "-p", str(pex), "PEX-INFO"], check=True, capture_output=True).stdout
+    )
+    assert pex_info["entry_point"] == GENERATED_ENTRYPOINT_MODULE
+    assert pex_info["inject_env"] == {"MODEL_GREETING": "hi"}
+    assert pex_info["venv"] is True
+
+
+def test_handler_resolves_file_entry_point_to_module(rule_runner: RuleRunner) -> None:
+    write_model(
+        rule_runner,
+        'python_sources(name="src", resolve="m")\nml_model(entry_point="model.py:Model")\n',
+    )
+    handler = rule_runner.request(
+        ResolvedModelHandler, [field_set(rule_runner, Address("models/m", target_name="m"))]
+    )
+    assert handler == ResolvedModelHandler("model", "Model")
+
+
+def test_entry_point_without_sources_target(rule_runner: RuleRunner) -> None:
+    write_model(rule_runner, 'ml_model(entry_point="model.py:Model")\n')
+    with pytest.raises(ExecutionError) as excinfo:
+        rule_runner.request(
+            ResolvedModelHandler, [field_set(rule_runner, Address("models/m", target_name="m"))]
+        )
+    message = str(excinfo.value)
+    assert "models/m:m" in message
+    assert "the module `model`" in message
+    assert 'python_sources(resolve="m")' in message
+
+
+def test_undeclared_resolve_names_the_line_to_add(rule_runner: RuleRunner) -> None:
+    rule_runner.write_files(
+        {
+            "models/newmodel/model.py": MODEL,
+            "models/newmodel/BUILD": 'ml_model(entry_point="model.py:Model")\n',
+        }
+    )
+    with pytest.raises(ExecutionError) as excinfo:
+        rule_runner.request(
+            BuiltPackage,
+            [field_set(rule_runner, Address("models/newmodel", target_name="newmodel"))],
+        )
+    message = str(excinfo.value)
+    assert "models/newmodel:newmodel" in message
+    assert "pants.toml does not declare it" in message
+    assert 'newmodel = "models/newmodel/newmodel.lock"' in message
+    assert "--resolve=newmodel" in message
