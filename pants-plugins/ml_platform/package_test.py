@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import zipfile
 from pathlib import Path
 from textwrap import dedent
 
@@ -68,8 +69,10 @@ def test_package_runs_handler_on_json(rule_runner: RuleRunner, tmp_path: Path) -
     # The PEX carries the model, its artifacts, the runtime and the generated entry point.
     rule_runner.write_digest(result.digest, path_prefix="dist")
     pex = Path(rule_runner.build_root, "dist/models.m/m.pex")
-    listing = subprocess.run(["unzip", "-Z1", str(pex)], check=True, capture_output=True, text=True)
-    names = set(listing.stdout.split())
+    with zipfile.ZipFile(pex) as zf:
+        names = set(zf.namelist())
+        generated = zf.read(f"{GENERATED_ENTRYPOINT_MODULE}.py").decode()
+        pex_info = json.loads(zf.read("PEX-INFO"))
     for expected in (
         "model.py",
         "artifacts/scale.txt",
@@ -91,18 +94,9 @@ def test_package_runs_handler_on_json(rule_runner: RuleRunner, tmp_path: Path) -
     assert run.returncode == 2
     assert "points[0].x: expected a number" in run.stderr
 
-    generated = subprocess.run(
-        ["unzip", "-p", str(pex), f"{GENERATED_ENTRYPOINT_MODULE}.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
     assert "'handler': 'model:Model'" in generated
     assert "'version': 2" in generated
     assert "'address': 'models/m:m'" in generated
-    pex_info = json.loads(
-        subprocess.run(["unzip", "-p", str(pex), "PEX-INFO"], check=True, capture_output=True).stdout
-    )
     assert pex_info["entry_point"] == GENERATED_ENTRYPOINT_MODULE
     assert pex_info["inject_env"] == {"MODEL_GREETING": "hi"}
     assert pex_info["venv"] is True
