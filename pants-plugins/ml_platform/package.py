@@ -22,7 +22,7 @@ from pants.backend.python.target_types import (
     ResolvedPexEntryPoint,
     ResolvePexEntryPointRequest,
 )
-from pants.backend.python.util_rules.pex import Pex
+from pants.backend.python.util_rules.pex import Pex, PexLayout
 from pants.backend.python.util_rules.pex_from_targets import PexFromTargetsRequest
 from pants.backend.python.util_rules.python_sources import (
     PythonSourceFilesRequest,
@@ -148,6 +148,9 @@ async def package_ml_model(field_set: MLModelFieldSet, python_setup: PythonSetup
             # Installs into a venv on first run: artifacts are real files next to the code
             # (models open them by path) and later starts skip the unzip.
             additional_args=("--venv",),
+            # A directory with each dependency zipped on its own, cached by pex: a change to the
+            # model's code re-zips nothing but the code (a zipapp re-compresses every wheel).
+            layout=PexLayout.PACKED,
             description=f"Building the model package {output_filename}",
         ),
     )

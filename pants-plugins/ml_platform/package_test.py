@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import zipfile
 from pathlib import Path
 from textwrap import dedent
 
@@ -69,10 +68,11 @@ def test_package_runs_handler_on_json(rule_runner: RuleRunner, tmp_path: Path) -
     # The PEX carries the model, its artifacts, the runtime and the generated entry point.
     rule_runner.write_digest(result.digest, path_prefix="dist")
     pex = Path(rule_runner.build_root, "dist/models.m/m.pex")
-    with zipfile.ZipFile(pex) as zf:
-        names = set(zf.namelist())
-        generated = zf.read(f"{GENERATED_ENTRYPOINT_MODULE}.py").decode()
-        pex_info = json.loads(zf.read("PEX-INFO"))
+    # A packed PEX: a directory whose own files are the code, with each wheel zipped in .deps/.
+    assert pex.is_dir()
+    names = {str(path.relative_to(pex)) for path in pex.rglob("*") if path.is_file()}
+    generated = (pex / f"{GENERATED_ENTRYPOINT_MODULE}.py").read_text()
+    pex_info = json.loads((pex / "PEX-INFO").read_text())
     for expected in (
         "model.py",
         "artifacts/scale.txt",
@@ -83,13 +83,13 @@ def test_package_runs_handler_on_json(rule_runner: RuleRunner, tmp_path: Path) -
 
     request = tmp_path / "request.json"
     request.write_text(json.dumps({"points": [{"x": 1, "y": 2}, {"x": 0.5, "y": 0}]}))
-    run = subprocess.run([str(pex), str(request)], capture_output=True, text=True)
+    run = subprocess.run([str(pex / "__main__.py"), str(request)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == [30.0, 5.0]
 
     # Standard input works as well, and a schema violation is a clear input error (exit 2).
     run = subprocess.run(
-        [str(pex)], input=json.dumps({"points": [{"x": "a", "y": 2}]}), capture_output=True, text=True
+        [str(pex / "__main__.py")], input=json.dumps({"points": [{"x": "a", "y": 2}]}), capture_output=True, text=True
     )
     assert run.returncode == 2
     assert "points[0].x: expected a number" in run.stderr

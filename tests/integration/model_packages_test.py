@@ -6,27 +6,22 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import zipfile
 from pathlib import Path
 
 import pytest
 
 PACKAGES = {"iris": Path("models.iris/iris.pex"), "digits": Path("models.digits/digits.pex")}
+# Packed PEXes are directories; this is how they are run.
+MAIN = "__main__.py"
 # What each model's requirements.txt pins, and what must therefore never leak into the other.
 SKLEARN = {"iris": "1.3.2", "digits": "1.5.2"}
 NUMPY_MAJOR = {"iris": "1", "digits": "2"}
 
 
 def installed_distributions(pex: Path) -> dict[str, str]:
-    """{project name: version} of the wheels inside a PEX."""
-    with zipfile.ZipFile(pex) as zf:
-        wheels = {
-            name.split("/")[1]
-            for name in zf.namelist()
-            if name.startswith(".deps/") and name.split("/")[1].endswith(".whl")
-        }
+    """{project name: version} of the wheels inside a (packed) PEX."""
     distributions = {}
-    for wheel in wheels:
+    for wheel in (path.name for path in (pex / ".deps").glob("*.whl")):
         project, version = wheel.split("-")[:2]
         distributions[project.lower().replace("_", "-")] = version
     return distributions
@@ -50,7 +45,7 @@ def test_package_holds_only_its_own_dependencies(model: str) -> None:
 @pytest.mark.parametrize("model", sorted(PACKAGES))
 def test_package_imports_its_own_versions(model: str) -> None:
     result = subprocess.run(
-        [str(PACKAGES[model]), "-c", "import sklearn, numpy; print(sklearn.__version__, numpy.__version__)"],
+        [str(PACKAGES[model] / MAIN), "-c", "import sklearn, numpy; print(sklearn.__version__, numpy.__version__)"],
         env={**os.environ, "PEX_INTERPRETER": "1"},
         capture_output=True,
         text=True,
@@ -63,7 +58,7 @@ def test_package_imports_its_own_versions(model: str) -> None:
 
 def run_package(model: str, request: dict) -> list[dict]:
     result = subprocess.run(
-        [str(PACKAGES[model])], input=json.dumps(request), capture_output=True, text=True
+        [str(PACKAGES[model] / MAIN)], input=json.dumps(request), capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -89,7 +84,7 @@ def test_digits_predicts_held_out_images() -> None:
 
 def test_bad_input_is_reported_with_the_field_path() -> None:
     result = subprocess.run(
-        [str(PACKAGES["iris"])],
+        [str(PACKAGES["iris"] / MAIN)],
         input=json.dumps({"flowers": [{"sepal_length": 5.1}]}),
         capture_output=True,
         text=True,
