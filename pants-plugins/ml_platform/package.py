@@ -3,7 +3,9 @@ dependencies, plus the platform runtime and a generated entry point."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import pprint
 from dataclasses import dataclass
 
@@ -13,6 +15,7 @@ from ml_platform.target_types import (
     MLModelEnvField,
     MLModelOutputPathField,
     MLModelResolveField,
+    MLModelServerField,
     MLModelTimeoutField,
     MLModelVersionField,
 )
@@ -28,10 +31,23 @@ from pants.backend.python.util_rules.python_sources import (
     PythonSourceFilesRequest,
     StrippedPythonSourceFiles,
 )
-from pants.core.goals.package import BuiltPackage, BuiltPackageArtifact, PackageFieldSet
-from pants.engine.fs import CreateDigest, Digest, FileContent
+from pants.backend.python.goals.package_pex_binary import PexBinaryFieldSet
+from pants.core.goals.package import (
+    BuiltPackage,
+    BuiltPackageArtifact,
+    EnvironmentAwarePackageRequest,
+    PackageFieldSet,
+)
+from pants.engine.addresses import UnparsedAddressInputs
+from pants.engine.fs import AddPrefix, CreateDigest, Digest, DigestEntries, FileContent, MergeDigests
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
-from pants.engine.target import TransitiveTargets, TransitiveTargetsRequest
+from pants.engine.target import (
+    DescriptionField,
+    InvalidFieldException,
+    Targets,
+    TransitiveTargets,
+    TransitiveTargetsRequest,
+)
 from pants.engine.unions import UnionRule
 from pants.util.frozendict import FrozenDict
 from pants.util.logging import LogLevel
@@ -42,6 +58,9 @@ logger = logging.getLogger(__name__)
 # The generated module that starts a packaged model. Its name is private to the platform so it
 # cannot shadow a model's own modules.
 GENERATED_ENTRYPOINT_MODULE = "__ml_model_main__"
+# Names inside a model's package directory.
+MODEL_PEX = "model.pex"
+SERVER_PEX = "server.pex"
 
 
 @dataclass(frozen=True)
@@ -54,6 +73,8 @@ class MLModelFieldSet(PackageFieldSet):
     compute: MLModelComputeField
     timeout: MLModelTimeoutField
     env: MLModelEnvField
+    description: DescriptionField
+    server: MLModelServerField
     output_path: MLModelOutputPathField
 
 
@@ -67,6 +88,7 @@ class ModelManifest:
     handler: str  # module:Class
     compute: str
     timeout: int
+    description: str
 
     def render_entrypoint(self) -> bytes:
         manifest = pprint.pformat(self.__dict__, sort_dicts=True)
@@ -76,7 +98,7 @@ class ModelManifest:
             f"MODEL = {manifest}\n"
             "\n"
             'if __name__ == "__main__":\n'
-            "    from ml_runtime.once import main\n"
+            "    from ml_runtime.entrypoint import main\n"
             "\n"
             "    raise SystemExit(main(MODEL))\n"
         ).encode()
@@ -116,6 +138,41 @@ async def resolve_model_handler(field_set: MLModelFieldSet) -> ResolvedModelHand
     return ResolvedModelHandler(module, entry_point.val.function)
 
 
+@dataclass(frozen=True)
+class BuiltServer:
+    """The model server's PEX, as `server.pex` at the root of `digest`."""
+
+    digest: Digest
+
+
+@rule(desc="Building the model server")
+async def build_server(server_field: MLModelServerField) -> BuiltServer:
+    targets = await Get(
+        Targets, UnparsedAddressInputs, server_field.to_unparsed_address_inputs()
+    )
+    if len(targets) != 1 or not PexBinaryFieldSet.is_applicable(targets[0]):
+        raise InvalidFieldException(
+            f"The `{server_field.alias}` field of {server_field.address} must name one "
+            f"`pex_binary` target, but it names {[t.address.spec for t in targets]}."
+        )
+    built = await Get(
+        BuiltPackage,
+        EnvironmentAwarePackageRequest(PexBinaryFieldSet.create(targets[0])),
+    )
+    (artifact,) = built.artifacts
+    assert artifact.relpath is not None
+    if artifact.relpath == SERVER_PEX:
+        return BuiltServer(built.digest)
+    # Put the server at a fixed name whatever the pex_binary's own output_path says.
+    entries = await Get(DigestEntries, Digest, built.digest)
+    renamed = [
+        dataclasses.replace(entry, path=SERVER_PEX + entry.path[len(artifact.relpath):])
+        for entry in entries
+        if entry.path == artifact.relpath or entry.path.startswith(artifact.relpath + "/")
+    ]
+    return BuiltServer(await Get(Digest, CreateDigest(renamed)))
+
+
 @rule(desc="Packaging ml_model", level=LogLevel.DEBUG)
 async def package_ml_model(field_set: MLModelFieldSet, python_setup: PythonSetup) -> BuiltPackage:
     # Fails with the line to add to pants.toml before any resolving starts.
@@ -128,6 +185,7 @@ async def package_ml_model(field_set: MLModelFieldSet, python_setup: PythonSetup
         handler=f"{handler.module}:{handler.class_name}",
         compute=field_set.compute.value,
         timeout=field_set.timeout.value,
+        description=field_set.description.value or "",
     )
     entrypoint = await Get(
         Digest,
@@ -135,26 +193,44 @@ async def package_ml_model(field_set: MLModelFieldSet, python_setup: PythonSetup
             [FileContent(f"{GENERATED_ENTRYPOINT_MODULE}.py", manifest.render_entrypoint())]
         ),
     )
-    output_filename = field_set.output_path.value_or_default(file_ending="pex")
-    pex = await Get(
-        Pex,
-        PexFromTargetsRequest(
-            [field_set.address],
-            output_filename=output_filename,
-            internal_only=False,
-            main=EntryPoint(GENERATED_ENTRYPOINT_MODULE),
-            inject_env=FrozenDict(field_set.env.value or {}),
-            additional_sources=entrypoint,
-            # Installs into a venv on first run: artifacts are real files next to the code
-            # (models open them by path) and later starts skip the unzip.
-            additional_args=("--venv",),
-            # A directory with each dependency zipped on its own, cached by pex: a change to the
-            # model's code re-zips nothing but the code (a zipapp re-compresses every wheel).
-            layout=PexLayout.PACKED,
-            description=f"Building the model package {output_filename}",
+    output_dir = field_set.output_path.value_or_default(file_ending=None)
+    model_pex_path = os.path.join(output_dir, MODEL_PEX)
+    model_pex, server = await MultiGet(
+        Get(
+            Pex,
+            PexFromTargetsRequest(
+                [field_set.address],
+                output_filename=model_pex_path,
+                internal_only=False,
+                main=EntryPoint(GENERATED_ENTRYPOINT_MODULE),
+                inject_env=FrozenDict(field_set.env.value or {}),
+                additional_sources=entrypoint,
+                # Installs into a venv on first run: artifacts are real files next to the code
+                # (models open them by path), later starts skip the unzip, and the server can
+                # start workers with the venv's interpreter directly.
+                additional_args=("--venv",),
+                # A directory with each dependency zipped on its own, cached by pex: a change to
+                # the model's code re-zips nothing but the code (a zipapp re-compresses every
+                # wheel).
+                layout=PexLayout.PACKED,
+                description=f"Building the model package {model_pex_path}",
+            ),
+        ),
+        Get(BuiltServer, MLModelServerField, field_set.server),
+    )
+    server_digest = await Get(Digest, AddPrefix(server.digest, output_dir))
+    digest = await Get(Digest, MergeDigests([model_pex.digest, server_digest]))
+    return BuiltPackage(
+        digest,
+        (
+            BuiltPackageArtifact(
+                output_dir,
+                extra_log_lines=(
+                    f"    serve it: {output_dir}/{MODEL_PEX}/__main__.py  (under dist/)",
+                ),
+            ),
         ),
     )
-    return BuiltPackage(pex.digest, (BuiltPackageArtifact(output_filename),))
 
 
 def rules():

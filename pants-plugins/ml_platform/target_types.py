@@ -23,6 +23,7 @@ from pants.engine.target import (
     IntField,
     InvalidFieldException,
     InvalidTargetException,
+    SpecialCasedDependencies,
     StringField,
     Target,
     ValidNumbers,
@@ -242,8 +243,27 @@ class MLModelDependenciesField(Dependencies):
     )
 
 
+class MLModelServerField(SpecialCasedDependencies):
+    alias = "server"
+    default = ("//platform:server",)
+    help = help_text(
+        """
+        The `pex_binary` of the model server (HTTP, Open Inference Protocol, Lambda) that the
+        model is served by. It runs from its own locked environment, never the model's, so its
+        dependencies cannot collide with the model's. Leave the default unless you are testing
+        another server.
+        """
+    )
+
+
 class MLModelOutputPathField(OutputPathField):
-    pass
+    help = help_text(
+        """
+        Where the model's package is written, relative to `dist/`: a directory holding the
+        model's PEX (`model.pex/`, the worker side) and the server (`server.pex`). Defaults to
+        the folder path with dots, then the target name (e.g. `models.iris/iris`).
+        """
+    )
 
 
 class MLModelTarget(Target):
@@ -260,6 +280,7 @@ class MLModelTarget(Target):
         MLModelTimeoutField,
         MLModelEnvField,
         MLModelDependenciesField,
+        MLModelServerField,
         InterpreterConstraintsField,
         MLModelOutputPathField,
     )

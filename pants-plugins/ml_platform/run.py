@@ -1,0 +1,34 @@
+"""`pants run` for `ml_model`: package the model, then serve it on this machine."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ml_platform.package import MODEL_PEX, MLModelFieldSet
+from pants.core.goals.package import BuiltPackage
+from pants.core.goals.run import RunFieldSet, RunInSandboxBehavior, RunRequest
+from pants.engine.rules import Get, collect_rules, rule
+from pants.engine.unions import UnionRule
+
+
+@dataclass(frozen=True)
+class MLModelRunFieldSet(MLModelFieldSet, RunFieldSet):
+    run_in_sandbox_behavior = RunInSandboxBehavior.NOT_SUPPORTED
+
+
+@rule(desc="Preparing to serve an ml_model")
+async def run_ml_model(field_set: MLModelRunFieldSet) -> RunRequest:
+    package = await Get(BuiltPackage, MLModelFieldSet, field_set)
+    (artifact,) = package.artifacts
+    assert artifact.relpath is not None
+    # The server prints its URL once the model is loaded; extra args go to the server
+    # (`pants run models/iris: -- --port 9000`).
+    return RunRequest(
+        digest=package.digest,
+        args=[os.path.join("{chroot}", artifact.relpath, MODEL_PEX, "__main__.py"), "serve"],
+    )
+
+
+def rules():
+    return (*collect_rules(), *MLModelRunFieldSet.rules(), UnionRule(RunFieldSet, MLModelRunFieldSet))

@@ -1,0 +1,55 @@
+"""Framing between the server (serving environment) and a worker (model environment).
+
+Each message is one frame: two 4-byte big-endian lengths, a JSON header of that many bytes and
+a raw body of that many bytes. Bodies stay bytes end to end, so binary inputs never pay for
+base64. Standard library only: both environments import this module.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, BinaryIO, Optional, Tuple
+
+_LENGTHS = struct.Struct(">II")
+LENGTHS_SIZE = _LENGTHS.size
+
+# Names the two inherited file descriptors ("<read>,<write>") a worker speaks the protocol on;
+# stdout stays free for the model's prints.
+WORKER_FDS_ENV = "ML_WORKER_FDS"
+
+
+def encode_frame(header: dict[str, Any], body: bytes = b"") -> bytes:
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    return _LENGTHS.pack(len(header_bytes), len(body)) + header_bytes + body
+
+
+def decode_lengths(prefix: bytes) -> Tuple[int, int]:
+    return _LENGTHS.unpack(prefix)
+
+
+def read_frame(stream: BinaryIO) -> Optional[Tuple[dict[str, Any], bytes]]:
+    """Blocking read of one frame; None on a clean end of stream."""
+    prefix = _read_exactly(stream, LENGTHS_SIZE)
+    if prefix is None:
+        return None
+    header_len, body_len = decode_lengths(prefix)
+    header = _read_exactly(stream, header_len)
+    body = _read_exactly(stream, body_len) if body_len else b""
+    if header is None or body is None:
+        raise EOFError("stream ended inside a frame")
+    return json.loads(header), body
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> Optional[bytes]:
+    chunks = []
+    remaining = size
+    while remaining:
+        chunk = stream.read(remaining)
+        if not chunk:
+            if remaining == size:
+                return None
+            raise EOFError("stream ended inside a frame")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)

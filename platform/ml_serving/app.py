@@ -1,0 +1,167 @@
+"""Routes a request to the model's workers: validation, errors, metrics and the access log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Any, Callable, Optional
+
+import fastjsonschema
+
+from ml_serving import oip
+from ml_serving.http import Request, Response
+from ml_serving.metrics import Metrics
+from ml_serving.openapi import build_openapi
+from ml_serving.workers import QueueFull, WorkerLost, WorkerPool, WorkerTimeout
+
+logger = logging.getLogger("ml_serving.app")
+
+JSON_TYPES = ("application/json", "")
+BINARY_TYPE = "application/octet-stream"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class ModelApp:
+    def __init__(self, manifest: dict[str, Any], pool: WorkerPool, metrics: Metrics,
+                 access_log: Callable[[str], Any] = sys.stdout.write) -> None:
+        self.name = manifest["name"]
+        self.version = int(manifest["version"])
+        self.manifest = manifest
+        self.pool = pool
+        self.metrics = metrics
+        self.access_log = access_log
+        self.accepting = True
+        self.endpoints: dict[str, dict[str, Any]] = {}
+        self.definitions: dict[str, Any] = {}
+        self.validators: dict[str, Callable[[Any], Any]] = {}
+        self.openapi = b"{}"
+        metrics.gauges["ml_queue_depth"] = lambda: pool.queue.qsize()
+        metrics.gauges["ml_workers_ready"] = lambda: pool.ready_workers
+
+    def describe(self, description: dict[str, Any]) -> None:
+        """Install the endpoints and schemas a worker reported after loading the model."""
+        self.endpoints = description["endpoints"]
+        self.definitions = definitions = description["definitions"]
+        for name, endpoint in self.endpoints.items():
+            schema = {**endpoint["request"], "components": {"schemas": definitions}}
+            self.validators[name] = fastjsonschema.compile(schema)
+        self.openapi = json.dumps(build_openapi(self.manifest, description)).encode()
+
+    @property
+    def ready(self) -> bool:
+        return self.accepting and self.pool.ready
+
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        request_id = request.headers.get("x-request-id", "")
+        if not _REQUEST_ID.match(request_id):
+            request_id = uuid.uuid4().hex
+        self.metrics.in_flight += 1
+        route = "other"
+        try:
+            route, response = await self._route(request, request_id)
+        except Exception:
+            logger.exception("request %s failed inside the server", request_id)
+            response = Response.json(500, {"error": "internal server error", "request_id": request_id})
+        finally:
+            self.metrics.in_flight -= 1
+        response.headers = {**(response.headers or {}), "x-request-id": request_id}
+        elapsed = time.perf_counter() - started
+        self.metrics.observe(route, request.method, response.status, elapsed)
+        self.access_log(json.dumps({
+            "ts": round(time.time(), 3), "request_id": request_id, "method": request.method,
+            "path": request.path, "status": response.status, "ms": round(elapsed * 1000, 3),
+            "bytes_in": len(request.body), "bytes_out": len(response.body),
+        }, separators=(",", ":")) + "\n")
+        return response
+
+    async def _route(self, request: Request, request_id: str) -> tuple[str, Response]:
+        path = request.path.rstrip("/") or "/"
+        method = request.method
+        prefix = f"/v{self.version}/"
+        if path.startswith(prefix) and path.count("/") == 2:
+            endpoint = path[len(prefix):]
+            route = f"/v{self.version}/{endpoint}" if endpoint in self.endpoints else "other"
+            if endpoint not in self.endpoints:
+                return route, self._not_found(request)
+            if method != "POST":
+                return route, _method_not_allowed("POST")
+            return route, await self._call(endpoint, request, request_id)
+        if path.startswith("/v2/"):
+            return await oip.route(self, request, path, request_id)
+        if path == "/metrics" and method == "GET":
+            return path, Response(200, self.metrics.render(), content_type="text/plain; version=0.0.4")
+        if path == "/openapi.json" and method == "GET":
+            return path, Response(200, self.openapi)
+        return "other", self._not_found(request)
+
+    def _not_found(self, request: Request) -> Response:
+        routes = [f"POST /v{self.version}/{e}" for e in sorted(self.endpoints)]
+        return Response.json(404, {"error": f"no route for {request.method} {request.path}",
+                                   "routes": routes + ["GET /openapi.json", "GET /metrics", "GET /v2/health/ready"]})
+
+    async def _call(self, endpoint: str, request: Request, request_id: str) -> Response:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        binary_parameter = self.endpoints[endpoint]["binary_parameter"]
+        if content_type == BINARY_TYPE and binary_parameter:
+            return await self.invoke(endpoint, request.body, request_id, binary_parameter)
+        if content_type not in JSON_TYPES:
+            accepted = "application/json" + (f" or {BINARY_TYPE}" if binary_parameter else "")
+            return Response.json(415, {"error": f"unsupported content type {content_type!r}; send {accepted}",
+                                       "request_id": request_id})
+        try:
+            payload = json.loads(request.body) if request.body else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return Response.json(400, {"error": "malformed JSON", "detail": str(e), "request_id": request_id})
+        error = self.validate(endpoint, payload)
+        if error is not None:
+            return Response.json(422, {**error, "request_id": request_id})
+        return await self.invoke(endpoint, request.body or b"{}", request_id)
+
+    def validate(self, endpoint: str, payload: Any) -> Optional[dict[str, Any]]:
+        try:
+            self.validators[endpoint](payload)
+        except fastjsonschema.JsonSchemaValueException as e:
+            # fastjsonschema names the root `data`: "data.flowers[0].x must be number".
+            field = e.name[len("data."):] if e.name.startswith("data.") else "<body>"
+            detail = e.message[len("data."):] if e.message.startswith("data.") else e.message
+            return {"error": "invalid request", "field": field, "detail": detail}
+        return None
+
+    async def invoke(self, endpoint: str, body: bytes, request_id: str,
+                     binary_parameter: Optional[str] = None) -> Response:
+        if not self.accepting:
+            return Response.json(503, {"error": "server is shutting down", "request_id": request_id})
+        try:
+            result = await self.pool.submit(endpoint, body, request_id, binary_parameter)
+        except QueueFull:
+            return Response.json(503, {"error": "server is at capacity; retry later", "request_id": request_id},
+                                 headers={"retry-after": "1"})
+        except WorkerTimeout:
+            return Response.json(504, {"error": f"the model did not answer within {self.pool.timeout:g} s",
+                                       "request_id": request_id})
+        except WorkerLost:
+            return Response.json(503, {"error": "the model worker died while handling this request; it is being restarted",
+                                       "request_id": request_id}, headers={"retry-after": "1"})
+        if result.status == 500:
+            return Response.json(500, {"error": "the model raised an exception; see the server log",
+                                       "request_id": request_id})
+        if result.status != 200:
+            return Response(result.status, _with_request_id(result.body, request_id))
+        return Response(200, result.body)
+
+
+def _with_request_id(body: bytes, request_id: str) -> bytes:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body
+    return json.dumps({**payload, "request_id": request_id}).encode()
+
+
+def _method_not_allowed(allowed: str) -> Response:
+    return Response.json(405, {"error": f"method not allowed; use {allowed}"}, headers={"allow": allowed})

@@ -1,0 +1,134 @@
+"""Starts the model server: workers from the model's environment, HTTP (or Lambda) in front.
+
+    server.pex --manifest '<json>' --worker-command '<json list>' [--port 8080] ...
+
+Every option also reads an environment variable (ML_PORT, ML_WORKERS, ...) so that an image can
+be tuned without changing its command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Optional, Sequence
+
+from ml_serving.app import ModelApp
+from ml_serving.http import HttpProtocol
+from ml_serving.metrics import Metrics
+from ml_serving.workers import WorkerPool
+
+logger = logging.getLogger("ml_serving")
+
+
+class ModelLoadError(Exception):
+    pass
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="ml-serve", description="Serve one model over HTTP.")
+    parser.add_argument("--manifest", required=True, help="The model's manifest, as JSON.")
+    parser.add_argument("--worker-command", required=True,
+                        help="JSON list: the command that starts one worker in the model's environment.")
+    parser.add_argument("--host", default=env("ML_HOST", "127.0.0.1"), help="Address to listen on (ML_HOST).")
+    parser.add_argument("--port", type=int, default=int(env("ML_PORT", env("PORT", "8080"))),
+                        help="Port to listen on; 0 picks a free one (ML_PORT, PORT).")
+    parser.add_argument("--workers", type=int, default=int(env("ML_WORKERS", "0")) or os.cpu_count() or 1,
+                        help="Worker processes (ML_WORKERS); default: one per core.")
+    parser.add_argument("--max-queue", type=int, default=int(env("ML_MAX_QUEUE", "64")),
+                        help="Requests waiting for a worker before answering 503 (ML_MAX_QUEUE).")
+    parser.add_argument("--timeout", type=float, default=float(env("ML_TIMEOUT", "0")) or None,
+                        help="Seconds per request before 504 (ML_TIMEOUT); default: the model's `timeout`.")
+    parser.add_argument("--max-body-bytes", type=int, default=int(env("ML_MAX_BODY_BYTES", str(32 * 2**20))),
+                        help="Largest request body accepted, else 413 (ML_MAX_BODY_BYTES).")
+    parser.add_argument("--shutdown-grace", type=float, default=float(env("ML_SHUTDOWN_GRACE", "30")),
+                        help="Seconds to finish in-flight requests after SIGTERM (ML_SHUTDOWN_GRACE).")
+    parser.add_argument("--ready-file", default=env("ML_READY_FILE"),
+                        help="Write the bound URL to this file once ready (for scripts and tests).")
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    manifest = json.loads(args.manifest)
+    metrics = Metrics(manifest["name"], manifest["version"])
+    pool = WorkerPool(
+        json.loads(args.worker_command),
+        count=args.workers,
+        max_queue=args.max_queue,
+        timeout=args.timeout or float(manifest.get("timeout", 60)),
+        metrics=metrics,
+    )
+    app = ModelApp(manifest, pool, metrics)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    try:
+        await pool.start()
+    except Exception as e:
+        raise ModelLoadError(f"the model could not be loaded ({e}); the worker's log is above") from None
+    assert pool.description is not None
+    app.describe(pool.description)
+
+    if os.environ.get("AWS_LAMBDA_RUNTIME_API"):
+        from ml_serving import lambda_runtime
+
+        runtime = asyncio.ensure_future(lambda_runtime.run(app, os.environ["AWS_LAMBDA_RUNTIME_API"]))
+        await asyncio.wait([runtime, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        runtime.cancel()
+        await pool.stop(args.shutdown_grace)
+        return 0
+
+    connections: set = set()
+    server = await loop.create_server(
+        lambda: HttpProtocol(app.handle, args.max_body_bytes, connections), args.host, args.port,
+        reuse_address=True, backlog=1024,
+    )
+    host, port = server.sockets[0].getsockname()[:2]
+    url = f"http://{host}:{port}"
+    print(json.dumps({"event": "serving", "model": manifest["address"], "url": url,
+                      "predict": f"{url}/v{manifest['version']}/predict", "workers": args.workers}), flush=True)
+    if args.ready_file:
+        with open(args.ready_file + ".tmp", "w") as f:
+            f.write(url)
+        os.replace(args.ready_file + ".tmp", args.ready_file)
+
+    await stop.wait()
+    # Graceful stop: refuse new connections, finish what is in flight, then stop the workers.
+    app.accepting = False
+    server.close()
+    deadline = loop.time() + args.shutdown_grace
+    while (pool.in_flight or not pool.queue.empty() or metrics.in_flight) and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    for connection in list(connections):
+        connection.close_when_idle()
+    await pool.stop(max(0.0, deadline - loop.time()))
+    print(json.dumps({"event": "stopped", "model": manifest["address"]}), flush=True)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=os.environ.get("ML_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(message)s")
+    args = parse_args(argv)
+    # Access log lines must reach log collectors as they happen, not when a buffer fills.
+    sys.stdout.reconfigure(line_buffering=True)
+    try:
+        from uvloop import run
+    except ImportError:  # the locked serving environment has it; plain asyncio also works
+        run = asyncio.run
+    try:
+        return run(serve(args))
+    except ModelLoadError as e:
+        print(json.dumps({"event": "failed", "error": str(e)}), file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Open Inference Protocol (KServe / Triton "v2") routes, mapped onto the model's `predict`.
+
+Tensors map onto `predict`'s parameters by name (or, when it has one parameter, whatever the
+single input is called). A tensor whose last dimension matches an all-numeric record type
+(e.g. `list[Flower]` with four float fields) becomes a list of those records, in field order.
+Outputs: one tensor per field of the returned records, or one tensor `output` for a plain list.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from ml_serving.http import Request, Response
+
+if TYPE_CHECKING:
+    from ml_serving.app import ModelApp
+
+NUMERIC = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+           "FP16", "FP32", "FP64"}
+
+
+class TensorError(ValueError):
+    pass
+
+
+async def route(app: "ModelApp", request: Request, path: str, request_id: str) -> tuple[str, Response]:
+    parts = path.split("/")[2:]  # after "/v2"
+    method = request.method
+    if parts == ["health", "live"]:
+        return "/v2/health/live", Response.json(200, {"live": True})
+    if parts == ["health", "ready"]:
+        return "/v2/health/ready", _ready(app)
+    if parts == []:
+        return "/v2", Response.json(200, {"name": "ml-platform", "version": "1", "extensions": []})
+    if len(parts) < 2 or parts[0] != "models" or parts[1] != app.name:
+        return "other", Response.json(404, {"error": f"no model {'/'.join(parts[1:2])!r}; this server serves {app.name!r}"})
+    rest = parts[2:]
+    if rest[:1] == ["versions"]:
+        if len(rest) < 2 or rest[1] != str(app.version):
+            return "other", Response.json(404, {"error": f"{app.name} has only version {app.version}"})
+        rest = rest[2:]
+    template = "/v2/models/{model}" + ("/" + "/".join(rest) if rest else "")
+    if rest == [] and method == "GET":
+        return template, Response.json(200, metadata(app))
+    if rest == ["ready"] and method == "GET":
+        return template, _ready(app)
+    if rest == ["infer"] and method == "POST":
+        return template, await infer(app, request, request_id)
+    return "other", Response.json(404, {"error": f"no route for {method} {request.path}"})
+
+
+def _ready(app: "ModelApp") -> Response:
+    return Response.json(200 if app.ready else 503, {"ready": app.ready})
+
+
+def metadata(app: "ModelApp") -> dict[str, Any]:
+    predict = app.endpoints.get("predict", {})
+    inputs = [
+        {"name": name, "datatype": _datatype_of_schema(schema, app), "shape": [-1]}
+        for name, schema in predict.get("request", {}).get("properties", {}).items()
+    ]
+    return {"name": app.name, "versions": [str(app.version)], "platform": "ml-platform",
+            "inputs": inputs, "outputs": []}
+
+
+async def infer(app: "ModelApp", request: Request, request_id: str) -> Response:
+    try:
+        body = json.loads(request.body)
+        if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
+            raise TensorError("an inference request needs an `inputs` list")
+        payload = _inputs_to_payload(app, body["inputs"])
+    except json.JSONDecodeError as e:
+        return Response.json(400, {"error": f"malformed JSON: {e}"})
+    except TensorError as e:
+        return Response.json(400, {"error": str(e)})
+    error = app.validate("predict", payload)
+    if error is not None:
+        return Response.json(422, {**error, "request_id": request_id})
+    response = await app.invoke("predict", json.dumps(payload).encode(), request_id)
+    if response.status != 200:
+        return response
+    outputs = _result_to_outputs(json.loads(response.body))
+    requested = {o.get("name") for o in body.get("outputs") or [] if isinstance(o, dict)}
+    if requested:
+        outputs = [o for o in outputs if o["name"] in requested]
+    return Response.json(200, {"model_name": app.name, "model_version": str(app.version),
+                               "id": body.get("id", request_id), "outputs": outputs})
+
+
+def _inputs_to_payload(app: "ModelApp", inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    request_schema = app.endpoints["predict"]["request"]
+    parameters = request_schema.get("properties", {})
+    payload = {}
+    for tensor in inputs:
+        name = tensor.get("name")
+        if name not in parameters:
+            if len(parameters) == 1 and len(inputs) == 1:
+                name = next(iter(parameters))
+            else:
+                raise TensorError(f"input {tensor.get('name')!r} matches no parameter of predict ({', '.join(parameters)})")
+        payload[name] = _tensor_to_value(tensor, parameters[name], app)
+    return payload
+
+
+def _tensor_to_value(tensor: dict[str, Any], schema: dict[str, Any], app: "ModelApp") -> Any:
+    shape, data, datatype = tensor.get("shape"), tensor.get("data"), tensor.get("datatype")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise TensorError(f"input {tensor.get('name')!r}: `shape` must be a list of non-negative integers")
+    if not isinstance(data, list):
+        raise TensorError(f"input {tensor.get('name')!r}: `data` must be a list")
+    flat = _flatten(data)
+    expected = 1
+    for d in shape:
+        expected *= d
+    if len(flat) != expected:
+        raise TensorError(f"input {tensor.get('name')!r}: shape {shape} needs {expected} values, got {len(flat)}")
+    if datatype == "BYTES" and schema.get("contentEncoding") == "base64" and shape in ([1], []):
+        return flat[0]
+    value = _reshape(flat, shape) if shape else flat[0]
+    record = _record_schema(schema, app)
+    if record is not None and shape and shape[-1] == len(record):
+        value = _rows_to_records(value, record, len(shape) - 1)
+    return value
+
+
+def _record_schema(schema: dict[str, Any], app: "ModelApp") -> list[str] | None:
+    """Field names of an all-numeric record type reached through arrays, if any."""
+    while schema.get("type") == "array":
+        schema = schema.get("items", {})
+    ref = schema.get("$ref", "")
+    if not ref:
+        return None
+    definition = app.definitions.get(ref.rsplit("/", 1)[-1], {})
+    properties = definition.get("properties", {})
+    if properties and all(p.get("type") in ("number", "integer") for p in properties.values()):
+        return list(properties)
+    return None
+
+
+def _rows_to_records(value: Any, fields: list[str], depth: int) -> Any:
+    if depth == 0:
+        return dict(zip(fields, value))
+    return [_rows_to_records(v, fields, depth - 1) for v in value]
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for item in data:
+        if isinstance(item, list):
+            out.extend(_flatten(item))
+        else:
+            out.append(item)
+    return out
+
+
+def _reshape(flat: list[Any], shape: list[int]) -> Any:
+    if len(shape) == 1:
+        return list(flat)
+    step = len(flat) // shape[0] if shape[0] else 0
+    return [_reshape(flat[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def _result_to_outputs(result: Any) -> list[dict[str, Any]]:
+    if isinstance(result, list) and result and all(isinstance(r, dict) for r in result):
+        names = list(result[0])
+        return [_tensor(name, [r.get(name) for r in result]) for name in names]
+    if isinstance(result, dict):
+        return [_tensor(name, value if isinstance(value, list) else [value]) for name, value in result.items()]
+    return [_tensor("output", result if isinstance(result, list) else [result])]
+
+
+def _tensor(name: str, values: list[Any]) -> dict[str, Any]:
+    shape = _shape(values)
+    flat = _flatten(values)
+    if all(isinstance(v, bool) for v in flat):
+        datatype = "BOOL"
+    elif all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
+        datatype = "INT64"
+    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
+        datatype = "FP64"
+    elif all(isinstance(v, str) for v in flat):
+        datatype = "BYTES"
+    else:  # records, maps: one JSON document per element
+        datatype, flat, shape = "BYTES", [json.dumps(v) for v in values], [len(values)]
+    return {"name": name, "datatype": datatype, "shape": shape, "data": flat}
+
+
+def _shape(values: Any) -> list[int]:
+    shape = []
+    while isinstance(values, list):
+        shape.append(len(values))
+        if not values or not all(isinstance(v, list) and len(v) == len(values[0]) for v in values):
+            if values and any(isinstance(v, list) for v in values):
+                return [len(values)]
+            break
+        values = values[0]
+    return shape
+
+
+def _datatype_of_schema(schema: dict[str, Any], app: "ModelApp") -> str:
+    while schema.get("type") == "array":
+        schema = schema.get("items", {})
+    if _record_schema(schema, app) is not None or schema.get("type") == "number":
+        return "FP64"
+    if schema.get("type") == "integer":
+        return "INT64"
+    if schema.get("type") == "boolean":
+        return "BOOL"
+    return "BYTES"

@@ -1,0 +1,263 @@
+"""A pool of model worker processes, each started from the model's own environment."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from ml_runtime import protocol
+
+logger = logging.getLogger("ml_serving.workers")
+
+
+class QueueFull(Exception):
+    """Every worker is busy and the queue is at its bound."""
+
+
+class WorkerLost(Exception):
+    """The worker died (crash, os._exit, OOM kill) while handling the request."""
+
+
+class WorkerTimeout(Exception):
+    """The request took longer than the model's timeout."""
+
+
+@dataclass(frozen=True)
+class WorkerResponse:
+    status: int
+    body: bytes
+
+
+@dataclass
+class _Job:
+    endpoint: str
+    body: bytes
+    request_id: str
+    binary_parameter: Optional[str]
+    future: asyncio.Future = field(repr=False)
+
+
+class _Worker:
+    """One worker process and the pipes to it; handles one job at a time."""
+
+    def __init__(self, index: int, command: Sequence[str], env: dict[str, str]) -> None:
+        self.index = index
+        self.command = list(command)
+        self.env = env
+        self.process: Optional[subprocess.Popen] = None
+        self.reader: Optional[asyncio.StreamReader] = None
+        self.writer: Optional[asyncio.WriteTransport] = None
+        self.description: Optional[dict[str, Any]] = None
+
+    async def start(self) -> dict[str, Any]:
+        """Start the process and wait until the model is loaded; returns its description."""
+        to_worker_r, to_worker_w = os.pipe()
+        from_worker_r, from_worker_w = os.pipe()
+        self.process = subprocess.Popen(
+            self.command,
+            env={**self.env, protocol.WORKER_FDS_ENV: f"{to_worker_r},{from_worker_w}"},
+            stdin=subprocess.DEVNULL,
+            pass_fds=(to_worker_r, from_worker_w),
+        )
+        os.close(to_worker_r)
+        os.close(from_worker_w)
+        loop = asyncio.get_running_loop()
+        self.reader = asyncio.StreamReader(limit=2**31)
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(self.reader), os.fdopen(from_worker_r, "rb", 0)
+        )
+        self.writer, _ = await loop.connect_write_pipe(
+            asyncio.BaseProtocol, os.fdopen(to_worker_w, "wb", 0)
+        )
+        header, body = await self._read_frame()
+        if header.get("type") != "ready":
+            raise RuntimeError(f"worker {self.index} failed to load the model:\n{header.get('error', header)}")
+        logger.info(
+            json.dumps({"event": "worker_ready", "worker": self.index, "pid": header["pid"],
+                        "load_seconds": round(header["load_seconds"], 3)})
+        )
+        self.description = json.loads(body)
+        return self.description
+
+    async def _read_frame(self) -> tuple[dict[str, Any], bytes]:
+        assert self.reader is not None
+        try:
+            prefix = await self.reader.readexactly(protocol.LENGTHS_SIZE)
+            header_len, body_len = protocol.decode_lengths(prefix)
+            header = json.loads(await self.reader.readexactly(header_len))
+            body = await self.reader.readexactly(body_len) if body_len else b""
+        except (asyncio.IncompleteReadError, ConnectionError):
+            raise WorkerLost(f"worker {self.index} exited") from None
+        return header, body
+
+    async def call(self, job: _Job) -> WorkerResponse:
+        if self.writer is None or self.writer.is_closing():
+            raise WorkerLost(f"worker {self.index} is gone")
+        self.writer.write(
+            protocol.encode_frame(
+                {"id": job.request_id, "endpoint": job.endpoint,
+                 "binary_parameter": job.binary_parameter},
+                job.body,
+            )
+        )
+        header, body = await self._read_frame()
+        return WorkerResponse(header["status"], body)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+        self._close()
+
+    async def stop(self, grace: float) -> None:
+        """Close the worker's input (it exits after its current job) and reap it."""
+        self._close()
+        if self.process is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.run_in_executor(None, self.process.wait), grace)
+        except asyncio.TimeoutError:
+            self.process.kill()
+            await loop.run_in_executor(None, self.process.wait)
+
+    def _close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class WorkerPool:
+    """Runs `count` workers, feeds them from a bounded queue and replaces the ones that die."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        count: int,
+        max_queue: int,
+        timeout: float,
+        env: Optional[dict[str, str]] = None,
+        metrics: Any = None,
+    ) -> None:
+        self.command = list(command)
+        self.count = count
+        self.timeout = timeout
+        self.env = dict(os.environ if env is None else env)
+        self.metrics = metrics
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
+        self.description: Optional[dict[str, Any]] = None
+        self.ready_workers = 0
+        self.busy_workers = 0
+        self._tasks: list[asyncio.Task] = []
+        self._workers: list[_Worker] = []
+        self._ids = itertools.count()
+        self._stopping = False
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_workers > 0 and not self._stopping
+
+    async def start(self) -> None:
+        """Start every worker; returns once the first one has loaded the model."""
+        first_ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        for index in range(self.count):
+            self._tasks.append(asyncio.create_task(self._run_worker(index, first_ready)))
+        await first_ready
+
+    async def submit(
+        self, endpoint: str, body: bytes, request_id: str, binary_parameter: Optional[str] = None
+    ) -> WorkerResponse:
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait(_Job(endpoint, body, request_id, binary_parameter, future))
+        except asyncio.QueueFull:
+            raise QueueFull() from None
+        return await future
+
+    async def _run_worker(self, index: int, first_ready: asyncio.Future) -> None:
+        restarts = 0
+        while not self._stopping:
+            worker = _Worker(index, self.command, self.env)
+            self._workers.append(worker)
+            try:
+                description = await worker.start()
+            except Exception as e:
+                self._workers.remove(worker)
+                worker.kill()
+                if not first_ready.done():
+                    first_ready.set_exception(e)
+                    return
+                logger.error(json.dumps({"event": "worker_start_failed", "worker": index, "error": str(e)}))
+                await asyncio.sleep(min(30, 0.5 * 2**restarts))
+                restarts += 1
+                continue
+            restarts = 0
+            self.description = self.description or description
+            self.ready_workers += 1
+            if not first_ready.done():
+                first_ready.set_result(None)
+            try:
+                await self._serve(worker)
+            finally:
+                self.ready_workers -= 1
+            if self._stopping:
+                return
+            self._workers.remove(worker)
+            if self.metrics:
+                self.metrics.worker_restarts += 1
+            logger.warning(json.dumps({"event": "worker_restart", "worker": index,
+                                       "exit_code": worker.process.poll() if worker.process else None}))
+
+    async def _serve(self, worker: _Worker) -> None:
+        """Feed jobs to one worker until it dies or the pool stops."""
+        while not self._stopping:
+            job = await self.queue.get()
+            if job.future.done():  # the client went away while it queued
+                continue
+            self.busy_workers += 1
+            try:
+                response = await asyncio.wait_for(worker.call(job), self.timeout)
+            except asyncio.TimeoutError:
+                # The worker is stuck in the model: replace it rather than wait.
+                worker.kill()
+                if not job.future.done():
+                    job.future.set_exception(WorkerTimeout())
+                return
+            except WorkerLost as e:
+                worker.kill()
+                if not job.future.done():
+                    job.future.set_exception(e)
+                return
+            finally:
+                self.busy_workers -= 1
+            if not job.future.done():
+                job.future.set_result(response)
+
+    @property
+    def in_flight(self) -> int:
+        return self.busy_workers
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Let queued and in-flight jobs finish (up to `grace` seconds), then stop the workers."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while (self.busy_workers or not self.queue.empty()) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Closing a worker's input makes it exit on its own; stragglers are killed.
+        await asyncio.gather(
+            *(w.stop(max(0.5, deadline - loop.time())) for w in self._workers),
+            return_exceptions=True,
+        )
+        self._workers.clear()
