@@ -1,0 +1,267 @@
+"""The serving runtime end to end: a real server process, real worker processes started from
+the model's own environment, real HTTP on 127.0.0.1.
+
+The probe model (tests/models/probe) pins older fastjsonschema and httptools than the server
+uses, and misbehaves on request (raises, hangs, exits, segfaults, gets SIGKILLed).
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import http.client
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import pytest
+
+PACKAGE = Path("tests.models.probe/probe")
+SERVING_LOCK = Path("platform/serving.lock")
+
+
+class Server:
+    def __init__(self, tmp: Path, *args: str) -> None:
+        self.ready_file = tmp / "url"
+        self.stdout_path, self.stderr_path = tmp / "stdout.log", tmp / "stderr.log"
+        self.process = subprocess.Popen(
+            [str(PACKAGE / "model.pex" / "__main__.py"), "serve", "--port", "0",
+             "--ready-file", str(self.ready_file), *args],
+            stdout=self.stdout_path.open("wb"),
+            stderr=self.stderr_path.open("wb"),
+        )
+        deadline = time.monotonic() + 60
+        while not self.ready_file.exists():
+            assert self.process.poll() is None, self.stderr_path.read_text()
+            assert time.monotonic() < deadline, "server did not become ready in 60 s"
+            time.sleep(0.05)
+        self.host, port = self.ready_file.read_text().removeprefix("http://").split(":")
+        self.port = int(port)
+
+    def request(self, method: str, path: str, body: Any = None, headers: Optional[dict] = None,
+                raw: Optional[bytes] = None, timeout: float = 30) -> tuple[int, dict, Any]:
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        headers = dict(headers or {})
+        if raw is None and body is not None:
+            raw = json.dumps(body).encode()
+            headers.setdefault("content-type", "application/json")
+        connection.request(method, path, body=raw, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        connection.close()
+        content_type = response.getheader("content-type", "")
+        payload = json.loads(data) if data and content_type.startswith("application/json") else data
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
+
+    def metric(self, name: str) -> float:
+        _, _, text = self.request("GET", "/metrics")
+        total = 0.0
+        for line in text.decode().splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.request("GET", "/v2/health/ready")[0] == 200:
+                return
+            time.sleep(0.05)
+        raise AssertionError("server never became ready again")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError("server ignored SIGTERM")
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    server = Server(tmp_path_factory.mktemp("server"), "--workers", "2", "--max-queue", "2",
+                    "--max-body-bytes", "4096")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+ITEMS = {"items": [{"name": "a", "size": 1}, {"name": "b", "size": 2, "tags": ["x"]}]}
+
+
+def test_predict_sees_the_models_own_dependency_versions(server: Server) -> None:
+    status, headers, body = server.request("POST", "/v1/predict", ITEMS)
+    assert status == 200, body
+    assert body["items"] == [{"name": "a", "size": 1, "tags": None}, {"name": "b", "size": 2, "tags": ["x"]}]
+    # The model's lockfile pins these; the server's environment has newer ones.
+    assert body["fastjsonschema_version"] == "2.15.3"
+    assert body["httptools_version"] == "0.6.0"
+    serving_lock = SERVING_LOCK.read_text()
+    assert '"project_name": "fastjsonschema"' in serving_lock and '"version": "2.22.3"' in serving_lock
+    assert '"version": "2.15.3"' not in serving_lock
+
+
+def test_request_id_is_honoured_and_logged(server: Server) -> None:
+    status, headers, _ = server.request("POST", "/v1/predict", ITEMS, headers={"x-request-id": "req-42"})
+    assert status == 200 and headers["x-request-id"] == "req-42"
+    _, generated, _ = server.request("GET", "/v2/health/live")
+    assert len(generated["x-request-id"]) == 32
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(l) for l in server.stdout_path.read_text().splitlines() if l.startswith("{")]
+        logged = [l for l in lines if l.get("request_id") == "req-42"]
+        if logged:
+            break
+        time.sleep(0.05)
+    assert logged and logged[0]["status"] == 200 and logged[0]["path"] == "/v1/predict"
+
+
+@pytest.mark.parametrize(
+    "raw, content_type, status, fragment",
+    [
+        (b'{"items": [', "application/json", 400, "malformed JSON"),
+        (b'{"items": [{"name": "a", "size": "big"}]}', "application/json", 422, "items[0].size"),
+        (b'{"items": [{"name": "a"}]}', "application/json", 422, "items[0]"),
+        (b'{"items": [], "extra": 1}', "application/json", 422, "invalid request"),
+        (b"items=1", "application/x-www-form-urlencoded", 415, "unsupported content type"),
+        (b"x" * 5000, "application/json", 413, "larger than 4096 bytes"),
+    ],
+)
+def test_bad_requests(server: Server, raw: bytes, content_type: str, status: int, fragment: str) -> None:
+    got, _, body = server.request("POST", "/v1/predict", raw=raw, headers={"content-type": content_type})
+    assert got == status, body
+    assert fragment in json.dumps(body)
+    assert server.request("POST", "/v1/predict", ITEMS)[0] == 200  # still serving
+
+
+def test_schema_violation_names_the_field(server: Server) -> None:
+    status, _, body = server.request("POST", "/v1/predict", {"items": [{"name": "a", "size": "big"}]})
+    assert status == 422
+    assert body["field"] == "items[0].size"
+
+
+def test_unknown_route(server: Server) -> None:
+    status, _, body = server.request("GET", "/v1/nope")
+    assert status == 404 and "routes" in body
+    assert server.request("POST", "/v9/predict", ITEMS)[0] == 404
+
+
+def test_model_exception_is_500_with_request_id_and_logged_traceback(server: Server) -> None:
+    status, headers, body = server.request("POST", "/v1/fail", {"message": "boom"},
+                                           headers={"x-request-id": "fail-1"})
+    assert status == 500
+    assert body["request_id"] == "fail-1"
+    assert "Traceback" not in json.dumps(body) and "boom" not in json.dumps(body)
+    deadline = time.monotonic() + 5
+    while "model failure: boom" not in server.stderr_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = server.stderr_path.read_text()
+    assert "request fail-1" in log and "Traceback" in log and "model failure: boom" in log
+
+
+def test_state_binary_input_and_stdout_prints(server: Server) -> None:
+    status, _, body = server.request("POST", "/v1/upload", raw=b"\x07\x00\x01",
+                                     headers={"content-type": "application/octet-stream"})
+    assert (status, body) == (200, {"length": 3, "first": 7})
+    encoded = base64.b64encode(b"\x05\x06").decode()
+    assert server.request("POST", "/v1/upload", {"data": encoded})[2] == {"length": 2, "first": 5}
+    assert server.request("POST", "/v1/shout", {"text": "hi"})[2] == "HI"
+    # Each worker keeps its own count; together they served every predict so far.
+    counts = {server.request("POST", "/v1/count", {})[2] for _ in range(6)}
+    assert max(counts) >= 1
+
+
+def test_openapi_describes_every_endpoint(server: Server) -> None:
+    status, _, spec = server.request("GET", "/openapi.json")
+    assert status == 200 and spec["openapi"].startswith("3.")
+    for endpoint in ("predict", "count", "pid", "sleep", "fail", "exit", "segfault", "upload", "shout"):
+        assert f"/v1/{endpoint}" in spec["paths"]
+    item = spec["components"]["schemas"]["Item"]
+    assert item["required"] == ["name", "size"]
+    assert item["properties"]["size"] == {"type": "integer"}
+    upload = spec["paths"]["/v1/upload"]["post"]["requestBody"]["content"]
+    assert "application/octet-stream" in upload
+    assert "/v2/models/probe/infer" in spec["paths"]
+
+
+def test_timeout_is_504_and_the_worker_is_replaced(server: Server) -> None:
+    restarts = server.metric("ml_worker_restarts_total")
+    status, _, body = server.request("POST", "/v1/sleep", {"seconds": 5})
+    assert status == 504, body  # the probe's ml_model sets timeout=2
+    server.wait_ready()
+    assert server.request("POST", "/v1/predict", ITEMS)[0] == 200
+    assert server.metric("ml_worker_restarts_total") == restarts + 1
+
+
+@pytest.mark.parametrize("endpoint", ["exit", "segfault", "kill"])
+def test_dying_worker_fails_only_its_request_and_is_restarted(server: Server, endpoint: str) -> None:
+    server.wait_ready()
+    restarts = server.metric("ml_worker_restarts_total")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(server.request, "POST", "/v1/sleep", {"seconds": 1})
+        time.sleep(0.2)  # the other worker is busy sleeping
+        status, _, body = server.request("POST", f"/v1/{endpoint}", {})
+        assert status == 503, body
+        assert slow.result()[0] == 200  # the other in-flight request was unaffected
+    server.wait_ready()
+    assert server.request("POST", "/v1/predict", ITEMS)[0] == 200
+    assert server.metric("ml_worker_restarts_total") == restarts + 1
+
+
+def test_readiness_reports_not_ready_until_a_worker_is_back(tmp_path: Path) -> None:
+    server = Server(tmp_path, "--workers", "1")
+    try:
+        assert server.request("GET", "/v2/health/ready")[0] == 200
+        assert server.request("POST", "/v1/kill", {})[0] == 503
+        # The only worker is gone: not ready until its replacement has loaded the model.
+        assert server.request("GET", "/v2/health/ready")[0] == 503
+        assert server.request("GET", "/v2/models/probe/versions/1/ready")[0] == 503
+        assert server.request("GET", "/v2/health/live")[0] == 200
+        server.wait_ready()
+        assert server.request("POST", "/v1/predict", ITEMS)[0] == 200
+    finally:
+        assert server.stop() == 0
+
+
+def test_full_queue_is_503_with_retry_after(server: Server) -> None:
+    server.wait_ready()
+    # 2 workers busy + 2 queued fill the server; the rest must be turned away at once.
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(server.request, "POST", "/v1/sleep", {"seconds": 1}) for _ in range(8)]
+        results = [f.result() for f in futures]
+    statuses = sorted(r[0] for r in results)
+    assert statuses.count(200) >= 4 and statuses.count(503) >= 1, statuses
+    rejected = next(r for r in results if r[0] == 503)
+    assert rejected[1]["retry-after"] == "1"
+    assert server.metric("ml_queue_depth") == 0
+
+
+def test_metrics(server: Server) -> None:
+    server.request("POST", "/v1/predict", ITEMS)
+    _, headers, text = server.request("GET", "/metrics")
+    assert headers["content-type"].startswith("text/plain")
+    text = text.decode()
+    for name in ("ml_requests_total", "ml_request_errors_total", "ml_request_duration_seconds_bucket",
+                 "ml_requests_in_flight", "ml_queue_depth", "ml_worker_restarts_total", "ml_workers_ready"):
+        assert f"\n{name}{{" in text or text.startswith(f"{name}{{") or f"# TYPE {name} " in text, name
+    assert 'route="/v1/predict",method="POST",status="200"' in text
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
+    server = Server(tmp_path, "--workers", "1")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(server.request, "POST", "/v1/sleep", {"seconds": 1})
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGTERM)
+        assert in_flight.result()[0] == 200
+    assert server.process.wait(timeout=20) == 0
+    assert '"event": "stopped"' in server.stdout_path.read_text()

@@ -1,0 +1,71 @@
+"""A test model that misbehaves on request: crashes, hangs, raises, keeps state, takes bytes.
+
+Used by the serving tests to prove the server's fault handling with a real worker process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import fastjsonschema
+import httptools
+
+
+@dataclass
+class Item:
+    name: str
+    size: int
+    tags: Optional[list[str]] = None
+
+
+@dataclass
+class Echo:
+    items: list[Item]
+    fastjsonschema_version: str
+    httptools_version: str
+
+
+class Model:
+    def load(self) -> None:
+        self.calls = 0
+
+    def predict(self, items: list[Item]) -> Echo:
+        """Echo the items, with the versions of the model's own dependencies."""
+        self.calls += 1
+        return Echo(items, fastjsonschema.VERSION, httptools.__version__)
+
+    def count(self) -> int:
+        """How many predictions this worker has served (state kept between requests)."""
+        return self.calls
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def sleep(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    def fail(self, message: str) -> None:
+        raise RuntimeError(f"model failure: {message}")
+
+    def exit(self, code: int = 3) -> None:
+        os._exit(code)
+
+    def segfault(self) -> None:
+        ctypes.string_at(0)
+
+    def kill(self) -> None:
+        # What the kernel's OOM killer does.
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def upload(self, data: bytes) -> dict[str, int]:
+        return {"length": len(data), "first": data[0] if data else -1}
+
+    def shout(self, text: str) -> str:
+        print("model output on stdout must not break the protocol")
+        return text.upper()
