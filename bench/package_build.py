@@ -76,7 +76,7 @@ def main() -> None:
         cold = timed(clone, env)
         noop = [timed(clone, env) for _ in range(args.repeats)]
         one_model = []
-        model_file = clone / "models" / "iris" / "model.py"
+        model_file = clone / "models" / "iris" / "src" / "model.py"
         for i in range(args.repeats):
             with model_file.open("a") as f:
                 f.write(f"# bench edit {i}\n")

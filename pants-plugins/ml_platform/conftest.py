@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from textwrap import dedent
 import sys
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import pytest
 from ml_platform import register
 from ml_platform.package import MLModelFieldSet, ResolvedModelHandler
 from pants.backend.python import target_types_rules
+from pants.backend.python.goals import package_pex_binary
 from pants.backend.python.dependency_inference import rules as python_dependency_inference
 from pants.backend.python.target_types import (
+    PexBinary,
     PythonRequirementTarget,
     PythonSourcesGeneratorTarget,
     PythonSourceTarget,
@@ -83,6 +86,7 @@ def rule_runner() -> RuleRunner:
     rule_runner = RuleRunner(
         rules=[
             *pex_from_targets.rules(),
+            *package_pex_binary.rules(),
             *python_sources.rules(),
             *python_dependency_inference.rules(),
             *target_types_rules.rules(),
@@ -94,6 +98,7 @@ def rule_runner() -> RuleRunner:
         target_types=[
             PythonSourcesGeneratorTarget,
             PythonSourceTarget,
+            PexBinary,
             PythonRequirementTarget,
             *register.target_types(),
             ResourcesGeneratorTarget,
@@ -116,7 +121,16 @@ def rule_runner() -> RuleRunner:
     rule_runner.write_files(
         {
             **runtime_sources(),
-            "platform/BUILD": "resources(name='ml_runtime', sources=['ml_runtime/*.py'])\n",
+            "platform/BUILD": dedent(
+                """\
+                resources(name='ml_runtime', sources=['ml_runtime/*.py'])
+                python_sources(name='stub', sources=['stub_server.py'], resolve='m')
+                pex_binary(name='server', entry_point='stub_server.py', resolve='m',
+                           output_path='server.pex')
+                """
+            ),
+            # Stands in for the real server (whose resolve is not set up here): prints its argv.
+            "platform/stub_server.py": "import json, sys\nprint(json.dumps(sys.argv[1:]))\n",
             "models/m/m.lock": EMPTY_LOCKFILE,
             "models/other/other.lock": EMPTY_LOCKFILE,
         }

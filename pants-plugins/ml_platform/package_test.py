@@ -63,15 +63,28 @@ def test_package_runs_handler_on_json(rule_runner: RuleRunner, tmp_path: Path) -
     )
     address = Address("models/m", target_name="m")
     result = rule_runner.request(BuiltPackage, [field_set(rule_runner, address)])
-    assert [a.relpath for a in result.artifacts] == ["models.m/m.pex"]
+    assert [a.relpath for a in result.artifacts] == ["models.m/m"]
 
-    # The PEX carries the model, its artifacts, the runtime and the generated entry point.
+    # The model PEX carries the model, its artifacts, the runtime and the generated entry point.
     rule_runner.write_digest(result.digest, path_prefix="dist")
-    pex = Path(rule_runner.build_root, "dist/models.m/m.pex")
+    package = Path(rule_runner.build_root, "dist/models.m/m")
+    assert (package / "server.pex").is_file()
+    pex = package / "model.pex"
     # A packed PEX: a directory whose own files are the code, with each wheel zipped in .deps/.
     assert pex.is_dir()
     names = {str(path.relative_to(pex)) for path in pex.rglob("*") if path.is_file()}
     generated = (pex / f"{GENERATED_ENTRYPOINT_MODULE}.py").read_text()
+
+    # `serve` (the default command) execs the server beside the model PEX, telling it the model
+    # and how to start workers in the model's own environment.
+    served = subprocess.run([str(pex / "__main__.py"), "--port", "9999"], capture_output=True, text=True)
+    assert served.returncode == 0, served.stderr
+    server_args = json.loads(served.stdout)
+    assert server_args[-2:] == ["--port", "9999"]
+    manifest = json.loads(server_args[server_args.index("--manifest") + 1])
+    assert manifest["address"] == "models/m:m" and manifest["version"] == 2
+    worker = json.loads(server_args[server_args.index("--worker-command") + 1])
+    assert worker[1:] == ["-m", GENERATED_ENTRYPOINT_MODULE, "worker"]
     pex_info = json.loads((pex / "PEX-INFO").read_text())
     for expected in (
         "model.py",
@@ -83,13 +96,13 @@ def test_package_runs_handler_on_json(rule_runner: RuleRunner, tmp_path: Path) -
 
     request = tmp_path / "request.json"
     request.write_text(json.dumps({"points": [{"x": 1, "y": 2}, {"x": 0.5, "y": 0}]}))
-    run = subprocess.run([str(pex / "__main__.py"), str(request)], capture_output=True, text=True)
+    run = subprocess.run([str(pex / "__main__.py"), "once", str(request)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == [30.0, 5.0]
 
     # Standard input works as well, and a schema violation is a clear input error (exit 2).
     run = subprocess.run(
-        [str(pex / "__main__.py")], input=json.dumps({"points": [{"x": "a", "y": 2}]}), capture_output=True, text=True
+        [str(pex / "__main__.py"), "once"], input=json.dumps({"points": [{"x": "a", "y": 2}]}), capture_output=True, text=True
     )
     assert run.returncode == 2
     assert "points[0].x: expected a number" in run.stderr

@@ -6,20 +6,29 @@ import os
 from dataclasses import dataclass
 
 from ml_platform.package import MODEL_PEX, MLModelFieldSet
+from ml_platform.target_types import MLModelEntryPointField
 from pants.core.goals.package import BuiltPackage
 from pants.core.goals.run import RunFieldSet, RunInSandboxBehavior, RunRequest
 from pants.engine.rules import Get, collect_rules, rule
+from pants.engine.target import WrappedTarget, WrappedTargetRequest
 from pants.engine.unions import UnionRule
 
 
 @dataclass(frozen=True)
-class MLModelRunFieldSet(MLModelFieldSet, RunFieldSet):
+class MLModelRunFieldSet(RunFieldSet):
+    required_fields = (MLModelEntryPointField,)
     run_in_sandbox_behavior = RunInSandboxBehavior.NOT_SUPPORTED
+
+    entry_point: MLModelEntryPointField
 
 
 @rule(desc="Preparing to serve an ml_model")
 async def run_ml_model(field_set: MLModelRunFieldSet) -> RunRequest:
-    package = await Get(BuiltPackage, MLModelFieldSet, field_set)
+    wrapped = await Get(
+        WrappedTarget,
+        WrappedTargetRequest(field_set.address, description_of_origin="the `run` goal"),
+    )
+    package = await Get(BuiltPackage, MLModelFieldSet, MLModelFieldSet.create(wrapped.target))
     (artifact,) = package.artifacts
     assert artifact.relpath is not None
     # The server prints its URL once the model is loaded; extra args go to the server

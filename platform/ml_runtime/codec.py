@@ -11,6 +11,7 @@ import base64
 import binascii
 import dataclasses
 import enum
+import functools
 import types
 import typing
 from typing import Any, Union
@@ -130,7 +131,9 @@ def decode(value: Any, tp: Any, path: str = "") -> Any:
     raise TypeError(f"unsupported type in a handler signature at {path or '<body>'}: {tp!r}")
 
 
+@functools.lru_cache(maxsize=None)
 def _dataclass_fields(tp: type) -> dict[str, tuple[Any, bool]]:
+    # Cached: get_type_hints costs ~8 us, paid for every record of every request otherwise.
     hints = typing.get_type_hints(tp)
     return {
         f.name: (

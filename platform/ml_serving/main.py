@@ -38,8 +38,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--host", default=env("ML_HOST", "127.0.0.1"), help="Address to listen on (ML_HOST).")
     parser.add_argument("--port", type=int, default=int(env("ML_PORT", env("PORT", "8080"))),
                         help="Port to listen on; 0 picks a free one (ML_PORT, PORT).")
-    parser.add_argument("--workers", type=int, default=int(env("ML_WORKERS", "0")) or os.cpu_count() or 1,
-                        help="Worker processes (ML_WORKERS); default: one per core.")
+    # Lambda sends an environment one invocation at a time: more workers only cost memory.
+    default_workers = 1 if env("AWS_LAMBDA_RUNTIME_API") else (os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=int(env("ML_WORKERS", "0")) or default_workers,
+                        help="Worker processes (ML_WORKERS); default: one per core (one on Lambda).")
     parser.add_argument("--max-queue", type=int, default=int(env("ML_MAX_QUEUE", "64")),
                         help="Requests waiting for a worker before answering 503 (ML_MAX_QUEUE).")
     parser.add_argument("--timeout", type=float, default=float(env("ML_TIMEOUT", "0")) or None,
@@ -69,20 +71,36 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    lambda_api = os.environ.get("AWS_LAMBDA_RUNTIME_API")
     try:
         await pool.start()
     except Exception as e:
-        raise ModelLoadError(f"the model could not be loaded ({e}); the worker's log is above") from None
+        message = f"the model could not be loaded ({e}); the worker's log is above"
+        if lambda_api:
+            from ml_serving import lambda_runtime
+
+            await lambda_runtime.report_init_error(lambda_api, "ModelLoadError", message)
+        raise ModelLoadError(message) from None
     assert pool.description is not None
     app.describe(pool.description)
 
-    if os.environ.get("AWS_LAMBDA_RUNTIME_API"):
+    if lambda_api:
         from ml_serving import lambda_runtime
 
-        runtime = asyncio.ensure_future(lambda_runtime.run(app, os.environ["AWS_LAMBDA_RUNTIME_API"]))
-        await asyncio.wait([runtime, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        print(json.dumps({"event": "serving", "model": manifest["address"], "mode": "lambda",
+                          "workers": args.workers}), flush=True)
+        runtime = asyncio.ensure_future(lambda_runtime.run(app, lambda_api))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([runtime, stopping], return_when=asyncio.FIRST_COMPLETED)
+        app.accepting = False
+        crashed = runtime.done() and not runtime.cancelled() and runtime.exception()
         runtime.cancel()
+        stopping.cancel()
         await pool.stop(args.shutdown_grace)
+        if crashed:
+            logger.error(json.dumps({"event": "lambda_runtime_crashed", "error": repr(crashed)}))
+            return 1
+        print(json.dumps({"event": "stopped", "model": manifest["address"]}), flush=True)
         return 0
 
     connections: set = set()

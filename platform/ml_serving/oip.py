@@ -69,8 +69,10 @@ async def infer(app: "ModelApp", request: Request, request_id: str) -> Response:
         body = json.loads(request.body)
         if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
             raise TensorError("an inference request needs an `inputs` list")
+        if not all(isinstance(tensor, dict) for tensor in body["inputs"]):
+            raise TensorError("each item of `inputs` must be an object (a tensor)")
         payload = _inputs_to_payload(app, body["inputs"])
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return Response.json(400, {"error": f"malformed JSON: {e}"})
     except TensorError as e:
         return Response.json(400, {"error": str(e)})

@@ -76,11 +76,11 @@ def changed_models(repo: Path) -> set[str]:
 
 # Each case commits one change on top of the previous ones and asks what changed since HEAD~1.
 CASES = [
-    ("models/iris/model.py", "# a comment\n", {"models/iris:iris"}),
-    ("models/shared/ml_shared/artifacts.py", "# shared\n", ALL_MODELS),
+    ("models/iris/src/model.py", "# a comment\n", {"models/iris:iris"}),
+    ("models/shared/src/ml_shared/artifacts.py", "# shared\n", ALL_MODELS),
     ("docs/notes.md", "unrelated\n", set()),
-    ("models/digits/artifacts/scaler.joblib", "\n", {"models/digits:digits"}),
-    ("models/digits/requirements.txt", "# pins unchanged\n", {"models/digits:digits"}),
+    ("models/digits/src/artifacts/scaler.joblib", "\n", {"models/digits:digits"}),
+    ("models/digits/src/requirements.txt", "# pins unchanged\n", {"models/digits:digits"}),
     ("models/iris/iris.lock", "\n", {"models/iris:iris"}),
     ("platform/ml_runtime/once.py", "# runtime\n", ALL_MODELS),
 ]

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGES = {"iris": Path("models.iris/iris.pex"), "digits": Path("models.digits/digits.pex")}
-# Packed PEXes are directories; this is how they are run.
+# The model side of each package (the server is server.pex beside it). Packed PEXes are
+# directories, run through their __main__.py.
+PACKAGES = {"iris": Path("models.iris/iris/model.pex"), "digits": Path("models.digits/digits/model.pex")}
 MAIN = "__main__.py"
 # What each model's requirements.txt pins, and what must therefore never leak into the other.
 SKLEARN = {"iris": "1.3.2", "digits": "1.5.2"}
@@ -58,14 +59,14 @@ def test_package_imports_its_own_versions(model: str) -> None:
 
 def run_package(model: str, request: dict) -> list[dict]:
     result = subprocess.run(
-        [str(PACKAGES[model] / MAIN)], input=json.dumps(request), capture_output=True, text=True
+        [str(PACKAGES[model] / MAIN), "once"], input=json.dumps(request), capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
 def test_iris_predicts_held_out_flowers() -> None:
-    examples = json.loads(Path("models/iris/examples.json").read_text())
+    examples = json.loads(Path("models/iris/src/examples.json").read_text())
     predictions = run_package("iris", {"flowers": examples["inputs"]})
     assert len(predictions) == len(examples["labels"]) >= 20
     correct = sum(p["species"] == label for p, label in zip(predictions, examples["labels"]))
@@ -75,7 +76,7 @@ def test_iris_predicts_held_out_flowers() -> None:
 
 
 def test_digits_predicts_held_out_images() -> None:
-    examples = json.loads(Path("models/digits/examples.json").read_text())
+    examples = json.loads(Path("models/digits/src/examples.json").read_text())
     predictions = run_package("digits", {"images": examples["inputs"]})
     assert len(predictions) == len(examples["labels"]) >= 20
     correct = sum(p["digit"] == label for p, label in zip(predictions, examples["labels"]))
@@ -84,7 +85,7 @@ def test_digits_predicts_held_out_images() -> None:
 
 def test_bad_input_is_reported_with_the_field_path() -> None:
     result = subprocess.run(
-        [str(PACKAGES["iris"] / MAIN)],
+        [str(PACKAGES["iris"] / MAIN), "once"],
         input=json.dumps({"flowers": [{"sepal_length": 5.1}]}),
         capture_output=True,
         text=True,
