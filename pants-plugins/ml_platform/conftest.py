@@ -81,6 +81,25 @@ EMPTY_LOCKFILE = """\
 """
 
 
+ENV_INHERIT = {"PATH", "PYENV_ROOT", "HOME"}
+
+
+def repo_options(*extra: str) -> list[str]:
+    """Options like the repo's pants.toml, for the scratch repositories the tests write."""
+    return [
+        "--source-root-patterns=['/platform', '/models/*']",
+        "--python-interpreter-constraints=['CPython==3.11.*']",
+        "--python-enable-resolves",
+        "--python-resolves={'m': 'models/m/m.lock', 'other': 'models/other/other.lock'}",
+        "--python-pip-version=20.3.4-patched",
+        "--python-infer-use-rust-parser",
+        "--python-bootstrap-search-path=['<PYENV>', '<PATH>']",
+        # Images are built and checked by tests/integration; here only the packaging rules.
+        "--no-ml-platform-build-images",
+        *_repo_pex_cli_options(),
+    ] + list(extra)
+
+
 @pytest.fixture
 def rule_runner() -> RuleRunner:
     rule_runner = RuleRunner(
@@ -105,19 +124,7 @@ def rule_runner() -> RuleRunner:
             ResourceTarget,
         ],
     )
-    rule_runner.set_options(
-        [
-            "--source-root-patterns=['/platform', '/models/*']",
-            "--python-interpreter-constraints=['CPython==3.11.*']",
-            "--python-enable-resolves",
-            "--python-resolves={'m': 'models/m/m.lock', 'other': 'models/other/other.lock'}",
-            "--python-pip-version=20.3.4-patched",
-            "--python-infer-use-rust-parser",
-            "--python-bootstrap-search-path=['<PYENV>', '<PATH>']",
-            *_repo_pex_cli_options(),
-        ],
-        env_inherit={"PATH", "PYENV_ROOT", "HOME"},
-    )
+    rule_runner.set_options(repo_options(), env_inherit=ENV_INHERIT)
     rule_runner.write_files(
         {
             **runtime_sources(),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from ml_platform.conftest import ENV_INHERIT, repo_options
 from ml_platform.dependency_inference import (
     InferMLModelDependencies,
     MLModelDependencyInferenceFieldSet,
@@ -41,11 +42,7 @@ def test_runtime_address_is_an_option(rule_runner: RuleRunner) -> None:
             "custom/BUILD": "resources(name='rt', sources=['rt.py'])\n",
         }
     )
-    rule_runner.set_options(
-        ["--ml-platform-runtime=//custom:rt", "--source-root-patterns=['/models/*']",
-         "--python-enable-resolves", "--python-resolves={'m': 'm.lock'}"],
-        env_inherit={"PATH", "PYENV_ROOT", "HOME"},
-    )
+    rule_runner.set_options(repo_options("--ml-platform-runtime=//custom:rt"), env_inherit=ENV_INHERIT)
     assert Address("custom", target_name="rt") in infer(
         rule_runner, Address("models/m", target_name="m")
     )

@@ -4,11 +4,14 @@ dependencies, plus the platform runtime and a generated entry point."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import pprint
 from dataclasses import dataclass
 
+from ml_platform.image import IMAGE_LAYOUT, IMAGE_TAR, ModelImage, ModelImageRequest
+from ml_platform.subsystem import MLPlatform
 from ml_platform.target_types import (
     MLModelComputeField,
     MLModelEntryPointField,
@@ -50,6 +53,7 @@ from pants.engine.target import (
 )
 from pants.engine.unions import UnionRule
 from pants.util.frozendict import FrozenDict
+from pants.vcs.git import GitWorktreeRequest, MaybeGitWorktree
 from pants.util.logging import LogLevel
 from pants.util.strutil import softwrap
 
@@ -174,7 +178,9 @@ async def build_server(server_field: MLModelServerField) -> BuiltServer:
 
 
 @rule(desc="Packaging ml_model", level=LogLevel.DEBUG)
-async def package_ml_model(field_set: MLModelFieldSet, python_setup: PythonSetup) -> BuiltPackage:
+async def package_ml_model(
+    field_set: MLModelFieldSet, python_setup: PythonSetup, ml_platform: MLPlatform
+) -> BuiltPackage:
     # Fails with the line to add to pants.toml before any resolving starts.
     field_set.resolve.normalized_value(python_setup)
     handler = await Get(ResolvedModelHandler, MLModelFieldSet, field_set)
@@ -219,14 +225,33 @@ async def package_ml_model(field_set: MLModelFieldSet, python_setup: PythonSetup
         Get(BuiltServer, MLModelServerField, field_set.server),
     )
     server_digest = await Get(Digest, AddPrefix(server.digest, output_dir))
-    digest = await Get(Digest, MergeDigests([model_pex.digest, server_digest]))
+    pexes = await Get(Digest, MergeDigests([model_pex.digest, server_digest]))
+    serve_line = f"    serve it: {output_dir}/{MODEL_PEX}/__main__.py  (under dist/)"
+    if not ml_platform.build_images:
+        return BuiltPackage(pexes, (BuiltPackageArtifact(output_dir, extra_log_lines=(serve_line,)),))
+    worktree = await Get(MaybeGitWorktree, GitWorktreeRequest())
+    tag = f"{ml_platform.image_repository.format(name=manifest.name)}:v{manifest.version}"
+    image = await Get(
+        ModelImage,
+        ModelImageRequest(
+            package=pexes,
+            package_dir=output_dir,
+            manifest_json=json.dumps(dataclasses.asdict(manifest), sort_keys=True),
+            env_json=json.dumps(dict(field_set.env.value or {}), sort_keys=True),
+            revision=worktree.git_worktree.commit_id if worktree.git_worktree else "unknown",
+            tag=tag,
+        ),
+    )
+    digest = await Get(Digest, MergeDigests([pexes, image.digest]))
     return BuiltPackage(
         digest,
         (
             BuiltPackageArtifact(
                 output_dir,
                 extra_log_lines=(
-                    f"    serve it: {output_dir}/{MODEL_PEX}/__main__.py  (under dist/)",
+                    serve_line,
+                    f"    image {tag}: {output_dir}/{IMAGE_LAYOUT}/ (OCI layout), "
+                    f"{output_dir}/{IMAGE_TAR} (docker load), {image.manifest_digest}",
                 ),
             ),
         ),

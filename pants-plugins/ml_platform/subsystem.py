@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pants.option.option_types import StrOption
+from pants.option.option_types import BoolOption, StrOption
 from pants.option.subsystem import Subsystem
 from pants.util.strutil import help_text
 
@@ -16,6 +16,44 @@ class MLPlatform(Subsystem):
             Address of the target holding the runtime code that every model package ships with
             (the standard-library-only side of serving). Every `ml_model` depends on it, so a
             change to the runtime rebuilds every model.
+            """
+        ),
+    )
+
+    build_images = BoolOption(
+        default=True,
+        help=help_text(
+            """
+            Whether `package` also builds each model's OCI image (`image/` and `image.tar` in
+            the model's package directory). Turn off to iterate on PEXes only.
+            """
+        ),
+    )
+    image_tools = StrOption(
+        default="//platform/ml_image:ml_image",
+        help=help_text(
+            """
+            Address of the `python_sources` that build images (standard library only): layers,
+            the Debian base, OCI layout, registry client. Run by Pants in sandboxed processes.
+            """
+        ),
+    )
+    base_lock = StrOption(
+        default="platform/ml_image/debian-base.lock.json",
+        help=help_text(
+            """
+            The lock file of the embedded default base image: Debian bookworm packages (with
+            sha256) that make a minimal Python 3.11 root file system. Regenerate it with
+            `PYTHONPATH=platform python3 -m ml_image.debian_lock`.
+            """
+        ),
+    )
+    image_repository = StrOption(
+        default="ml/{name}",
+        help=help_text(
+            """
+            The repository name of a model's image, `{name}` being the model's target name; the
+            tag is `v<version>`. Used in the image's tarball (`docker load`) and for `publish`.
             """
         ),
     )

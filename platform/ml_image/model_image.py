@@ -1,0 +1,331 @@
+"""Lays out a model's image from its package: the server layer, the model's dependencies layer
+and the model's code layer, then assembles them on a base layer into an OCI image.
+
+Image file system (both Python environments are venvs on the base image's /usr/bin/python3):
+
+    /opt/ml/server/   the model server: identical bytes in every model's image
+    /opt/ml/model/    the model's locked dependencies (one layer), then its code, artifacts
+                      and generated entry point (a layer of their own, the one that changes)
+
+Dependencies are laid out installed and byte-compiled at build time, so a container starts
+without unpacking anything.
+
+    python -m ml_image.model_image server-layer server.pex OUT_DIR
+    python -m ml_image.model_image deps-layer model.pex OUT_DIR
+    python -m ml_image.model_image code-layer model.pex OUT_DIR
+    python -m ml_image.model_image assemble --base DIR --server DIR --deps DIR --code DIR ...
+
+Each *-layer command writes OUT_DIR/layer.tar.gz and OUT_DIR/layer.json (digests); Pants runs
+them as separate cached processes, so a code change rebuilds only the code layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import json
+import py_compile
+import shutil
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from ml_image.layers import (
+    Entry,
+    LayerInfo,
+    compress_layer,
+    copy_blob,
+    tree_entries,
+    write_layer,
+)
+
+PYTHON = "python3.11"
+SERVER_ROOT = "/opt/ml/server"
+MODEL_ROOT = "/opt/ml/model"
+NONROOT = (65532, 65532)
+PORT = 8080
+# PEX metadata and bootstrap files: not part of an installed environment.
+_PEX_INTERNALS = {".bootstrap", ".deps", "PEX-INFO", "__main__.py", "__pex__", ".layout.json"}
+
+MEDIA_TYPE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_TYPE_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_TYPE_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def site_packages(root: str) -> str:
+    return f"{root}/lib/{PYTHON}/site-packages"
+
+
+def venv_entries(root: str) -> Iterator[Entry]:
+    """A venv on the base image's interpreter, written directly (no `python -m venv` here)."""
+    yield Entry(f"{root}/pyvenv.cfg", "file", data=(
+        f"home = /usr/bin\ninclude-system-site-packages = false\nversion = {PYTHON[6:]}\n"
+    ).encode())
+    for name in ("python", "python3", PYTHON):
+        yield Entry(f"{root}/bin/{name}", "symlink", 0o777, target=f"/usr/bin/{PYTHON}")
+
+
+def _compile(tree: Path, image_dir: str) -> None:
+    """Byte-compile as the image would, with hash-based pycs: deterministic and never stale."""
+    if sys.version_info[:2] != tuple(int(p) for p in PYTHON[6:].split(".")):
+        print(f"warning: not byte-compiling: this is Python {sys.version_info[:2]}, the image has "
+              f"{PYTHON}; containers will compile on import", file=sys.stderr)
+        return
+    compileall.compile_dir(
+        str(tree), quiet=2, ddir=image_dir, workers=1,
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
+
+
+def _extract_installed_wheel(wheel: Path, dest: Path) -> None:
+    """Pex keeps each dependency as an installed-wheel zip: its files are site-packages as is."""
+    with zipfile.ZipFile(wheel) as zf:
+        for member in zf.infolist():
+            name = member.filename
+            if name.startswith(("../", ".prefix/")) or name == ".layout.json" or name.endswith("/"):
+                continue
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(member) as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+            if member.external_attr >> 16 & 0o111:
+                target.chmod(0o755)
+
+
+def deps_layer(model_pex: Path, out: Path) -> LayerInfo:
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp)
+        for wheel in sorted((model_pex / ".deps").glob("*.whl")):
+            _extract_installed_wheel(wheel, tree)
+        _compile(tree, site_packages(MODEL_ROOT))
+        return write_layer([*venv_entries(MODEL_ROOT), *tree_entries(tree, site_packages(MODEL_ROOT))],
+                           out / "layer.tar.gz")
+
+
+def code_layer(model_pex: Path, out: Path) -> LayerInfo:
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp)
+        for item in sorted(model_pex.iterdir()):
+            if item.name in _PEX_INTERNALS:
+                continue
+            if item.is_dir():
+                shutil.copytree(item, tree / item.name)
+            else:
+                shutil.copy2(item, tree / item.name)
+        _compile(tree, site_packages(MODEL_ROOT))
+        entries = list(tree_entries(tree, site_packages(MODEL_ROOT)))
+        # The directories already exist in the deps layer; repeating them here would only
+        # make this layer differ when nothing in it changed.
+        entries = [e for e in entries if e.kind != "dir" or e.path != site_packages(MODEL_ROOT)]
+        return write_layer(entries, out / "layer.tar.gz")
+
+
+def server_layer(server_pex: Path, out: Path) -> LayerInfo:
+    """The server's zipapp PEX, installed: its dependencies and its own code in one venv."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp)
+        with zipfile.ZipFile(server_pex) as zf:
+            for member in zf.infolist():
+                name = member.filename
+                if name.endswith("/"):
+                    continue
+                parts = name.split("/")
+                if parts[0] == ".deps" and len(parts) > 2:
+                    relative = "/".join(parts[2:])  # .deps/<wheel>/<installed file>
+                    if relative.startswith((".prefix/", "../")) or relative == ".layout.json":
+                        continue
+                elif parts[0] in _PEX_INTERNALS:
+                    continue
+                else:
+                    relative = name
+                target = tree / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(member) as src, target.open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        _compile(tree, site_packages(SERVER_ROOT))
+        return write_layer([*venv_entries(SERVER_ROOT), *tree_entries(tree, site_packages(SERVER_ROOT))],
+                           out / "layer.tar.gz")
+
+
+def base_layer(lock: Path, out: Path, cache: Path) -> LayerInfo:
+    """The embedded default base: Debian bookworm + Python, from the pinned .debs in `lock`."""
+    from ml_image.debian_base import build_base_layer
+
+    tar_path = out / "layer.tar"
+    build_base_layer(str(lock), str(cache), str(tar_path))
+    try:
+        return compress_layer(tar_path, out / "layer.tar.gz")
+    finally:
+        tar_path.unlink()
+
+
+def image_config(
+    layers: Sequence[LayerInfo], *, name: str, version: int, address: str, revision: str,
+    env: dict[str, str], description: str,
+) -> dict:
+    labels = {
+        "org.opencontainers.image.title": name,
+        "org.opencontainers.image.version": str(version),
+        "org.opencontainers.image.revision": revision,
+        "org.opencontainers.image.description": description or f"ml_model {address}",
+        "ml-platform.model.address": address,
+        "ml-platform.model.version": str(version),
+    }
+    base_env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "ML_SERVER": f"{SERVER_ROOT}/bin/python3 -m ml_serving.main",
+        "ML_HOST": "0.0.0.0",
+        "ML_PORT": str(PORT),
+        # Everything is byte-compiled already, and the image's files are not ours to write.
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "User": f"{NONROOT[0]}:{NONROOT[1]}",
+            "Entrypoint": [f"{MODEL_ROOT}/bin/python3", "-m", "__ml_model_main__", "serve"],
+            "Env": [f"{k}={v}" for k, v in {**base_env, **env}.items()],
+            "ExposedPorts": {f"{PORT}/tcp": {}},
+            "WorkingDir": "/home/nonroot",
+            "Labels": labels,
+            "StopSignal": "SIGTERM",
+        },
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
+        "history": [
+            {"created_by": step, "comment": "ml-platform"}
+            for step in ("base: Debian + Python from pinned .debs", "model server", "model dependencies",
+                         "model code")[: len(layers)]
+        ],
+    }
+
+
+def _json_bytes(value: dict) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def assemble(
+    layer_dirs: Sequence[Path], config: dict, layout: Path, docker_tar: Optional[Path], tag: str
+) -> str:
+    """Write an OCI image layout (and a `docker load`-able tar); returns the manifest digest."""
+    layers = [LayerInfo.read(d / "layer.json") for d in layer_dirs]
+    if layout.exists():
+        shutil.rmtree(layout)
+    blobs = layout / "blobs"
+    for layer, directory in zip(layers, layer_dirs):
+        copy_blob(directory / "layer.tar.gz", blobs, layer.digest)
+    config_bytes = _json_bytes(config)
+    config_digest = _write_blob(blobs, config_bytes)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_MANIFEST,
+        "config": {"mediaType": MEDIA_TYPE_CONFIG, "digest": config_digest, "size": len(config_bytes)},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l.digest, "size": l.size}
+            for l in layers
+        ],
+        "annotations": {"org.opencontainers.image.title": config["config"]["Labels"]["org.opencontainers.image.title"]},
+    }
+    manifest_bytes = _json_bytes(manifest)
+    manifest_digest = _write_blob(blobs, manifest_bytes)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    index = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_INDEX,
+        "manifests": [{
+            "mediaType": MEDIA_TYPE_MANIFEST, "digest": manifest_digest, "size": len(manifest_bytes),
+            "annotations": {"org.opencontainers.image.ref.name": tag.rsplit(":", 1)[-1],
+                            "io.containerd.image.name": tag},
+        }],
+    }
+    (layout / "index.json").write_bytes(_json_bytes(index))
+    if docker_tar is not None:
+        _write_docker_tar(layout, docker_tar, config_digest, [l.digest for l in layers], tag)
+    return manifest_digest
+
+
+def _write_blob(blobs: Path, data: bytes) -> str:
+    import hashlib
+
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = blobs / "sha256" / digest.split(":")[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return digest
+
+
+def _write_docker_tar(layout: Path, output: Path, config_digest: str, layer_digests: list[str],
+                      tag: str) -> None:
+    """The OCI layout plus the manifest.json `docker load` (and `podman load`) read first."""
+    docker_manifest = [{
+        "Config": f"blobs/sha256/{config_digest.split(':')[1]}",
+        "RepoTags": [tag],
+        "Layers": [f"blobs/sha256/{d.split(':')[1]}" for d in layer_digests],
+    }]
+    with tarfile.open(output, "w", format=tarfile.PAX_FORMAT) as tar:
+        def add(name: str, path: Optional[Path] = None, data: Optional[bytes] = None) -> None:
+            info = tarfile.TarInfo(name)
+            info.mtime, info.mode, info.uname, info.gname = 0, 0o644, "", ""
+            if data is not None:
+                info.size = len(data)
+                tar.addfile(info, __import__("io").BytesIO(data))
+            else:
+                assert path is not None
+                info.size = path.stat().st_size
+                with path.open("rb") as f:
+                    tar.addfile(info, f)
+
+        for blob in sorted((layout / "blobs" / "sha256").iterdir()):
+            add(f"blobs/sha256/{blob.name}", blob)
+        add("index.json", layout / "index.json")
+        add("oci-layout", layout / "oci-layout")
+        add("manifest.json", data=json.dumps(docker_manifest).encode())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="model_image", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in ("base-layer", "server-layer", "deps-layer", "code-layer"):
+        p = sub.add_parser(command)
+        p.add_argument("source", type=Path, help="The base's lock file, or the PEX to lay out.")
+        p.add_argument("out", type=Path)
+        if command == "base-layer":
+            p.add_argument("--cache", type=Path, required=True, help="Downloaded .debs, by sha256.")
+    p = sub.add_parser("assemble")
+    p.add_argument("--layer", type=Path, action="append", required=True,
+                   help="A directory with layer.tar.gz and layer.json; base first.")
+    p.add_argument("--manifest", required=True, help="The model's manifest, as JSON.")
+    p.add_argument("--env", default="{}", help="Extra environment, as a JSON object.")
+    p.add_argument("--revision", default="unknown")
+    p.add_argument("--tag", required=True)
+    p.add_argument("--layout", type=Path, required=True)
+    p.add_argument("--docker-tar", type=Path)
+    args = parser.parse_args(argv)
+
+    if args.command == "assemble":
+        manifest = json.loads(args.manifest)
+        layers = [LayerInfo.read(d / "layer.json") for d in args.layer]
+        config = image_config(
+            layers, name=manifest["name"], version=manifest["version"], address=manifest["address"],
+            revision=args.revision, env=json.loads(args.env), description=manifest.get("description", ""),
+        )
+        digest = assemble(args.layer, config, args.layout, args.docker_tar, args.tag)
+        print(digest)
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.command == "base-layer":
+        info = base_layer(args.source, args.out, args.cache)
+    else:
+        build = {"server-layer": server_layer, "deps-layer": deps_layer, "code-layer": code_layer}
+        info = build[args.command](args.source, args.out)
+    info.write(args.out / "layer.json")
+    print(json.dumps({"layer": args.command, "digest": info.digest, "size": info.size}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
