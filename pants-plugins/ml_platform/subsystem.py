@@ -30,10 +30,10 @@ class MLPlatform(Subsystem):
         ),
     )
     image_tools = StrOption(
-        default="//platform/ml_image:ml_image",
+        default="//platform:image-tools",
         help=help_text(
             """
-            Address of the `python_sources` that build images (standard library only): layers,
+            Address of the `pex_binary` of the tools that build images (standard library only): layers,
             the Debian base, OCI layout, registry client. Run by Pants in sandboxed processes.
             """
         ),

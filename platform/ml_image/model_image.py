@@ -22,10 +22,9 @@ them as separate cached processes, so a code change rebuilds only the code layer
 from __future__ import annotations
 
 import argparse
-import compileall
 import json
-import py_compile
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -74,9 +73,14 @@ def _compile(tree: Path, image_dir: str) -> None:
         print(f"warning: not byte-compiling: this is Python {sys.version_info[:2]}, the image has "
               f"{PYTHON}; containers will compile on import", file=sys.stderr)
         return
-    compileall.compile_dir(
-        str(tree), quiet=2, ddir=image_dir, workers=1,
-        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    # In a child with a fixed hash seed and nothing else from our environment: set constants
+    # are marshalled in hash order, and marshal's back-references depend on which strings the
+    # process has already interned, so either would make the same source give other bytes.
+    subprocess.run(
+        [sys.executable, "-s", "-S", "-m", "compileall", "-q", "-q", "-j", "1",
+         "--invalidation-mode", "unchecked-hash", "-d", image_dir, str(tree)],
+        env={"PYTHONHASHSEED": "0"},
+        check=True,
     )
 
 

@@ -14,7 +14,9 @@ content-addressed cache directory.
 
 Transport: HTTPS, except for loopback registries (127.0.0.0/8, ::1, localhost), which are spoken
 to over plain HTTP unless HTTPS is asked for; plain HTTP to any other host is refused before a
-connection is made (and so is a plain-HTTP token realm or redirect to such a host).
+connection is made (and so is a plain-HTTP token realm or redirect to such a host). HTTPS
+verifies certificates against the system's store (SSL_CERT_FILE and SSL_CERT_DIR are honoured),
+or against an `ssl_context` passed in.
 
 Authentication: anonymous, HTTP Basic, or the Bearer token flow (401 with `WWW-Authenticate:
 Bearer realm=...,service=...,scope=...`; the token is fetched from the realm, with Basic
@@ -157,7 +159,7 @@ class Reference:
         if "@" in text:
             text, digest = text.split("@", 1)
             if not _DIGEST_RE.match(digest):
-                if _ANY_DIGEST_RE.match(digest):
+                if not digest.startswith("sha256:") and _ANY_DIGEST_RE.match(digest):
                     raise InvalidReference(f"image reference {original!r}: only sha256 digests are supported")
                 raise InvalidReference(f"image reference {original!r}: {digest!r} is not a digest "
                                        "(sha256: and 64 lowercase hex digits)")
@@ -291,7 +293,13 @@ class Auth:
         if self._provider is None:
             return None
         if registry not in self._provided:
-            user, password = self._provider(_split_hostport(registry)[0])
+            try:
+                user, password = self._provider(_split_hostport(registry)[0])
+            except RegistryError:
+                raise
+            except Exception as e:  # boto3's errors name no secret
+                raise AuthenticationError(f"getting credentials for {registry} failed: "
+                                          f"{type(e).__name__}: {e}", registry=registry) from e
             self._provided[registry] = (user, password)
         return self._provided[registry]
 
@@ -299,8 +307,8 @@ class Auth:
         if self.username is not None:
             return f"user {self.username!r}"
         if self._provider is not None:
-            return "the credentials from " + repr(self).split("=", 1)[1].rstrip(")")
-        return "no credentials"
+            return "the credentials from the provider"
+        return "anonymous access"
 
     def _basic_header(self, registry: str) -> Optional[str]:
         creds = self.credentials(registry)
@@ -312,28 +320,23 @@ class Auth:
 
 def _parse_challenges(values: Iterable[str]) -> List[Tuple[str, Dict[str, str]]]:
     """`Bearer realm="...",service="...",scope="a b"` -> [("bearer", {...})]; several allowed."""
+    item = re.compile(r'[\s,]*([^\s,=]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^\s,]*))?')
     challenges: List[Tuple[str, Dict[str, str]]] = []
-    param = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*,?')
     for value in values:
-        rest = value.strip()
-        while rest:
-            match = re.match(r"([A-Za-z][A-Za-z0-9_-]*)\s*", rest)
-            if not match:
+        pos, current = 0, None
+        while True:
+            match = item.match(value, pos)
+            if not match or match.end() == pos:
                 break
-            scheme, rest = match.group(1).lower(), rest[match.end():]
-            params: Dict[str, str] = {}
-            while True:
-                p = param.match(rest)
-                if not p or (not p.group(2) and not rest[p.end() - 1:p.end()] == ","):
-                    # a bare word after the params starts the next challenge
-                    if not p or "=" not in rest[:p.end()]:
-                        break
-                v = p.group(2)
-                if v.startswith('"'):
-                    v = re.sub(r"\\(.)", r"\1", v[1:-1])
-                params[p.group(1).lower()] = v
-                rest = rest[p.end():]
-            challenges.append((scheme, params))
+            pos = match.end()
+            name, raw = match.group(1), match.group(2)
+            if raw is None:  # a word without "=" starts a challenge
+                current = (name.lower(), {})
+                challenges.append(current)
+            elif current is not None:
+                if raw.startswith('"'):
+                    raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+                current[1][name.lower()] = raw
     return challenges
 
 
@@ -502,9 +505,11 @@ class RegistryClient:
     # -- public operations --------------------------------------------------------------------
 
     def blob_exists(self, digest: str) -> bool:
+        # A redirect (to storage) also means the registry has the blob; pre-signed storage URLs
+        # are often valid for GET only, so it is not followed.
         with self._request("HEAD", self._path("blobs", digest), what=f"checking blob {digest}",
-                           ok=(200, 404), redirects=True) as resp:
-            return resp.status == 200
+                           ok=(200, 404, 301, 302, 303, 307, 308)) as resp:
+            return resp.status != 404
 
     def start_upload(self, mount: Optional[str] = None, mount_from: Optional[str] = None) -> Optional[str]:
         """Open an upload session and return its URL; with `mount`, try a cross-repository mount
@@ -525,6 +530,14 @@ class RegistryClient:
                                     "Location", registry=self.registry, repository=self.repository,
                                     status=resp.status)
         return urllib.parse.urljoin(self.base + path, location)
+
+    def cancel_upload(self, location: str) -> None:
+        """Best effort: the registry forgets an unused upload session by itself after a while."""
+        try:
+            with self._request("DELETE", location, what="cancelling an upload", ok=(200, 202, 204, 404)):
+                pass
+        except RegistryError:
+            pass
 
     def upload_blob(self, digest: str, path: Path, size: int, location: Optional[str] = None,
                     quiet: bool = False) -> None:
@@ -557,7 +570,8 @@ class RegistryClient:
             return resp.headers.get("Docker-Content-Digest")
 
     def get_manifest(self, reference: str,
-                     accept: Sequence[str] = MANIFEST_MEDIA_TYPES + INDEX_MEDIA_TYPES) -> Tuple[bytes, str, Optional[str]]:
+                     accept: Sequence[str] = MANIFEST_MEDIA_TYPES + INDEX_MEDIA_TYPES,
+                     ) -> Tuple[bytes, str, Optional[str]]:
         """(bytes, media type, Docker-Content-Digest header) of a manifest, by tag or digest."""
         with self._request("GET", self._path("manifests", reference), what=f"getting manifest {reference}",
                            headers={"Accept": ", ".join(accept)}, redirects=True) as resp:
@@ -618,7 +632,7 @@ class RegistryClient:
         return "Bearer " + self._token(realm, service, scopes)
 
     def _token(self, realm: str, service: str, scopes: Tuple[str, ...], fresh: bool = False) -> str:
-        key = (realm, service, tuple(sorted(set(scopes))))
+        key = (realm, service, _merge_scopes(scopes))
         cached = self.auth._tokens.get(key)
         if cached and not fresh and cached[1] > time.monotonic():
             return cached[0]
@@ -662,11 +676,10 @@ class RegistryClient:
             realm, service = params["realm"], params.get("service", "")
             self.auth._challenges[self.registry] = ("bearer", realm, service)
             wanted = tuple(s for s in params.get("scope", "").split() if s)
-            all_scopes = tuple(sorted(set(scopes + wanted)))
-            token = self._token(realm, service, all_scopes, fresh=True)
-            if all_scopes != tuple(sorted(set(scopes))):
-                self.auth._tokens[(realm, service, tuple(sorted(set(scopes))))] = \
-                    self.auth._tokens[(realm, service, all_scopes)]
+            ours, everything = _merge_scopes(scopes), _merge_scopes(scopes + wanted)
+            token = self._token(realm, service, everything, fresh=True)
+            if everything != ours:  # a token for more also serves our requests
+                self.auth._tokens[(realm, service, ours)] = self.auth._tokens[(realm, service, everything)]
             return sent != "Bearer " + token
         if "basic" in by_scheme:
             self.auth._challenges[self.registry] = ("basic",)
@@ -695,32 +708,37 @@ class RegistryClient:
                 body.rewind()
             resp = self._send_following(method, url, request_headers, body, what, redirects)
             if resp.status == 401 and attempt == 0 and ours:
-                resp.read(_MAX_ERROR_BODY)
+                early = self._read_error_body(resp)
                 try:
                     retry = self._on_challenge(resp, sent, scopes, what)
-                except BaseException:
+                finally:
                     resp.close()
-                    raise
                 if retry:
-                    resp.close()
                     continue
-                return self._fail(resp, what, sent)
+                self._fail(resp, what, sent, early)
             break
         if resp.status in ok:
             return resp
-        return self._fail(resp, what, sent)
+        self._fail(resp, what, sent, self._read_error_body(resp))
+        raise AssertionError("unreachable")
 
-    def _fail(self, resp: _Response, what: str, sent: Optional[str]) -> Any:
+    @staticmethod
+    def _read_error_body(resp: _Response) -> bytes:
         try:
-            body = resp.read(_MAX_ERROR_BODY) if resp.conn.sock is not None else b""
+            return resp.read(_MAX_ERROR_BODY)
         except (OSError, http.client.HTTPException):
-            body = b""
+            return b""
         finally:
             resp.close()
+
+    def _fail(self, resp: _Response, what: str, sent: Optional[str], body: bytes) -> None:
         errors = _error_entries(body)
         message = f"{what} at {self.where} failed: HTTP {resp.status} {resp.reason}{_error_details(body)}"
         if resp.status in (401, 403):
-            if sent:
+            if self.auth.username is None and self.auth._provider is None:
+                message += (f"; the registry needs credentials: pass --username with --password-stdin, "
+                            f"or set {USERNAME_ENV} and {PASSWORD_ENV}")
+            elif sent:
                 message += f" (the registry refused {self.auth._who(self.registry)})"
             raise AuthenticationError(message, registry=self.registry, repository=self.repository,
                                       status=resp.status, errors=errors)
@@ -760,10 +778,22 @@ class RegistryClient:
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            raise RegistryError(f"{what} at {self.where}: cannot talk to {parts.netloc} "
+            raise RegistryError(f"{what} at {self.where}: cannot talk to {parts.netloc.rpartition('@')[2]} "
                                 f"({type(e).__name__}: {e})", registry=self.registry,
                                 repository=self.repository) from e
         return _Response(conn, resp, url)
+
+
+def _merge_scopes(scopes: Iterable[str]) -> Tuple[str, ...]:
+    """Sorted scopes, one per resource: repository:a:pull + repository:a:pull,push -> repository:a:pull,push."""
+    actions: Dict[str, set] = {}
+    for scope in scopes:
+        resource, sep, acts = scope.rpartition(":")
+        if not sep or ":" not in resource:
+            actions.setdefault(scope, set())
+            continue
+        actions.setdefault(resource, set()).update(a for a in acts.split(",") if a)
+    return tuple(sorted(f"{r}:{','.join(sorted(a))}" if a else r for r, a in actions.items()))
 
 
 def _error_entries(body: bytes) -> List[Dict[str, Any]]:
@@ -989,6 +1019,7 @@ def push_layout(layout_dir: Union[str, Path], reference: Union[str, Reference], 
                                   registry=ref.registry, repository=ref.repository)
     result = PushResult(ref.replace(digest=image.manifest_digest), image.manifest_digest, image.media_type,
                         len(image.manifest))
+    sources = [s for s in dict.fromkeys(mount_from) if s != ref.repository]
     seen = set()
     for blob in image.blobs:
         if blob.digest in seen:
@@ -997,17 +1028,16 @@ def push_layout(layout_dir: Union[str, Path], reference: Union[str, Reference], 
         if client.blob_exists(blob.digest):
             result.blobs.append(BlobTransfer(blob.digest, blob.size, blob.media_type, "skipped"))
             continue
-        location = None
-        for source in mount_from:
-            if source == ref.repository:
-                continue
+        location: Optional[str] = None
+        for i, source in enumerate(sources):
             location = client.start_upload(mount=blob.digest, mount_from=source)
-            if location is not None:
-                break  # the registry opened an ordinary upload instead: use it
-        else:
-            if mount_from and any(s != ref.repository for s in mount_from):
-                result.blobs.append(BlobTransfer(blob.digest, blob.size, blob.media_type, "mounted"))
-                continue
+            if location is None:
+                break
+            if i < len(sources) - 1:  # not there: the registry opened an ordinary upload instead
+                client.cancel_upload(location)
+        if sources and location is None:
+            result.blobs.append(BlobTransfer(blob.digest, blob.size, blob.media_type, "mounted"))
+            continue
         client.upload_blob(blob.digest, blob_path(image.layout_dir, blob.digest), blob.size, location,
                            quiet=quiet)
         result.blobs.append(BlobTransfer(blob.digest, blob.size, blob.media_type, "uploaded"))
@@ -1149,16 +1179,16 @@ def pull(reference: Union[str, Reference], dest_layout_dir: Union[str, Path], au
 # Command line
 
 
-def _cli_auth(args: argparse.Namespace, registry: str) -> Auth:
+def _cli_auth(args: argparse.Namespace, registry: str, parser: argparse.ArgumentParser) -> Auth:
     if args.password_stdin and not args.username:
-        raise InvalidReference("--password-stdin needs --username")
+        parser.error("--password-stdin needs --username")
     if args.username:
         if args.password_stdin:
             password = sys.stdin.readline().rstrip("\r\n")
         elif os.environ.get(PASSWORD_ENV) is not None:
             password = os.environ[PASSWORD_ENV]
         else:
-            raise InvalidReference(f"--username needs --password-stdin (or {PASSWORD_ENV})")
+            parser.error(f"--username needs --password-stdin (or {PASSWORD_ENV})")
         return Auth(args.username, password)
     if args.ecr:
         return Auth(provider=ecr_credentials)
@@ -1195,7 +1225,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         ref = Reference.parse(args.reference)
-        auth = _cli_auth(args, ref.registry)
+        auth = _cli_auth(args, ref.registry, parser)
         if args.command == "push":
             if args.create_ecr_repository:
                 ensure_ecr_repository(ref.repository, ref.registry)

@@ -1,0 +1,1 @@
+"""Builds, pushes and pulls OCI images without a daemon; standard library only."""

@@ -1,0 +1,191 @@
+"""The model images `./pants package` builds: accepted by skopeo and umoci, layered as promised,
+reproducible, and run by podman (runc, host network on 127.0.0.1) answering real HTTP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ml_image import model_image
+from ml_image.layers import LayerInfo
+
+PACKAGES = {"iris": Path("models.iris/iris"), "digits": Path("models.digits/digits")}
+# podman as root without a daemon, as these machines allow it (see ../shared notes in README).
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+netns = "host"
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+
+
+def require(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"`{tool}` is not installed: run `apt-get install {package}` (.ci/install-deps does).")
+    return path
+
+
+def run(*argv: str, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def manifest_of(layout: Path) -> dict:
+    index = json.loads((layout / "index.json").read_text())
+    (descriptor,) = index["manifests"]
+    return json.loads((layout / "blobs" / "sha256" / descriptor["digest"].split(":")[1]).read_text())
+
+
+def config_of(layout: Path) -> dict:
+    digest = manifest_of(layout)["config"]["digest"]
+    return json.loads((layout / "blobs" / "sha256" / digest.split(":")[1]).read_text())
+
+
+@pytest.mark.parametrize("model", sorted(PACKAGES))
+def test_skopeo_and_umoci_accept_the_image(model: str, tmp_path: Path) -> None:
+    require("skopeo", "skopeo")
+    require("umoci", "umoci")
+    layout, tarball = PACKAGES[model] / "image", PACKAGES[model] / "image.tar"
+    inspected = json.loads(run("skopeo", "inspect", f"oci:{layout}").stdout)
+    assert inspected["Labels"]["org.opencontainers.image.title"] == model
+    assert inspected["Labels"]["ml-platform.model.version"] == "1"
+    assert len(inspected["Layers"]) == 4
+    from_tar = json.loads(run("skopeo", "inspect", f"docker-archive:{tarball}").stdout)
+    # A docker archive names layers by their uncompressed digests.
+    assert from_tar["Layers"] == config_of(layout)["rootfs"]["diff_ids"]
+    # umoci verifies every blob's digest while unpacking.
+    run("umoci", "unpack", "--rootless", "--image", f"{layout}:v1", str(tmp_path / "bundle"))
+    rootfs = tmp_path / "bundle" / "rootfs"
+    assert (rootfs / "usr/bin/python3.11").exists()
+    assert (rootfs / "opt/ml/server/lib/python3.11/site-packages/ml_serving/main.py").exists()
+    assert (rootfs / "opt/ml/model/lib/python3.11/site-packages/model.py").exists()
+    assert (rootfs / "opt/ml/model/lib/python3.11/site-packages/artifacts").is_dir()
+    # Dependencies are installed and byte-compiled at build time.
+    assert list((rootfs / "opt/ml/model/lib/python3.11/site-packages/sklearn/__pycache__").glob("*.pyc"))
+
+
+def test_image_config() -> None:
+    config = config_of(PACKAGES["iris"] / "image")
+    assert config["config"]["User"] == "65532:65532"
+    assert config["config"]["Entrypoint"][-3:] == ["-m", "__ml_model_main__", "serve"]
+    assert "8080/tcp" in config["config"]["ExposedPorts"]
+    labels = config["config"]["Labels"]
+    assert labels["ml-platform.model.address"] == "models/iris:iris"
+    assert len(labels["org.opencontainers.image.revision"]) in (40, len("unknown"))
+    assert "created" not in config  # a timestamp would make every build's digest differ
+
+
+def test_layers_are_shared_where_promised() -> None:
+    iris, digits = (manifest_of(PACKAGES[m] / "image")["layers"] for m in ("iris", "digits"))
+    assert iris[0] == digits[0], "the base layer differs between models"
+    assert iris[1] == digits[1], "the server layer must be byte-identical in every model's image"
+    assert iris[2] != digits[2] and iris[3] != digits[3]
+    # Least to most often changed: the code layer is tiny next to the dependencies.
+    assert iris[3]["size"] < 200_000 < iris[2]["size"]
+
+
+def test_rebuilding_gives_the_same_digests(tmp_path: Path) -> None:
+    """The builder is deterministic: the same package gives byte-identical layers and manifest."""
+    package = PACKAGES["iris"]
+    layout = package / "image"
+    built = manifest_of(layout)
+    layer_dirs = []
+    for name, build, source in (
+        ("server", model_image.server_layer, package / "server.pex"),
+        ("deps", model_image.deps_layer, package / "model.pex"),
+        ("code", model_image.code_layer, package / "model.pex"),
+    ):
+        out = tmp_path / name
+        out.mkdir()
+        build(source, out).write(out / "layer.json")
+        layer_dirs.append(out)
+    rebuilt = [LayerInfo.read(d / "layer.json").digest for d in layer_dirs]
+    assert rebuilt == [layer["digest"] for layer in built["layers"][1:]]
+    # Same layers and the same config give the same manifest digest.
+    base = tmp_path / "base"
+    base.mkdir()
+    base_digest = built["layers"][0]["digest"]
+    shutil.copy(layout / "blobs" / "sha256" / base_digest.split(":")[1], base / "layer.tar.gz")
+    diff_id = config_of(layout)["rootfs"]["diff_ids"][0]
+    LayerInfo(base_digest, built["layers"][0]["size"], diff_id).write(base / "layer.json")
+    digest = model_image.assemble(
+        [base, *layer_dirs], config_of(layout), tmp_path / "layout", None, "ml/iris:v1"
+    )
+    index = json.loads((layout / "index.json").read_text())
+    assert digest == index["manifests"][0]["digest"]
+
+
+@pytest.fixture
+def podman(tmp_path: Path):
+    require("podman", "podman runc")
+    conf = tmp_path / "containers.conf"
+    conf.write_text(CONTAINERS_CONF)
+    # podman refuses a runroot path longer than 50 characters.
+    storage = Path(tempfile.mkdtemp(prefix="pm-", dir="/tmp"))
+    base = ["podman", "--root", str(storage / "root"), "--runroot", str(storage / "run")]
+    env = {"CONTAINERS_CONF": str(conf), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
+
+    def podman_run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([*base, *args], capture_output=True, text=True, env=env)
+        if check:
+            assert result.returncode == 0, f"podman {' '.join(args)}:\n{result.stderr}"
+        return result
+
+    yield podman_run
+    podman_run("rm", "--all", "--force", "--time", "0", check=False)
+    podman_run("system", "reset", "--force", check=False)
+    shutil.rmtree(storage, ignore_errors=True)
+
+
+def test_podman_runs_the_iris_image(podman, tmp_path: Path) -> None:
+    podman("load", "-i", str(PACKAGES["iris"] / "image.tar"))
+    port = _free_port()
+    started = time.monotonic()
+    container = podman("run", "-d", "-e", f"ML_PORT={port}", "-e", "ML_HOST=127.0.0.1",
+                       "localhost/ml/iris:v1").stdout.strip()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = started + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, podman("logs", container, check=False).stderr
+            time.sleep(0.05)
+        request = urllib.request.Request(
+            f"{url}/v1/predict",
+            data=json.dumps({"flowers": [{"sepal_length": 6.7, "sepal_width": 3.0,
+                                          "petal_length": 5.2, "petal_width": 2.3}]}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read())[0]["species"] == "virginica"
+        inspect = json.loads(podman("inspect", container).stdout)[0]
+        assert inspect["Config"]["User"] == "65532:65532"
+    finally:
+        podman("stop", "--time", "20", container, check=False)
+    # SIGTERM to PID 1 (the server) drains and exits 0.
+    assert podman("inspect", "--format", "{{.State.ExitCode}}", container).stdout.strip() == "0"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
