@@ -57,3 +57,14 @@ class MLPlatform(Subsystem):
             """
         ),
     )
+    registry = StrOption(
+        default="",
+        help=help_text(
+            """
+            The registry `pants publish` pushes model images to, e.g. `127.0.0.1:5000` or
+            `123456789012.dkr.ecr.eu-west-1.amazonaws.com` (an ECR repository is created if
+            missing; credentials come from boto3). Plain HTTP is used for loopback registries
+            only. Other credentials: ML_REGISTRY_USERNAME and ML_REGISTRY_PASSWORD.
+            """
+        ),
+    )

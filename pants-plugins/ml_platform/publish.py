@@ -1,0 +1,94 @@
+"""`pants publish` for `ml_model`: push the model's image to the configured registry over the
+OCI distribution API. Blobs the registry already has are skipped, so after a code change only
+the code layer, the config and the manifest travel."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from ml_platform.image import IMAGE_LAYOUT, ImageTools, ImageToolsRequest
+from ml_platform.subsystem import MLPlatform
+from ml_platform.target_types import MLModelEntryPointField, MLModelVersionField
+from pants.backend.python.util_rules.pex import PexProcess
+from pants.core.goals.publish import (
+    PublishFieldSet,
+    PublishOutputData,
+    PublishPackages,
+    PublishProcesses,
+    PublishRequest,
+)
+from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
+from pants.engine.process import InteractiveProcess, Process
+from pants.engine.rules import Get, collect_rules, rule
+from pants.util.logging import LogLevel
+
+# Credentials and AWS settings the push may need, passed through from the user's environment.
+_PASSTHROUGH_ENV = (
+    "ML_REGISTRY_USERNAME", "ML_REGISTRY_PASSWORD", "AWS_PROFILE", "AWS_REGION",
+    "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "SSL_CERT_FILE", "HOME",
+)
+_ECR_HOST = re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
+
+
+class PublishMLModelRequest(PublishRequest):
+    pass
+
+
+@dataclass(frozen=True)
+class PublishMLModelFieldSet(PublishFieldSet):
+    publish_request_type = PublishMLModelRequest
+    required_fields = (MLModelEntryPointField,)
+
+    entry_point: MLModelEntryPointField
+    version: MLModelVersionField
+
+    def get_output_data(self) -> PublishOutputData:
+        return PublishOutputData({"publisher": "oci-registry", **super().get_output_data()})
+
+
+def image_reference(ml_platform: MLPlatform, name: str, version: int) -> str:
+    repository = ml_platform.image_repository.format(name=name)
+    return f"{ml_platform.registry}/{repository}:v{version}"
+
+
+@rule(desc="Preparing to push an ml_model image", level=LogLevel.DEBUG)
+async def publish_ml_model(request: PublishMLModelRequest, ml_platform: MLPlatform) -> PublishProcesses:
+    field_set = request.field_set
+    reference = image_reference(ml_platform, field_set.address.target_name, field_set.version.value)
+    if not ml_platform.registry:
+        return PublishProcesses([PublishPackages(
+            names=(reference.lstrip("/"),),
+            description="(skipped: set [ml-platform].registry in pants.toml or --ml-platform-registry)",
+        )])
+    if not ml_platform.build_images:
+        return PublishProcesses([PublishPackages(
+            names=(reference,), description="(skipped: [ml-platform].build_images is off)",
+        )])
+    (package,) = request.packages
+    (artifact,) = package.artifacts
+    assert artifact.relpath is not None
+    tools, env = await Get(ImageTools, ImageToolsRequest()), await Get(
+        EnvironmentVars, EnvironmentVarsRequest(_PASSTHROUGH_ENV)
+    )
+    ecr = bool(_ECR_HOST.match(ml_platform.registry.split("/")[0]))
+    process = await Get(
+        Process,
+        PexProcess(
+            tools.pex,
+            argv=("push", os.path.join(artifact.relpath, IMAGE_LAYOUT), reference,
+                  *(("--ecr", "--create-ecr-repository") if ecr else ())),
+            input_digest=package.digest,
+            extra_env={**env, "PEX_MODULE": "ml_image.registry"},
+            description=f"Pushing {reference}",
+        ),
+    )
+    return PublishProcesses([PublishPackages(
+        names=(reference,), process=InteractiveProcess.from_process(process),
+    )])
+
+
+def rules():
+    return (*collect_rules(), *PublishMLModelFieldSet.rules())
