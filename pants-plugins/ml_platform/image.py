@@ -8,15 +8,21 @@ model's code. A code change re-runs only the last layer's process and the (cheap
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+
+from pkg_resources import Requirement
 
 from ml_platform.subsystem import MLPlatform
 from pants.backend.python.util_rules.pex import Pex, PexProcess
 from pants.backend.python.util_rules.pex_from_targets import PexFromTargetsRequest
 from pants.engine.addresses import Addresses, UnparsedAddressInputs
+from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
 from pants.engine.fs import (
+    EMPTY_DIGEST,
     AddPrefix,
     Digest,
+    DigestContents,
     DigestSubset,
     MergeDigests,
     PathGlobs,
@@ -24,9 +30,16 @@ from pants.engine.fs import (
 )
 from pants.engine.process import Process, ProcessResult
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
+from pants.engine.target import InvalidFieldException
 from pants.util.frozendict import FrozenDict
 from pants.util.logging import LogLevel
 
+# Registry credentials and AWS settings, passed through from the user's environment.
+REGISTRY_ENV = (
+    "ML_REGISTRY_USERNAME", "ML_REGISTRY_PASSWORD", "AWS_PROFILE", "AWS_REGION",
+    "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "SSL_CERT_FILE", "HOME",
+)
 IMAGE_LAYOUT = "image"
 IMAGE_TAR = "image.tar"
 _TOOL = "ml_image.model_image"
@@ -66,6 +79,7 @@ class LayerRequest:
     source: str
     digest: Digest
     description: str
+    base_python: str
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,7 @@ class BuiltLayer:
 
 async def _run_tool(tools: ImageTools, argv: tuple[str, ...], digest: Digest, description: str,
                     output_directories: tuple[str, ...] = (), output_files: tuple[str, ...] = (),
+                    extra_env: FrozenDict[str, str] = FrozenDict(),
                     **process_overrides) -> ProcessResult:
     process = await Get(
         Process,
@@ -86,7 +101,7 @@ async def _run_tool(tools: ImageTools, argv: tuple[str, ...], digest: Digest, de
             input_digest=digest,
             description=description,
             level=LogLevel.INFO,
-            extra_env={"PEX_MODULE": _TOOL},
+            extra_env={**extra_env, "PEX_MODULE": _TOOL},
             output_directories=output_directories,
             output_files=output_files,
             timeout_seconds=1800,
@@ -101,8 +116,8 @@ async def _run_tool(tools: ImageTools, argv: tuple[str, ...], digest: Digest, de
 async def build_layer(request: LayerRequest) -> BuiltLayer:
     tools = await Get(ImageTools, ImageToolsRequest())
     result = await _run_tool(
-        tools, (request.command, request.source, "__layer"), request.digest, request.description,
-        output_directories=("__layer",),
+        tools, (request.command, request.source, "__layer", "--base-python", request.base_python),
+        request.digest, request.description, output_directories=("__layer",),
     )
     return BuiltLayer(await Get(Digest, RemovePrefix(result.output_digest, "__layer")))
 
@@ -129,6 +144,67 @@ async def build_base_layer(request: BaseLayerRequest) -> BuiltLayer:
 
 
 @dataclass(frozen=True)
+class BaseImageRequest:
+    """`embedded`, or a registry reference pinned by digest, for a model whose interpreter
+    constraints (strings such as `CPython==3.11.*`) its Python must satisfy."""
+
+    base_image: str
+    interpreter_constraints: tuple[str, ...]
+    model_address: str
+
+    def check_python(self, version: str) -> None:
+        if not any(Requirement.parse(c).specifier.contains(version) for c in self.interpreter_constraints):
+            raise InvalidFieldException(
+                f"The base image of {self.model_address} ({self.base_image}) has Python {version}, "
+                f"which does not satisfy the model's interpreter constraints "
+                f"{' or '.join(self.interpreter_constraints)}. Change the model's `base_image` "
+                "(or `[ml-platform].base_image`) or its `interpreter_constraints`."
+            )
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    digest: Digest  # layer directories (and base.json for a pulled base) at its root
+    python_version: str
+    python_path: str
+    pulled: bool
+
+
+@rule(desc="Preparing the base image")
+async def base_image(request: BaseImageRequest, ml_platform: MLPlatform) -> BaseImage:
+    if request.base_image == "embedded":
+        lock = await Get(DigestContents, PathGlobs([ml_platform.base_lock]))
+        if not lock:
+            raise ValueError(f"The base image lock file {ml_platform.base_lock} does not exist "
+                             "(option `[ml-platform].base_lock`).")
+        version = json.loads(lock[0].content)["python_version"]
+        request.check_python(version)  # before downloading anything
+        layer = await Get(BuiltLayer, BaseLayerRequest(ml_platform.base_lock))
+        return BaseImage(await Get(Digest, AddPrefix(layer.digest, "00")), version,
+                         "/usr/bin/python3.11", pulled=False)
+    tools = await Get(ImageTools, ImageToolsRequest())
+    env = await Get(EnvironmentVars, EnvironmentVarsRequest(REGISTRY_ENV))
+    result = await _run_tool(
+        tools, ("base-from-registry", request.base_image, "__base", "--cache", ".cache/blobs"),
+        EMPTY_DIGEST, f"Pulling the base image {request.base_image}",
+        output_directories=("__base",),
+        extra_env=FrozenDict(env),
+        append_only_caches=FrozenDict({"ml_platform_blobs": ".cache/blobs"}),
+    )
+    base = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    if not base["python_path"]:
+        raise ValueError(f"The base image {request.base_image} has no python3.11 in /usr/bin or "
+                         "/usr/local/bin: model images need one.")
+    if not base["python_version"]:
+        raise ValueError(f"Cannot tell which Python the base image {request.base_image} has: give "
+                         "it a PYTHON_VERSION environment variable or an "
+                         "`ml-platform.python.version` label.")
+    request.check_python(base["python_version"])
+    return BaseImage(await Get(Digest, RemovePrefix(result.output_digest, "__base")),
+                     base["python_version"], base["python_path"], pulled=True)
+
+
+@dataclass(frozen=True)
 class ModelImageRequest:
     """Build the image of a packaged model: `package` holds <dir>/model.pex and server.pex."""
 
@@ -138,6 +214,7 @@ class ModelImageRequest:
     env_json: str
     revision: str
     tag: str
+    base: BaseImage
 
 
 @dataclass(frozen=True)
@@ -155,28 +232,33 @@ async def build_model_image(request: ModelImageRequest, ml_platform: MLPlatform)
             [f"{d}/model.pex/**", f"!{d}/model.pex/.deps/**", f"!{d}/model.pex/.bootstrap/**"]))),
         Get(Digest, DigestSubset(request.package, PathGlobs([f"{d}/server.pex"]))),
     )
-    base, server, deps, code = await MultiGet(
-        Get(BuiltLayer, BaseLayerRequest(ml_platform.base_lock)),
+    python = request.base.python_path
+    server, deps, code = await MultiGet(
         Get(BuiltLayer, LayerRequest("server-layer", f"{d}/server.pex", server_input,
-                                     "Building the model server image layer")),
+                                     "Building the model server image layer", python)),
         Get(BuiltLayer, LayerRequest("deps-layer", f"{d}/model.pex", deps_input,
-                                     f"Building the dependencies image layer of {d}")),
+                                     f"Building the dependencies image layer of {d}", python)),
         Get(BuiltLayer, LayerRequest("code-layer", f"{d}/model.pex", code_input,
-                                     f"Building the code image layer of {d}")),
+                                     f"Building the code image layer of {d}", python)),
     )
-    layer_dirs = ("layers/0-base", "layers/1-server", "layers/2-deps", "layers/3-code")
+    layer_dirs = ("layers/1-server", "layers/2-deps", "layers/3-code")
     inputs = await MultiGet(
         Get(Digest, AddPrefix(layer.digest, prefix))
-        for layer, prefix in zip((base, server, deps, code), layer_dirs)
+        for layer, prefix in zip((server, deps, code), layer_dirs)
     )
+    base_digest = await Get(Digest, AddPrefix(request.base.digest, "layers/base"))
+    # A pulled base brings its own layers and environment; the embedded one is one layer.
+    base_args = (("--base", "layers/base") if request.base.pulled
+                 else ("--layer", "layers/base/00"))
     tools = await Get(ImageTools, ImageToolsRequest())
     result = await _run_tool(
         tools,
-        ("assemble", *(arg for layer_dir in layer_dirs for arg in ("--layer", layer_dir)),
+        ("assemble", *base_args,
+         *(arg for layer_dir in layer_dirs for arg in ("--layer", layer_dir)),
          "--manifest", request.manifest_json, "--env", request.env_json,
          "--revision", request.revision, "--tag", request.tag,
          "--layout", f"{d}/{IMAGE_LAYOUT}", "--docker-tar", f"{d}/{IMAGE_TAR}"),
-        await Get(Digest, MergeDigests(inputs)),
+        await Get(Digest, MergeDigests([base_digest, *inputs])),
         f"Assembling the image {request.tag}",
         output_directories=(f"{d}/{IMAGE_LAYOUT}",),
         output_files=(f"{d}/{IMAGE_TAR}",),

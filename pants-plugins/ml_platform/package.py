@@ -10,9 +10,17 @@ import os
 import pprint
 from dataclasses import dataclass
 
-from ml_platform.image import IMAGE_LAYOUT, IMAGE_TAR, ModelImage, ModelImageRequest
+from ml_platform.image import (
+    IMAGE_LAYOUT,
+    IMAGE_TAR,
+    BaseImage,
+    BaseImageRequest,
+    ModelImage,
+    ModelImageRequest,
+)
 from ml_platform.subsystem import MLPlatform
 from ml_platform.target_types import (
+    MLModelBaseImageField,
     MLModelComputeField,
     MLModelEntryPointField,
     MLModelEnvField,
@@ -25,9 +33,11 @@ from ml_platform.target_types import (
 from pants.backend.python.subsystems.setup import PythonSetup
 from pants.backend.python.target_types import (
     EntryPoint,
+    InterpreterConstraintsField,
     ResolvedPexEntryPoint,
     ResolvePexEntryPointRequest,
 )
+from pants.backend.python.util_rules.interpreter_constraints import InterpreterConstraints
 from pants.backend.python.util_rules.pex import Pex, PexLayout
 from pants.backend.python.util_rules.pex_from_targets import PexFromTargetsRequest
 from pants.backend.python.util_rules.python_sources import (
@@ -79,6 +89,8 @@ class MLModelFieldSet(PackageFieldSet):
     env: MLModelEnvField
     description: DescriptionField
     server: MLModelServerField
+    base_image: MLModelBaseImageField
+    interpreter_constraints: InterpreterConstraintsField
     output_path: MLModelOutputPathField
 
 
@@ -229,6 +241,17 @@ async def package_ml_model(
     serve_line = f"    serve it: {output_dir}/{MODEL_PEX}/__main__.py  (under dist/)"
     if not ml_platform.build_images:
         return BuiltPackage(pexes, (BuiltPackageArtifact(output_dir, extra_log_lines=(serve_line,)),))
+    constraints = InterpreterConstraints.create_from_compatibility_fields(
+        [field_set.interpreter_constraints], python_setup
+    )
+    base = await Get(
+        BaseImage,
+        BaseImageRequest(
+            field_set.base_image.value or ml_platform.base_image,
+            tuple(str(c) for c in constraints),
+            field_set.address.spec,
+        ),
+    )
     worktree = await Get(MaybeGitWorktree, GitWorktreeRequest())
     tag = f"{ml_platform.image_repository.format(name=manifest.name)}:v{manifest.version}"
     image = await Get(
@@ -240,6 +263,7 @@ async def package_ml_model(
             env_json=json.dumps(dict(field_set.env.value or {}), sort_keys=True),
             revision=worktree.git_worktree.commit_id if worktree.git_worktree else "unknown",
             tag=tag,
+            base=base,
         ),
     )
     digest = await Get(Digest, MergeDigests([pexes, image.digest]))

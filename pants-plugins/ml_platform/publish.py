@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from ml_platform.image import IMAGE_LAYOUT, ImageTools, ImageToolsRequest
+from ml_platform.image import IMAGE_LAYOUT, REGISTRY_ENV, ImageTools, ImageToolsRequest
 from ml_platform.subsystem import MLPlatform
 from ml_platform.target_types import MLModelEntryPointField, MLModelVersionField
 from pants.backend.python.util_rules.pex import PexProcess
@@ -24,12 +24,6 @@ from pants.engine.process import InteractiveProcess, Process
 from pants.engine.rules import Get, collect_rules, rule
 from pants.util.logging import LogLevel
 
-# Credentials and AWS settings the push may need, passed through from the user's environment.
-_PASSTHROUGH_ENV = (
-    "ML_REGISTRY_USERNAME", "ML_REGISTRY_PASSWORD", "AWS_PROFILE", "AWS_REGION",
-    "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "SSL_CERT_FILE", "HOME",
-)
 _ECR_HOST = re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
 
 
@@ -71,7 +65,7 @@ async def publish_ml_model(request: PublishMLModelRequest, ml_platform: MLPlatfo
     (artifact,) = package.artifacts
     assert artifact.relpath is not None
     tools, env = await Get(ImageTools, ImageToolsRequest()), await Get(
-        EnvironmentVars, EnvironmentVarsRequest(_PASSTHROUGH_ENV)
+        EnvironmentVars, EnvironmentVarsRequest(REGISTRY_ENV)
     )
     ecr = bool(_ECR_HOST.match(ml_platform.registry.split("/")[0]))
     process = await Get(

@@ -29,6 +29,15 @@ class MLPlatform(Subsystem):
             """
         ),
     )
+    base_image = StrOption(
+        default="embedded",
+        help=help_text(
+            """
+            The base image of models that do not set `base_image`: `embedded` (Debian bookworm +
+            Python from `base_lock`) or `registry/repository:tag@sha256:...`.
+            """
+        ),
+    )
     image_tools = StrOption(
         default="//platform:image-tools",
         help=help_text(

@@ -256,6 +256,31 @@ class MLModelServerField(SpecialCasedDependencies):
     )
 
 
+class MLModelBaseImageField(StringField):
+    alias = "base_image"
+    default = None
+    help = help_text(
+        """
+        The base image of the model's image: `embedded` (Debian bookworm + Python 3.11 built
+        from the pinned packages in `[ml-platform].base_lock`, no registry needed) or a registry
+        reference pinned by digest, `registry/repository:tag@sha256:...`, pulled without a
+        daemon (credentials: ML_REGISTRY_USERNAME/PASSWORD, or boto3 for ECR). Its Python must
+        satisfy the model's interpreter constraints. Defaults to `[ml-platform].base_image`.
+        """
+    )
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[str], address: Address) -> Optional[str]:
+        value = super().compute_value(raw_value, address)
+        if value not in (None, "embedded") and "@sha256:" not in value:
+            raise InvalidFieldException(
+                f"The `{cls.alias}` field in target {address} must be `embedded` or a reference "
+                f"pinned by digest (`registry/repository:tag@sha256:<hex>`), so builds are "
+                f"reproducible; got {value!r}."
+            )
+        return value
+
+
 class MLModelOutputPathField(OutputPathField):
     help = help_text(
         """
@@ -281,6 +306,7 @@ class MLModelTarget(Target):
         MLModelEnvField,
         MLModelDependenciesField,
         MLModelServerField,
+        MLModelBaseImageField,
         InterpreterConstraintsField,
         MLModelOutputPathField,
     )

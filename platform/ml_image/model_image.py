@@ -58,13 +58,17 @@ def site_packages(root: str) -> str:
     return f"{root}/lib/{PYTHON}/site-packages"
 
 
-def venv_entries(root: str) -> Iterator[Entry]:
+DEFAULT_BASE_PYTHON = f"/usr/bin/{PYTHON}"
+
+
+def venv_entries(root: str, base_python: str = DEFAULT_BASE_PYTHON) -> Iterator[Entry]:
     """A venv on the base image's interpreter, written directly (no `python -m venv` here)."""
+    home = base_python.rsplit("/", 1)[0]
     yield Entry(f"{root}/pyvenv.cfg", "file", data=(
-        f"home = /usr/bin\ninclude-system-site-packages = false\nversion = {PYTHON[6:]}\n"
+        f"home = {home}\ninclude-system-site-packages = false\nversion = {PYTHON[6:]}\n"
     ).encode())
     for name in ("python", "python3", PYTHON):
-        yield Entry(f"{root}/bin/{name}", "symlink", 0o777, target=f"/usr/bin/{PYTHON}")
+        yield Entry(f"{root}/bin/{name}", "symlink", 0o777, target=base_python)
 
 
 def _compile(tree: Path, image_dir: str) -> None:
@@ -99,17 +103,17 @@ def _extract_installed_wheel(wheel: Path, dest: Path) -> None:
                 target.chmod(0o755)
 
 
-def deps_layer(model_pex: Path, out: Path) -> LayerInfo:
+def deps_layer(model_pex: Path, out: Path, base_python: str = DEFAULT_BASE_PYTHON) -> LayerInfo:
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp)
         for wheel in sorted((model_pex / ".deps").glob("*.whl")):
             _extract_installed_wheel(wheel, tree)
         _compile(tree, site_packages(MODEL_ROOT))
-        return write_layer([*venv_entries(MODEL_ROOT), *tree_entries(tree, site_packages(MODEL_ROOT))],
+        return write_layer([*venv_entries(MODEL_ROOT, base_python), *tree_entries(tree, site_packages(MODEL_ROOT))],
                            out / "layer.tar.gz")
 
 
-def code_layer(model_pex: Path, out: Path) -> LayerInfo:
+def code_layer(model_pex: Path, out: Path, base_python: str = DEFAULT_BASE_PYTHON) -> LayerInfo:
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp)
         for item in sorted(model_pex.iterdir()):
@@ -127,7 +131,7 @@ def code_layer(model_pex: Path, out: Path) -> LayerInfo:
         return write_layer(entries, out / "layer.tar.gz")
 
 
-def server_layer(server_pex: Path, out: Path) -> LayerInfo:
+def server_layer(server_pex: Path, out: Path, base_python: str = DEFAULT_BASE_PYTHON) -> LayerInfo:
     """The server's zipapp PEX, installed: its dependencies and its own code in one venv."""
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp)
@@ -150,7 +154,7 @@ def server_layer(server_pex: Path, out: Path) -> LayerInfo:
                 with zf.open(member) as src, target.open("wb") as dst:
                     shutil.copyfileobj(src, dst)
         _compile(tree, site_packages(SERVER_ROOT))
-        return write_layer([*venv_entries(SERVER_ROOT), *tree_entries(tree, site_packages(SERVER_ROOT))],
+        return write_layer([*venv_entries(SERVER_ROOT, base_python), *tree_entries(tree, site_packages(SERVER_ROOT))],
                            out / "layer.tar.gz")
 
 
@@ -166,9 +170,50 @@ def base_layer(lock: Path, out: Path, cache: Path) -> LayerInfo:
         tar_path.unlink()
 
 
+def base_from_registry(reference: str, out: Path, cache: Path) -> dict:
+    """Pull a base image by reference and lay it out as layer directories `out/<n>/` plus
+    `out/base.json`: the base's environment and where its Python is, for the other layers."""
+    from ml_image.registry import Auth, Reference, pull
+
+    ref = Reference.parse(reference)
+    with tempfile.TemporaryDirectory() as tmp:
+        layout = Path(tmp) / "layout"
+        result = pull(ref, layout, Auth.from_env(ref.registry), cache_dir=cache)
+        blobs = layout / "blobs" / "sha256"
+        manifest = json.loads((blobs / result.manifest_digest.split(":")[1]).read_text())
+        config = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_text())
+        diff_ids = config["rootfs"]["diff_ids"]
+        pythons: dict[str, str] = {}
+        for n, (layer, diff_id) in enumerate(zip(manifest["layers"], diff_ids)):
+            layer_dir = out / f"{n:02d}"
+            layer_dir.mkdir(parents=True)
+            blob = blobs / layer["digest"].split(":")[1]
+            shutil.copyfile(blob, layer_dir / "layer.tar.gz")
+            LayerInfo(layer["digest"], layer["size"], diff_id).write(layer_dir / "layer.json")
+            with tarfile.open(blob) as tar:
+                for member in tar:
+                    name = "/" + member.name.lstrip("./")
+                    if name in (f"/usr/local/bin/{PYTHON}", f"/usr/bin/{PYTHON}"):
+                        pythons[name] = name
+    env = config.get("config", {}).get("Env") or []
+    version = next((e.split("=", 1)[1] for e in env if e.startswith("PYTHON_VERSION=")), None)
+    labels = config.get("config", {}).get("Labels") or {}
+    version = labels.get("ml-platform.python.version", version)
+    base = {
+        "reference": reference,
+        "env": env,
+        # /usr/local first: python.org-built images put their interpreter there.
+        "python_path": pythons.get(f"/usr/local/bin/{PYTHON}") or pythons.get(f"/usr/bin/{PYTHON}"),
+        "python_version": version,
+        "layers": len(diff_ids),
+    }
+    (out / "base.json").write_text(json.dumps(base, indent=2, sort_keys=True) + "\n")
+    return base
+
+
 def image_config(
     layers: Sequence[LayerInfo], *, name: str, version: int, address: str, revision: str,
-    env: dict[str, str], description: str,
+    env: dict[str, str], description: str, base_env: Sequence[str] = (), base_name: str = "",
 ) -> dict:
     labels = {
         "org.opencontainers.image.title": name,
@@ -177,9 +222,11 @@ def image_config(
         "org.opencontainers.image.description": description or f"ml_model {address}",
         "ml-platform.model.address": address,
         "ml-platform.model.version": str(version),
+        "org.opencontainers.image.base.name": base_name or "embedded Debian bookworm + Python",
     }
-    base_env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    inherited = dict(e.split("=", 1) for e in base_env if "=" in e)
+    platform_env = {
+        "PATH": inherited.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
         "ML_SERVER": f"{SERVER_ROOT}/bin/python3 -m ml_serving.main",
         "ML_HOST": "0.0.0.0",
         "ML_PORT": str(PORT),
@@ -193,7 +240,7 @@ def image_config(
         "config": {
             "User": f"{NONROOT[0]}:{NONROOT[1]}",
             "Entrypoint": [f"{MODEL_ROOT}/bin/python3", "-m", "__ml_model_main__", "serve"],
-            "Env": [f"{k}={v}" for k, v in {**base_env, **env}.items()],
+            "Env": [f"{k}={v}" for k, v in {**inherited, **platform_env, **env}.items()],
             "ExposedPorts": {f"{PORT}/tcp": {}},
             "WorkingDir": "/home/nonroot",
             "Labels": labels,
@@ -202,8 +249,8 @@ def image_config(
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
         "history": [
             {"created_by": step, "comment": "ml-platform"}
-            for step in ("base: Debian + Python from pinned .debs", "model server", "model dependencies",
-                         "model code")[: len(layers)]
+            for step in [f"base layer {n + 1}" for n in range(len(layers) - 3)]
+            + ["model server", "model dependencies", "model code"]
         ],
     }
 
@@ -293,15 +340,19 @@ def _write_docker_tar(layout: Path, output: Path, config_digest: str, layer_dige
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="model_image", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in ("base-layer", "server-layer", "deps-layer", "code-layer"):
+    for command in ("base-layer", "base-from-registry", "server-layer", "deps-layer", "code-layer"):
         p = sub.add_parser(command)
-        p.add_argument("source", type=Path, help="The base's lock file, or the PEX to lay out.")
+        p.add_argument("source", help="The base's lock file or reference, or the PEX to lay out.")
         p.add_argument("out", type=Path)
-        if command == "base-layer":
-            p.add_argument("--cache", type=Path, required=True, help="Downloaded .debs, by sha256.")
+        if command.startswith("base"):
+            p.add_argument("--cache", type=Path, required=True, help="Downloaded blobs, by sha256.")
+        else:
+            p.add_argument("--base-python", default=DEFAULT_BASE_PYTHON,
+                           help="The base image's python3.11, which the venvs point at.")
     p = sub.add_parser("assemble")
     p.add_argument("--layer", type=Path, action="append", required=True,
                    help="A directory with layer.tar.gz and layer.json; base first.")
+    p.add_argument("--base", type=Path, help="A pulled base (base-from-registry output): its env.")
     p.add_argument("--manifest", required=True, help="The model's manifest, as JSON.")
     p.add_argument("--env", default="{}", help="Extra environment, as a JSON object.")
     p.add_argument("--revision", default="unknown")
@@ -312,20 +363,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if args.command == "assemble":
         manifest = json.loads(args.manifest)
-        layers = [LayerInfo.read(d / "layer.json") for d in args.layer]
+        layer_dirs = list(args.layer)
+        base = {}
+        if args.base is not None:
+            base = json.loads((args.base / "base.json").read_text())
+            layer_dirs = sorted(p.parent for p in args.base.glob("*/layer.json")) + layer_dirs
+        layers = [LayerInfo.read(d / "layer.json") for d in layer_dirs]
         config = image_config(
             layers, name=manifest["name"], version=manifest["version"], address=manifest["address"],
             revision=args.revision, env=json.loads(args.env), description=manifest.get("description", ""),
+            base_env=base.get("env", ()), base_name=base.get("reference", ""),
         )
+        args.layer = layer_dirs
         digest = assemble(args.layer, config, args.layout, args.docker_tar, args.tag)
         print(digest)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.command == "base-from-registry":
+        print(json.dumps(base_from_registry(args.source, args.out, args.cache)))
+        return 0
     if args.command == "base-layer":
-        info = base_layer(args.source, args.out, args.cache)
+        info = base_layer(Path(args.source), args.out, args.cache)
     else:
         build = {"server-layer": server_layer, "deps-layer": deps_layer, "code-layer": code_layer}
-        info = build[args.command](args.source, args.out)
+        info = build[args.command](Path(args.source), args.out, args.base_python)
     info.write(args.out / "layer.json")
     print(json.dumps({"layer": args.command, "digest": info.digest, "size": info.size}))
     return 0

@@ -12,12 +12,10 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-import http.client
 import io
 import json
 import os
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -48,6 +46,7 @@ from ml_image.registry import (
     pull,
     push_layout,
 )
+from ml_image.testing import RunningRegistry, free_port, require_tool, start_registry
 
 USER, PASSWORD = "ci-user", "s3cret-Pa55word"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -55,13 +54,6 @@ INDEX = "application/vnd.oci.image.index.v1+json"
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG = "application/vnd.oci.image.config.v1+json"
-
-
-def _require(tool: str, package: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.fail(f"{tool} is not installed; install it with: apt-get install {package}", pytrace=False)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,96 +167,10 @@ def _json_blob(layout: Path, value: dict) -> Tuple[str, int]:
 # Real registries
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class RunningRegistry:
-    host: str  # 127.0.0.1:port
-    root: Path
-    proc: subprocess.Popen
-
-    def ref(self, repository: str, tag: str = "1") -> str:
-        return f"{self.host}/{repository}:{tag}"
-
-
-def _start_registry(root: Path, auth_yaml: str,
-                    tls: Optional[Tuple[Path, Path]] = None) -> Iterator[RunningRegistry]:
-    binary = _require("docker-registry", "docker-registry apache2-utils")
-    root.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    config = root / "config.yml"
-    config.write_text(f"""\
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: {root / "data"}
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:{port}
-  secret: registry-test-secret
-{f"  tls:{chr(10)}    certificate: {tls[0]}{chr(10)}    key: {tls[1]}{chr(10)}" if tls else ""}{auth_yaml}""")
-    log = (root / "registry.log").open("wb")
-    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"docker-registry exited with {proc.returncode}:\n"
-                            f"{(root / 'registry.log').read_text()}", pytrace=False)
-            try:
-                conn = (http.client.HTTPSConnection("127.0.0.1", port, timeout=2,
-                                                    context=ssl._create_unverified_context()) if tls
-                        else http.client.HTTPConnection("127.0.0.1", port, timeout=2))
-                conn.request("GET", "/v2/")
-                status = conn.getresponse().status
-                conn.close()
-                if status in (200, 401):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"docker-registry did not answer on 127.0.0.1:{port}:\n"
-                            f"{(root / 'registry.log').read_text()}", pytrace=False)
-            time.sleep(0.05)
-        yield RunningRegistry(f"127.0.0.1:{port}", root, proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-def _htpasswd_auth(root: Path) -> str:
-    htpasswd = _require("htpasswd", "docker-registry apache2-utils")
-    line = subprocess.run([htpasswd, "-Bbn", USER, PASSWORD], check=True, capture_output=True,
-                          text=True).stdout.strip()
-    assert line.startswith(f"{USER}:$2"), "htpasswd did not make a bcrypt entry"
-    (root / "htpasswd").write_text(line + "\n")
-    return f"""\
-auth:
-  htpasswd:
-    realm: test-registry
-    path: {root / "htpasswd"}
-"""
-
-
 @pytest.fixture(scope="module")
 def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
-    root = tmp_path_factory.mktemp("basic-registry")
-    yield from _start_registry(root, _htpasswd_auth(root))
+    with start_registry(tmp_path_factory.mktemp("basic-registry"), username=USER, password=PASSWORD) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -272,16 +178,17 @@ def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[Run
     """HTTPS with a self-signed certificate for 127.0.0.1, and Basic auth; yields the CA file too."""
     root = tmp_path_factory.mktemp("tls-registry")
     cert, key = root / "tls.pem", root / "tls.key"
-    subprocess.run([_require("openssl", "openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+    subprocess.run([require_tool("openssl", "openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes",
                     "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1", "-days", "2",
                     "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-    for running in _start_registry(root, _htpasswd_auth(root), tls=(cert, key)):
+    with start_registry(root, tls=(cert, key), username=USER, password=PASSWORD) as running:
         yield running, cert
 
 
 @pytest.fixture(scope="module")
 def anon_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
-    yield from _start_registry(tmp_path_factory.mktemp("anon-registry"), "")
+    with start_registry(tmp_path_factory.mktemp("anon-registry"), auth="none") as running:
+        yield running
 
 
 # -- token auth: a token server in this process, JWTs signed with the openssl CLI --------------
@@ -297,7 +204,7 @@ class TokenServer:
     service, issuer = "test-registry", "test-token-issuer"
 
     def __init__(self, root: Path) -> None:
-        openssl = _require("openssl", "openssl")
+        openssl = require_tool("openssl", "openssl")
         self.key, self.cert = root / "token.key", root / "token.pem"
         subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.key),
                         "-out", str(self.cert), "-subj", "/CN=test-token-issuer", "-days", "2",
@@ -365,14 +272,14 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[R
     root = tmp_path_factory.mktemp("token-registry")
     tokens = TokenServer(root)
     try:
-        for running in _start_registry(root, f"""\
+        with start_registry(root, auth="custom", auth_yaml=f"""\
 auth:
   token:
     realm: {tokens.realm}
     service: {tokens.service}
     issuer: {tokens.issuer}
     rootcertbundle: {tokens.cert}
-"""):
+""") as running:
             yield running, tokens
     finally:
         tokens.close()
@@ -383,7 +290,7 @@ def _auth() -> Auth:
 
 
 def _skopeo_inspect(layout: Path) -> dict:
-    skopeo = _require("skopeo", "skopeo")
+    skopeo = require_tool("skopeo", "skopeo")
     done = subprocess.run([skopeo, "inspect", f"oci:{layout}"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -910,7 +817,7 @@ def test_fake_registry_bearer_token_is_cached(fake: FakeRegistry, tmp_path: Path
 
 
 def test_connection_refused_names_the_registry(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     with pytest.raises(RegistryError, match=f"127.0.0.1:{port}/models/x: cannot talk to 127.0.0.1:{port}"):
         pull(f"127.0.0.1:{port}/models/x:1", tmp_path / "out", timeout=5)
 

@@ -1,0 +1,604 @@
+#!/usr/bin/env python3
+"""Image figures for the model images `./pants package` builds, measured side by side in one run.
+
+Everything is built from the current commit in two scratch clones, each with its own empty Pants
+caches and its own pantsd (stopped at the end), so the working tree is never touched:
+
+  1. size      our image (4 layers) against a naive one of the same lockfile: our base layer plus
+               one layer that `pip install --no-deps --only-binary :all: --target` (pins from the
+               model's lockfile and the server's) plus the model's and server's code would give,
+               with the __pycache__ pip writes; compressed (gzip blobs) and uncompressed (tars)
+  2. start     `podman run -d` until GET /v2/health/ready answers 200 (median of N starts,
+               interleaved), with 2 workers (the default on 2 cores) and with ML_WORKERS=1; the
+               first worker's `worker_ready` log line; and where the time goes (container and
+               interpreter start, the model's imports under -X importtime)
+  3. push      a local Debian docker-registry: the full image, then the image after a one-line
+               change to the model's code; bytes uploaded (blobs + manifest) as a share of the image
+  4. build     `./pants package models/iris: models/digits:` cold (empty caches), then after a
+               one-line change to iris (and to digits); manifest digests of two cold builds of the
+               same commit in two clones with separate empty caches must be equal
+
+Needs podman + runc, docker-registry, git and python3.11 (for pip); downloads wheels from PyPI
+and .debs from the Debian mirror (cold builds, the naive image). Standard library only.
+
+Usage: python3 bench/image.py [--starts N] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import gzip
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Callable, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "platform"))
+
+from ml_image.layers import tree_entries, write_layer  # noqa: E402
+from ml_image.model_image import venv_entries  # noqa: E402
+from ml_image.registry import push_layout  # noqa: E402
+
+MODELS = ("iris", "digits")
+TARGETS = [f"models/{m}:" for m in MODELS]
+TAG = "v1"
+# As in tests/integration/image_test.py: podman as root without a daemon, host network.
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+netns = "host"
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+NAIVE_ROOT = "/opt/venv"
+NAIVE_SITE = f"{NAIVE_ROOT}/lib/python3.11/site-packages"
+# PEX metadata and bootstrap files: what `COPY . .` of the sources would not bring either.
+PEX_INTERNALS = {".bootstrap", ".deps", "PEX-INFO", "__main__.py", "__pex__", ".layout.json"}
+MB = 1_000_000
+_T0 = time.monotonic()
+
+
+def log(message: str) -> None:
+    print(f"[{time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def run(argv: list, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        sys.exit(f"`{' '.join(map(str, argv))}` failed ({result.returncode}):\n"
+                 f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_pid(pid: int, expect: str, timeout: float = 10.0) -> None:
+    """SIGTERM `pid` (then SIGKILL) if it is still the process we started (`expect` in its cmdline)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return
+    if expect not in cmdline:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scratch clones with their own caches
+
+
+class Clone:
+    def __init__(self, scratch: Path, name: str) -> None:
+        self.root = scratch / name
+        self.path = self.root / "repo"
+        self.root.mkdir()
+        run(["git", "clone", "-q", REPO, self.path])
+        (self.root / "tmp").mkdir()
+        self.env = {
+            **os.environ,
+            # Empty caches of this clone's own: its first build downloads and builds everything.
+            "PANTS_LOCAL_STORE_DIR": str(self.root / "lmdb_store"),
+            "PANTS_NAMED_CACHES_DIR": str(self.root / "named_caches"),
+            "PANTS_LOCAL_EXECUTION_ROOT_DIR": str(self.root / "tmp"),
+        }
+
+    def package(self, targets: list[str] = TARGETS) -> float:
+        argv = ["bash", "pants", "--no-dynamic-ui", "package", *targets]
+        start = time.perf_counter()
+        result = subprocess.run(argv, cwd=self.path, env=self.env, capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+        if result.returncode != 0:
+            sys.exit(f"`{' '.join(argv)}` failed in {self.path}:\n{result.stderr[-4000:]}")
+        return elapsed
+
+    def package_dir(self, model: str) -> Path:
+        return self.path / "dist" / f"models.{model}" / model
+
+    def edit(self, model: str, line: str) -> None:
+        with (self.path / "models" / model / "src" / "model.py").open("a") as f:
+            f.write(f"{line}\n")
+
+    def stop_pantsd(self) -> None:
+        # Pants 2.17 keeps it in <buildroot>/.pids/<fingerprint>/pantsd/pid; older ones in .pants.d.
+        for pid_file in [*self.path.glob(".pids/*/pantsd/pid"), self.path / ".pants.d/pids/pantsd/pid"]:
+            with contextlib.suppress(OSError, ValueError):
+                stop_pid(int(pid_file.read_text().strip()), "pantsd")
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts
+
+
+def manifest_digest(layout: Path) -> str:
+    (entry,) = json.loads((layout / "index.json").read_text())["manifests"]
+    return entry["digest"]
+
+
+def blob(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / digest.split(":", 1)[1]
+
+
+def manifest_of(layout: Path) -> dict:
+    return json.loads(blob(layout, manifest_digest(layout)).read_bytes())
+
+
+def gunzipped_size(path: Path) -> int:
+    size = 0
+    with gzip.open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            size += len(chunk)
+    return size
+
+
+def image_bytes(layout: Path) -> int:
+    """What a push of the whole image sends: config, layers and the manifest."""
+    manifest = manifest_of(layout)
+    return (manifest["config"]["size"] + sum(l["size"] for l in manifest["layers"])
+            + blob(layout, manifest_digest(layout)).stat().st_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Size against a naive image
+
+
+def lock_pins(lock: Path) -> dict[str, str]:
+    text = "".join(line for line in lock.read_text().splitlines(True) if not line.lstrip().startswith("//"))
+    (resolve,) = json.loads(text)["locked_resolves"]
+    return {r["project_name"]: r["version"] for r in resolve["locked_requirements"]}
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def python311() -> str:
+    if sys.version_info[:2] == (3, 11):
+        return sys.executable
+    found = shutil.which("python3.11")
+    if not found:
+        sys.exit("python3.11 is needed to pip install the naive image's site-packages")
+    return found
+
+
+def naive_layer(package: Path, clone: Path, model: str, work: Path) -> tuple[int, int, list[str]]:
+    """The one layer `RUN pip install -r requirements.txt` + `COPY` of the code would add on the
+    base: (gzip bytes, tar bytes, pins installed)."""
+    site = work / "site-packages"
+    site.mkdir(parents=True)
+    pins = lock_pins(clone / "models" / model / f"{model}.lock")
+    serving = {normalize(k): (k, v) for k, v in lock_pins(clone / "platform" / "serving.lock").items()}
+    with zipfile.ZipFile(package / "server.pex") as zf:
+        server_code = [n for n in zf.namelist() if n.split("/")[0] not in PEX_INTERNALS and not n.endswith("/")]
+        # .deps/<name>-<version>-<tags>.whl/...: the server's own third-party distributions.
+        server_dists = sorted({n.split("/")[1].split("-")[0] for n in zf.namelist()
+                               if n.startswith(".deps/") and n.count("/") > 1})
+        for name in server_dists:
+            project, version = serving[normalize(name)]
+            pins[project] = version
+        zf.extractall(site, members=server_code)
+    requirements = [f"{name}=={version}" for name, version in sorted(pins.items())]
+    run([python311(), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input",
+         "--no-deps", "--only-binary", ":all:", "--cache-dir", work / "pip-cache", "--target", site,
+         *requirements])
+    model_pex = package / "model.pex"
+    for item in sorted(model_pex.iterdir()):
+        if item.name in PEX_INTERNALS:
+            continue
+        if item.is_dir():
+            shutil.copytree(item, site / item.name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(item, site / item.name)
+    info = write_layer([*venv_entries(NAIVE_ROOT), *tree_entries(site, NAIVE_SITE)], work / "layer.tar.gz")
+    size, tar_size = info.size, gunzipped_size(work / "layer.tar.gz")
+    shutil.rmtree(site)
+    (work / "layer.tar.gz").unlink()
+    shutil.rmtree(work / "pip-cache", ignore_errors=True)
+    return size, tar_size, requirements
+
+
+def size_section(clone: Clone, work: Path) -> tuple[list[str], dict[str, float]]:
+    lines = ["## 1. Image size: ours vs a naive `pip install` image on the same base", "",
+             "| model | image | layers | compressed MB | uncompressed MB | above the base: compressed MB "
+             "| above the base: uncompressed MB |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    ratios: dict[str, float] = {}
+    notes = []
+    for model in MODELS:
+        layout = clone.package_dir(model) / "image"
+        layers = manifest_of(layout)["layers"]
+        compressed = [l["size"] for l in layers]
+        uncompressed = [gunzipped_size(blob(layout, l["digest"])) for l in layers]
+        log(f"naive image of {model}: pip install ...")
+        n_gz, n_tar, pins = naive_layer(clone.package_dir(model), clone.path, model, work / f"naive-{model}")
+        naive_c, naive_u = compressed[0] + n_gz, uncompressed[0] + n_tar
+        ratios[model] = sum(compressed) / naive_c
+        lines.append(f"| {model} | ours (base, server, deps, code) | {len(layers)} | {sum(compressed) / MB:.1f} "
+                     f"| {sum(uncompressed) / MB:.1f} | {sum(compressed[1:]) / MB:.1f} "
+                     f"| {sum(uncompressed[1:]) / MB:.1f} |")
+        lines.append(f"| {model} | naive (base, pip site-packages + code) | 2 | {naive_c / MB:.1f} | "
+                     f"{naive_u / MB:.1f} | {n_gz / MB:.1f} | {n_tar / MB:.1f} |")
+        lines.append(f"| {model} | **ours / naive** | | **{sum(compressed) / naive_c:.3f}** | "
+                     f"**{sum(uncompressed) / naive_u:.3f}** | {sum(compressed[1:]) / n_gz:.3f} | "
+                     f"{sum(uncompressed[1:]) / n_tar:.3f} |")
+        notes.append(f"- {model}: base layer {compressed[0] / MB:.1f} MB compressed, {uncompressed[0] / MB:.1f} MB "
+                     f"uncompressed; our layers above it: "
+                     + ", ".join(f"{name} {c / MB:.2f}/{u / MB:.2f} MB" for name, c, u in
+                                 zip(("server", "deps", "code"), compressed[1:], uncompressed[1:]))
+                     + f" (gz/tar); naive pins: {' '.join(pins)}")
+    return lines + ["", *notes], ratios
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Container start to ready
+
+
+_TS_RE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)\s+(\{\"event\": \"worker_ready\".*?\})")
+
+
+def _parse_ts(base: str, frac: Optional[str], tz: str) -> float:
+    text = base + ("." + (frac or "0")[:6].ljust(6, "0")) + ("+00:00" if tz == "Z" else tz)
+    return dt.datetime.fromisoformat(text).timestamp()
+
+
+class Podman:
+    def __init__(self) -> None:
+        # podman refuses a runroot path longer than 50 characters.
+        self.storage = Path(tempfile.mkdtemp(prefix="pm-", dir="/tmp"))
+        conf = self.storage / "containers.conf"
+        conf.write_text(CONTAINERS_CONF)
+        self.base = ["podman", "--root", self.storage / "root", "--runroot", self.storage / "run"]
+        self.env = {"CONTAINERS_CONF": str(conf), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
+
+    def __call__(self, *args, check: bool = True) -> subprocess.CompletedProcess:
+        argv = [*self.base, *args]
+        if check:
+            return run(argv, env=self.env)
+        return subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=self.env)
+
+    def close(self) -> None:
+        self("rm", "--all", "--force", "--time", "0", check=False)
+        self("system", "reset", "--force", check=False)
+        shutil.rmtree(self.storage, ignore_errors=True)
+
+
+def start_once(podman: Podman, image: str, workers: Optional[int]) -> dict[str, float]:
+    port = free_port()
+    env = ["-e", f"ML_PORT={port}", "-e", "ML_HOST=127.0.0.1"]
+    if workers:
+        env += ["-e", f"ML_WORKERS={workers}"]
+    wall0, start = time.time(), time.monotonic()
+    container = podman("run", "-d", *env, image).stdout.strip()
+    returned = time.monotonic() - start
+    try:
+        deadline = start + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                sys.exit(f"{image} not ready after 120 s:\n{podman('logs', container, check=False).stderr}")
+            time.sleep(0.005)
+        ready = time.monotonic() - start
+        logs = podman("logs", "-t", container, check=False)
+    finally:
+        podman("rm", "--force", "--time", "0", container, check=False)
+    worker_ready = []
+    for m in _TS_RE.finditer(logs.stdout + logs.stderr):
+        at = _parse_ts(m.group(1), m.group(2), m.group(3)) - wall0
+        worker_ready.append((at, json.loads(m.group(4))["load_seconds"]))
+    first = min(worker_ready) if worker_ready else (float("nan"), float("nan"))
+    return {"run_returned": returned, "ready": ready, "first_worker_ready": first[0],
+            "first_worker_load": first[1], "worker_spawned": first[0] - first[1]}
+
+
+_PROFILE = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import model
+t1 = time.perf_counter()
+from ml_runtime.handler import LoadedModel
+LoadedModel("model:Model")
+t2 = time.perf_counter()
+print("BENCH " + json.dumps({"import_model": t1 - t0, "load_and_describe": t2 - t1}), file=sys.stderr)
+"""
+
+
+def profile(podman: Podman, image: str) -> tuple[dict[str, float], list[tuple[int, int, str]]]:
+    """Container + interpreter start (`python -c pass`, median of 3, podman run --rm wall time),
+    the server's import, and the model's import and load() under -X importtime (second of two runs)."""
+    py = "/opt/ml/model/bin/python3"
+    walls = []
+    for _ in range(3):
+        start = time.monotonic()
+        podman("run", "--rm", "--entrypoint", py, image, "-c", "pass")
+        walls.append(time.monotonic() - start)
+    server = podman("run", "--rm", "--entrypoint", "/opt/ml/server/bin/python3", image, "-c",
+                    "import time; t = time.perf_counter(); import ml_serving.main; "
+                    "print(time.perf_counter() - t)").stdout
+    for _ in range(2):
+        out = podman("run", "--rm", "--entrypoint", py, image, "-X", "importtime", "-c", _PROFILE).stderr
+    figures = {"container_python_pass": statistics.median(walls), "server_import": float(server.strip())}
+    imports = []
+    for line in out.splitlines():
+        if line.startswith("BENCH "):
+            figures.update(json.loads(line[6:]))
+        elif line.startswith("import time:") and "self [us]" not in line:
+            self_us, cumulative, name = (p.strip() if i == 2 else int(p) for i, p in
+                                         enumerate(line[len("import time:"):].split("|", 2)))
+            imports.append((self_us, cumulative, name.rstrip()))
+    return figures, imports
+
+
+def start_section(clone: Clone, starts: int) -> tuple[list[str], dict]:
+    podman = Podman()
+    try:
+        images = {}
+        for model in MODELS:
+            start = time.monotonic()
+            podman("load", "-i", clone.package_dir(model) / "image.tar")
+            images[model] = (f"localhost/ml/{model}:{TAG}", time.monotonic() - start)
+        cases = [(model, workers) for model in MODELS for workers in (None, 1)]
+        samples: dict = {case: [] for case in cases}
+        for i in range(starts):  # interleaved rounds, so drift in the machine's load hits every case
+            log(f"starts: round {i + 1}/{starts}")
+            for model, workers in cases:
+                samples[(model, workers)].append(start_once(podman, images[model][0], workers))
+        profiles = {}
+        for model in MODELS:
+            log(f"profiling the start of {model}")
+            profiles[model] = profile(podman, images[model][0])
+    finally:
+        podman.close()
+
+    def med(case, key: str) -> float:
+        return statistics.median(s[key] for s in samples[case])
+
+    lines = [f"## 2. Container start to ready (`podman run -d` until /v2/health/ready is 200; median of {starts})",
+             "",
+             "| model | workers | ready s | min–max s | `podman run -d` returned s | first worker started s "
+             "| its load s | first `worker_ready` s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for model, workers in cases:
+        case = (model, workers)
+        ready = [s["ready"] for s in samples[case]]
+        lines.append(f"| {model} | {workers or '2 (default)'} | **{med(case, 'ready'):.2f}** | "
+                     f"{min(ready):.2f}–{max(ready):.2f} | {med(case, 'run_returned'):.2f} | "
+                     f"{med(case, 'worker_spawned'):.2f} | {med(case, 'first_worker_load'):.2f} | "
+                     f"{med(case, 'first_worker_ready'):.2f} |")
+    lines += ["", "\"first worker started\" = its `worker_ready` log time (podman's timestamp) less the "
+              "`load_seconds` it reports: container creation, the server's start and the worker "
+              "interpreter's start. `podman load` took "
+              + ", ".join(f"{m} {images[m][1]:.1f} s" for m in MODELS) + ".", "",
+              "Where the time goes (single process, no competing worker):", "",
+              "| model | `podman run --rm python -c pass` s | server `import ml_serving.main` s | "
+              "`import model` s | `load()` + describe s |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for model in MODELS:
+        f = profiles[model][0]
+        lines.append(f"| {model} | {f['container_python_pass']:.2f} | {f['server_import']:.3f} | "
+                     f"{f['import_model']:.3f} | {f['load_and_describe']:.3f} |")
+    for model in MODELS:
+        imports = profiles[model][1]
+        top = sorted(imports, key=lambda r: -r[1])
+        lines += ["", f"{model}: slowest imports under `-X importtime` (cumulative ms, self ms), model import + load():", ""]
+        shown = 0
+        for self_us, cumulative, name in top:
+            if shown == 12:
+                break
+            lines.append(f"    {cumulative / 1000:7.1f} {self_us / 1000:7.1f}  {name}")
+            shown += 1
+    figures = {case: med(case, "ready") for case in cases}
+    return lines, figures
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Bytes pushed after a one-line change
+
+
+class Registry:
+    def __init__(self, work: Path) -> None:
+        self.port = free_port()
+        config = work / "registry.yml"
+        config.write_text(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {work / 'registry'}\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+        )
+        self.log = (work / "registry.log").open("w")
+        self.process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                sys.exit(f"docker-registry did not start: see {work / 'registry.log'}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def push_section(before: Clone, after: Clone, work: Path) -> tuple[list[str], dict[str, float]]:
+    registry = Registry(work)
+    lines = ["## 3. Bytes pushed after a one-line code change (local docker-registry)", "",
+             "| model | full image bytes | first push: uploaded + manifest | s | after the change: blobs "
+             "uploaded | uploaded + manifest bytes | s | share of the image |",
+             "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    shares = {}
+    try:
+        for model in MODELS:
+            reference = f"127.0.0.1:{registry.port}/ml/{model}:{TAG}"
+            old, new = before.package_dir(model) / "image", after.package_dir(model) / "image"
+            names = {l["digest"]: kind for l, kind in zip(manifest_of(new)["layers"], ("base", "server", "deps", "code"))}
+            names[manifest_of(new)["config"]["digest"]] = "config"
+            start = time.monotonic()
+            first = push_layout(old, reference, quiet=True)
+            first_s = time.monotonic() - start
+            start = time.monotonic()
+            second = push_layout(new, reference, quiet=True)
+            second_s = time.monotonic() - start
+            full = image_bytes(old)
+            sent = second.uploaded_bytes + second.manifest_size
+            shares[model] = sent / full
+            uploaded = ", ".join(f"{names.get(b.digest, b.digest[:19])} ({b.size:,} B)"
+                                 for b in second.blobs if b.action == "uploaded")
+            lines.append(f"| {model} | {full:,} | {first.uploaded_bytes + first.manifest_size:,} | {first_s:.2f} | "
+                         f"{uploaded} | {sent:,} | {second_s:.2f} | **{sent / full:.3%}** |")
+            if manifest_digest(old) == manifest_digest(new):
+                lines.append(f"| {model} | (the change did not change the image!) | | | | | | |")
+    finally:
+        registry.close()
+    return lines, shares
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--starts", type=int, default=5, help="Container starts per case (median).")
+    parser.add_argument("--keep", action="store_true", help="Keep the scratch directory.")
+    args = parser.parse_args()
+    for tool in ("podman", "runc", "docker-registry", "git"):
+        if shutil.which(tool) is None:
+            sys.exit(f"`{tool}` is not installed (apt-get install podman runc docker-registry git)")
+
+    scratch = Path(tempfile.mkdtemp(prefix="ml-image-bench-"))
+    log(f"scratch directory {scratch}")
+    commit = run(["git", "rev-parse", "HEAD"], cwd=REPO).stdout.strip()
+    out: list[str] = [f"Image benchmark of commit {commit[:12]} ({os.cpu_count()} cores)", ""]
+    clones: list[Clone] = []
+    try:
+        # 4 first: it builds everything the other sections measure. Clone `a` is built cold, then
+        # after one-line changes; clone `b` is the second cold build and keeps the original images.
+        a = Clone(scratch, "a")
+        clones.append(a)
+        b = Clone(scratch, "b")
+        clones.append(b)
+        log("cold build in clone a (empty caches) ...")
+        cold_a = a.package()
+        digests_a = {m: manifest_digest(a.package_dir(m) / "image") for m in MODELS}
+        log(f"cold build a: {cold_a:.1f} s; cold build in clone b (other empty caches) ...")
+        cold_b = b.package()
+        digests_b = {m: manifest_digest(b.package_dir(m) / "image") for m in MODELS}
+        b.stop_pantsd()
+        log(f"cold build b: {cold_b:.1f} s; one-line change to iris ...")
+        a.edit("iris", "# bench: a one-line change")
+        iris_edit = a.package()
+        log(f"after the iris change: {iris_edit:.1f} s; one-line change to digits ...")
+        a.edit("digits", "# bench: a one-line change")
+        digits_edit = a.package()
+        a.stop_pantsd()
+        build_lines = [
+            "## 4. Build time: `./pants package models/iris: models/digits:` in a scratch clone", "",
+            "| case | seconds | vs cold |", "| --- | ---: | ---: |",
+            f"| cold (empty caches, clone a) | {cold_a:.2f} | 100% |",
+            f"| cold (other empty caches, clone b) | {cold_b:.2f} | {cold_b / cold_a:.1%} |",
+            f"| after a one-line change to iris (clone a, pantsd warm) | {iris_edit:.2f} | {iris_edit / cold_a:.1%} |",
+            f"| after a one-line change to digits (clone a) | {digits_edit:.2f} | {digits_edit / cold_a:.1%} |",
+            "", "Reproducibility: image manifest digests of the two cold builds (two clones, separate empty caches):", "",
+            "| model | clone a | clone b | equal |", "| --- | --- | --- | --- |",
+            *(f"| {m} | {digests_a[m]} | {digests_b[m]} | {'yes' if digests_a[m] == digests_b[m] else '**NO**'} |"
+              for m in MODELS),
+        ]
+
+        log("1. image size against a naive image ...")
+        size_lines, size_ratios = size_section(b, scratch / "naive")
+        log("3. pushes ...")
+        push_lines, shares = push_section(b, a, scratch)
+        log("2. container starts ...")
+        start_lines, ready = start_section(b, args.starts)
+    finally:
+        for clone in clones:
+            clone.stop_pantsd()
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    reproducible = all(digests_a[m] == digests_b[m] for m in MODELS)
+    targets: list[tuple[str, str, bool]] = []
+    for m in MODELS:
+        targets.append((f"{m}: compressed size ours / naive <= 1", f"{size_ratios[m]:.3f}", size_ratios[m] <= 1))
+    targets.append(("iris: start to ready < 1 s (2 workers)", f"{ready[('iris', None)]:.2f} s", ready[("iris", None)] < 1))
+    targets.append(("iris: start to ready < 1 s (1 worker)", f"{ready[('iris', 1)]:.2f} s", ready[("iris", 1)] < 1))
+    for m in MODELS:
+        targets.append((f"{m}: bytes pushed after a one-line change < 1% of the image", f"{shares[m]:.3%}",
+                        shares[m] < 0.01))
+    targets.append(("one-line change rebuild < 30% of cold (README's build target)", f"{iris_edit / cold_a:.1%}",
+                    iris_edit / cold_a < 0.30))
+    targets.append(("two cold builds give the same manifest digests", "yes" if reproducible else "no", reproducible))
+    summary = ["## Targets", "", "| target | measured | met |", "| --- | --- | --- |",
+               *(f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in targets)]
+    out += [*size_lines, "", *start_lines, "", *push_lines, "", *build_lines, "", *summary]
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
