@@ -1,0 +1,131 @@
+"""Runs a model image on this machine through a Docker-API engine (Docker, or podman's
+Docker-compatible socket), with the `docker` SDK.
+
+    python -m ml_image.engine run dist/models.iris/iris/image.tar [--port 8080]
+
+loads the image, starts it (host network, the server on 127.0.0.1:<port>), waits until it is
+ready, prints its URL, and on Ctrl-C or SIGTERM stops and removes the container.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+# Where engines listen when DOCKER_HOST is not set, in the order tried.
+DEFAULT_SOCKETS = (
+    "/var/run/docker.sock",
+    f"{os.environ.get('XDG_RUNTIME_DIR', '/run/user/0')}/podman/podman.sock",
+    "/run/podman/podman.sock",
+)
+
+
+class EngineUnavailable(RuntimeError):
+    pass
+
+
+def connect(docker_host: Optional[str] = None):
+    """A docker SDK client for the first engine that answers a ping."""
+    import docker  # only here: the rest of ml_image needs nothing beyond the standard library
+
+    candidates = [docker_host or os.environ.get("DOCKER_HOST")] if (docker_host or os.environ.get("DOCKER_HOST")) \
+        else [f"unix://{path}" for path in DEFAULT_SOCKETS if os.path.exists(path)]
+    errors = []
+    for url in candidates:
+        try:
+            client = docker.DockerClient(base_url=url, timeout=30)
+            client.ping()
+            return client
+        except Exception as e:  # the SDK raises several unrelated types for "not there"
+            errors.append(f"{url}: {e}")
+    tried = "; ".join(errors) or f"no socket at {', '.join(DEFAULT_SOCKETS)} and DOCKER_HOST is not set"
+    raise EngineUnavailable(
+        "No Docker-API engine is reachable to run the image (" + tried + "). Start Docker, or "
+        "podman's socket: `podman system service --time=0 unix:///run/podman/podman.sock &` and "
+        "`export DOCKER_HOST=unix:///run/podman/podman.sock`."
+    )
+
+
+@dataclass
+class RunningModel:
+    container: object
+    url: str
+
+    def stop(self, timeout: int = 30) -> int:
+        """SIGTERM (the server drains), then remove; returns the container's exit code."""
+        self.container.stop(timeout=timeout)
+        code = self.container.wait(timeout=timeout + 10)["StatusCode"]
+        self.container.remove(force=True)
+        return code
+
+
+def load(client, image_tar: Path) -> str:
+    with image_tar.open("rb") as f:
+        (image,) = client.images.load(f)
+    return image.tags[0] if image.tags else image.id
+
+
+def run(client, image: str, port: int, env: Optional[dict] = None, ready_timeout: float = 120) -> RunningModel:
+    container = client.containers.run(
+        image,
+        detach=True,
+        # Host networking keeps the server on 127.0.0.1 (no bridge network, no private addresses).
+        network_mode="host",
+        environment={"ML_PORT": str(port), "ML_HOST": "127.0.0.1", **(env or {})},
+    )
+    model = RunningModel(container, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{model.url}/v2/health/ready", timeout=1) as response:
+                if response.status == 200:
+                    return model
+        except OSError:
+            pass
+        container.reload()
+        if container.status in ("exited", "dead"):
+            logs = container.logs().decode(errors="replace")[-3000:]
+            container.remove(force=True)
+            raise RuntimeError(f"the container exited before it was ready:\n{logs}")
+        if time.monotonic() > deadline:
+            model.stop()
+            raise RuntimeError(f"the model was not ready within {ready_timeout:g} s")
+        time.sleep(0.05)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ml_image.engine", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="Load and run a model image until interrupted.")
+    p.add_argument("image_tar", type=Path, help="The model's image.tar (dist/models.<name>/<name>/).")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        client = connect()
+    except EngineUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    image = load(client, args.image_tar)
+    model = run(client, image, args.port, dict(e.split("=", 1) for e in args.env))
+    print(json.dumps({"event": "running", "image": image, "url": model.url}), flush=True)
+    stopping = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.append(True))
+    while not stopping:
+        time.sleep(0.2)
+    code = model.stop()
+    print(json.dumps({"event": "stopped", "exit_code": code}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Running a model image through a Docker-API engine with the docker SDK: podman's
+Docker-compatible socket, started (and stopped) by this test on a private unix socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ml_image import engine
+from ml_image.testing import free_port, require_tool
+
+IMAGE_TAR = Path("models.iris/iris/image.tar")
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+netns = "host"
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+
+
+@pytest.fixture
+def podman_socket(monkeypatch):
+    require_tool("podman", "podman runc")
+    # podman refuses a runroot longer than 50 characters.
+    state = Path(tempfile.mkdtemp(prefix="pe-", dir="/tmp"))
+    (state / "containers.conf").write_text(CONTAINERS_CONF)
+    socket = state / "api.sock"
+    env = {**os.environ, "CONTAINERS_CONF": str(state / "containers.conf")}
+    service = subprocess.Popen(
+        ["podman", "--root", str(state / "root"), "--runroot", str(state / "run"),
+         "system", "service", "--time=0", f"unix://{socket}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=(state / "service.log").open("wb"),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not socket.exists():
+            assert service.poll() is None, (state / "service.log").read_text()
+            assert time.monotonic() < deadline, "podman's API socket did not appear"
+            time.sleep(0.05)
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{socket}")
+        yield f"unix://{socket}"
+    finally:
+        service.send_signal(signal.SIGTERM)
+        try:
+            service.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait()
+        subprocess.run(["podman", "--root", str(state / "root"), "--runroot", str(state / "run"),
+                        "system", "reset", "--force"], env=env, capture_output=True)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_run_the_iris_image_through_the_docker_api(podman_socket: str) -> None:
+    client = engine.connect()
+    image = engine.load(client, IMAGE_TAR)
+    assert image == "localhost/ml/iris:v1" or image.endswith("ml/iris:v1")
+    model = engine.run(client, image, free_port())
+    try:
+        request = urllib.request.Request(
+            f"{model.url}/v1/predict",
+            data=json.dumps({"flowers": [{"sepal_length": 5.1, "sepal_width": 3.5,
+                                          "petal_length": 1.4, "petal_width": 0.2}]}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read())[0]["species"] == "setosa"
+    finally:
+        assert model.stop() == 0  # SIGTERM: drained, exit 0
+
+
+def test_no_engine_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(engine.EngineUnavailable) as excinfo:
+        engine.connect(f"unix://{tmp_path}/nothing.sock")
+    message = str(excinfo.value)
+    assert "No Docker-API engine is reachable" in message
+    assert "podman system service" in message and "DOCKER_HOST" in message
