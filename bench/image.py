@@ -65,6 +65,11 @@ netns = "host"
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+# Per-instance state and file locks: the default /run/libpod and SHM lock segment are shared by
+# every podman on the machine, and another instance's `system reset` or lock reuse there makes
+# podman lose track of running containers.
+tmp_dir = "{tmp_dir}"
+lock_type = "file"
 """
 NAIVE_ROOT = "/opt/venv"
 NAIVE_SITE = f"{NAIVE_ROOT}/lib/python3.11/site-packages"
@@ -74,8 +79,17 @@ MB = 1_000_000
 _T0 = time.monotonic()
 
 
+LOADAVG: list[tuple[str, float]] = []
+
+
 def log(message: str) -> None:
     print(f"[{time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def section(name: str) -> None:
+    """Note the machine's load (other users' work included) as a section starts."""
+    LOADAVG.append((name, os.getloadavg()[0]))
+    log(f"{name} (load average {LOADAVG[-1][1]:.2f}) ...")
 
 
 def run(argv: list, **kwargs) -> subprocess.CompletedProcess:
@@ -297,8 +311,9 @@ class Podman:
         # podman refuses a runroot path longer than 50 characters.
         self.storage = Path(tempfile.mkdtemp(prefix="pm-", dir="/tmp"))
         conf = self.storage / "containers.conf"
-        conf.write_text(CONTAINERS_CONF)
-        self.base = ["podman", "--root", self.storage / "root", "--runroot", self.storage / "run"]
+        conf.write_text(CONTAINERS_CONF.format(tmp_dir=self.storage / "tmp"))
+        self.base = ["podman", "--root", self.storage / "root", "--runroot", self.storage / "run",
+                     "--tmpdir", self.storage / "tmp"]
         self.env = {"CONTAINERS_CONF": str(conf), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
 
     def __call__(self, *args, check: bool = True) -> subprocess.CompletedProcess:
@@ -306,6 +321,13 @@ class Podman:
         if check:
             return run(argv, env=self.env)
         return subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=self.env)
+
+    def remove(self, container: str) -> None:
+        for _ in range(5):
+            if self("rm", "--force", "--time", "0", container, check=False).returncode == 0:
+                return
+            time.sleep(0.5)
+        sys.exit(f"podman could not remove container {container}")
 
     def close(self) -> None:
         self("rm", "--all", "--force", "--time", "0", check=False)
@@ -336,7 +358,7 @@ def start_once(podman: Podman, image: str, workers: Optional[int]) -> dict[str, 
         ready = time.monotonic() - start
         logs = podman("logs", "-t", container, check=False)
     finally:
-        podman("rm", "--force", "--time", "0", container, check=False)
+        podman.remove(container)
     worker_ready = []
     for m in _TS_RE.finditer(logs.stdout + logs.stderr):
         at = _parse_ts(m.group(1), m.group(2), m.group(3)) - wall0
@@ -611,17 +633,20 @@ def main() -> None:
         clones.append(a)
         b = Clone(scratch, "b")
         clones.append(b)
-        log("cold build in clone a (empty caches) ...")
+        section("4. cold build in clone a")
         cold_a = a.package()
         digests_a = {m: manifest_digest(a.package_dir(m) / "image") for m in MODELS}
-        log(f"cold build a: {cold_a:.1f} s; cold build in clone b (other empty caches) ...")
+        log(f"cold build a: {cold_a:.1f} s")
+        section("4. cold build in clone b")
         cold_b = b.package()
         digests_b = {m: manifest_digest(b.package_dir(m) / "image") for m in MODELS}
         b.stop_pantsd()
-        log(f"cold build b: {cold_b:.1f} s; one-line change to iris ...")
+        log(f"cold build b: {cold_b:.1f} s")
+        section("4. one-line change to iris")
         a.edit("iris", "# bench: a one-line change")
         iris_edit = a.package()
-        log(f"after the iris change: {iris_edit:.1f} s; one-line change to digits ...")
+        log(f"after the iris change: {iris_edit:.1f} s")
+        section("4. one-line change to digits")
         a.edit("digits", "# bench: a one-line change")
         digits_edit = a.package()
         a.stop_pantsd()
@@ -638,11 +663,11 @@ def main() -> None:
               for m in MODELS),
         ]
 
-        log("1. image size against a naive image ...")
+        section("1. size")
         size_lines, size_ratios = size_section(b, scratch / "naive")
-        log("3. pushes ...")
+        section("3. pushes")
         push_lines, shares = push_section(b, a, scratch)
-        log("2. container starts ...")
+        section("2. container starts")
         start_lines, ready = start_section(b, args.starts, scratch / "podman")
     finally:
         for clone in clones:
@@ -664,7 +689,10 @@ def main() -> None:
     targets.append(("two cold builds give the same manifest digests", "yes" if reproducible else "no", reproducible))
     summary = ["## Targets", "", "| target | measured | met |", "| --- | --- | --- |",
                *(f"| {name} | {value} | {'yes' if ok else '**no**'} |" for name, value, ok in targets)]
-    out += [*size_lines, "", *start_lines, "", *push_lines, "", *build_lines, "", *summary]
+    section("end")
+    out += [*size_lines, "", *start_lines, "", *push_lines, "", *build_lines, "", *summary, "",
+            "Load average (1 min, the whole machine) as each step started: "
+            + ", ".join(f"{name} {load:.2f}" for name, load in LOADAVG)]
     print("\n".join(out))
 
 

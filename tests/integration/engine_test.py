@@ -4,11 +4,8 @@ Docker-compatible socket, started (and stopped) by this test on a private unix s
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -16,51 +13,35 @@ from pathlib import Path
 import pytest
 
 from ml_image import engine
-from ml_image.testing import free_port, require_tool
+from ml_image.testing import free_port, podman_store
 
 IMAGE_TAR = Path("models.iris/iris/image.tar")
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-netns = "host"
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"""
 
 
 @pytest.fixture
 def podman_socket(monkeypatch):
-    require_tool("podman", "podman runc")
-    # podman refuses a runroot longer than 50 characters.
-    state = Path(tempfile.mkdtemp(prefix="pe-", dir="/tmp"))
-    (state / "containers.conf").write_text(CONTAINERS_CONF)
-    socket = state / "api.sock"
-    env = {**os.environ, "CONTAINERS_CONF": str(state / "containers.conf")}
-    service = subprocess.Popen(
-        ["podman", "--root", str(state / "root"), "--runroot", str(state / "run"),
-         "system", "service", "--time=0", f"unix://{socket}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=(state / "service.log").open("wb"),
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not socket.exists():
-            assert service.poll() is None, (state / "service.log").read_text()
-            assert time.monotonic() < deadline, "podman's API socket did not appear"
-            time.sleep(0.05)
-        monkeypatch.setenv("DOCKER_HOST", f"unix://{socket}")
-        yield f"unix://{socket}"
-    finally:
-        service.send_signal(signal.SIGTERM)
+    """podman's Docker-compatible API on a private socket, for the length of one test."""
+    with podman_store() as podman:
+        socket = podman.state / "api.sock"
+        service = subprocess.Popen(
+            [*podman.argv, "system", "service", "--time=0", f"unix://{socket}"],
+            env=podman.env, stdout=subprocess.DEVNULL, stderr=(podman.state / "service.log").open("wb"),
+        )
         try:
-            service.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            service.kill()
-            service.wait()
-        subprocess.run(["podman", "--root", str(state / "root"), "--runroot", str(state / "run"),
-                        "system", "reset", "--force"], env=env, capture_output=True)
-        shutil.rmtree(state, ignore_errors=True)
+            deadline = time.monotonic() + 30
+            while not socket.exists():
+                assert service.poll() is None, (podman.state / "service.log").read_text()
+                assert time.monotonic() < deadline, "podman's API socket did not appear"
+                time.sleep(0.05)
+            monkeypatch.setenv("DOCKER_HOST", f"unix://{socket}")
+            yield f"unix://{socket}"
+        finally:
+            service.send_signal(signal.SIGTERM)
+            try:
+                service.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                service.kill()
+                service.wait()
 
 
 def test_run_the_iris_image_through_the_docker_api(podman_socket: str) -> None:

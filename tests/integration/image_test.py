@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -15,27 +14,9 @@ import pytest
 
 from ml_image import model_image
 from ml_image.layers import LayerInfo
+from ml_image.testing import free_port, podman_store, require_tool
 
 PACKAGES = {"iris": Path("models.iris/iris"), "digits": Path("models.digits/digits")}
-# podman as root without a daemon, as these machines allow it (see ../shared notes in README).
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-netns = "host"
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"""
-
-
-def require(tool: str, package: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.fail(f"`{tool}` is not installed: run `apt-get install {package}` (.ci/install-deps does).")
-    return path
-
-
 def run(*argv: str, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(argv, capture_output=True, text=True, **kwargs)
     assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stdout}\n{result.stderr}"
@@ -55,8 +36,8 @@ def config_of(layout: Path) -> dict:
 
 @pytest.mark.parametrize("model", sorted(PACKAGES))
 def test_skopeo_and_umoci_accept_the_image(model: str, tmp_path: Path) -> None:
-    require("skopeo", "skopeo")
-    require("umoci", "umoci")
+    require_tool("skopeo", "skopeo")
+    require_tool("umoci", "umoci")
     layout, tarball = PACKAGES[model] / "image", PACKAGES[model] / "image.tar"
     inspected = json.loads(run("skopeo", "inspect", f"oci:{layout}").stdout)
     assert inspected["Labels"]["org.opencontainers.image.title"] == model
@@ -128,30 +109,14 @@ def test_rebuilding_gives_the_same_digests(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def podman(tmp_path: Path):
-    require("podman", "podman runc")
-    conf = tmp_path / "containers.conf"
-    conf.write_text(CONTAINERS_CONF)
-    # podman refuses a runroot path longer than 50 characters.
-    storage = Path(tempfile.mkdtemp(prefix="pm-", dir="/tmp"))
-    base = ["podman", "--root", str(storage / "root"), "--runroot", str(storage / "run")]
-    env = {"CONTAINERS_CONF": str(conf), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
-
-    def podman_run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([*base, *args], capture_output=True, text=True, env=env)
-        if check:
-            assert result.returncode == 0, f"podman {' '.join(args)}:\n{result.stderr}"
-        return result
-
-    yield podman_run
-    podman_run("rm", "--all", "--force", "--time", "0", check=False)
-    podman_run("system", "reset", "--force", check=False)
-    shutil.rmtree(storage, ignore_errors=True)
+def podman():
+    with podman_store() as podman:
+        yield podman
 
 
-def test_podman_runs_the_iris_image(podman, tmp_path: Path) -> None:
+def test_podman_runs_the_iris_image(podman) -> None:
     podman("load", "-i", str(PACKAGES["iris"] / "image.tar"))
-    port = _free_port()
+    port = free_port()
     started = time.monotonic()
     container = podman("run", "-d", "-e", f"ML_PORT={port}", "-e", "ML_HOST=127.0.0.1",
                        "localhost/ml/iris:v1").stdout.strip()
@@ -181,11 +146,3 @@ def test_podman_runs_the_iris_image(podman, tmp_path: Path) -> None:
         podman("stop", "--time", "20", container, check=False)
     # SIGTERM to PID 1 (the server) drains and exits 0.
     assert podman("inspect", "--format", "{{.State.ExitCode}}", container).stdout.strip() == "0"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
