@@ -165,9 +165,39 @@ def base_layer(lock: Path, out: Path, cache: Path) -> LayerInfo:
     tar_path = out / "layer.tar"
     build_base_layer(str(lock), str(cache), str(tar_path))
     try:
+        _add_stdlib_pycs(tar_path)
         return compress_layer(tar_path, out / "layer.tar.gz")
     finally:
         tar_path.unlink()
+
+
+def _add_stdlib_pycs(tar_path: Path) -> None:
+    """Debian compiles the standard library at install time (postinst), which an image built
+    from .debs never runs: without these every container start compiles what it imports."""
+    stdlib = f"usr/lib/{PYTHON}"
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp)
+        with tarfile.open(tar_path) as tar:
+            members = [m for m in tar if m.isfile() and m.name.startswith(stdlib + "/")
+                       and m.name.endswith(".py") and "/test/" not in m.name]
+            for member in members:
+                target = tree / member.name[len(stdlib) + 1:]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())
+        _compile(tree, "/" + stdlib)
+        pycs = sorted(p for p in tree.rglob("*.pyc"))
+        if not pycs:
+            return
+        with tarfile.open(tar_path, "a", format=tarfile.PAX_FORMAT) as tar:
+            for directory in sorted({p.parent for p in pycs}):
+                info = tarfile.TarInfo(f"{stdlib}/{directory.relative_to(tree).as_posix()}")
+                info.type, info.mode, info.mtime, info.uname, info.gname = tarfile.DIRTYPE, 0o755, 0, "", ""
+                tar.addfile(info)
+            for pyc in pycs:
+                info = tarfile.TarInfo(f"{stdlib}/{pyc.relative_to(tree).as_posix()}")
+                info.size, info.mode, info.mtime, info.uname, info.gname = pyc.stat().st_size, 0o644, 0, "", ""
+                with pyc.open("rb") as f:
+                    tar.addfile(info, f)
 
 
 def base_from_registry(reference: str, out: Path, cache: Path) -> dict:
