@@ -5,6 +5,7 @@ Runs ./pants (no daemon) in a scratch copy of the repository with its own git hi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ def git(repo: Path, *args: str) -> str:
     ).stdout
 
 
-def pants(repo: Path, *args: str) -> str:
+def pants(repo: Path, *args: str, with_stderr: bool = False) -> str:
     result = subprocess.run(
         ["bash", "pants", "--no-pantsd", "--no-dynamic-ui", *args],
         cwd=repo,
@@ -34,7 +35,7 @@ def pants(repo: Path, *args: str) -> str:
         env={**os.environ, "PANTS_CONCURRENT": "true"},
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    return result.stdout
+    return result.stdout + (result.stderr if with_stderr else "")
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +101,22 @@ def test_help_documents_every_field(repo: Path) -> None:
         "env", "description", "dependencies",
     ):
         assert f"\n{field}\n" in out, f"`help ml_model` lacks {field}"
+
+
+def test_publish_pushes_only_what_changed(repo: Path, tmp_path: Path) -> None:
+    """`./pants publish` pushes each image to the registry; after a commit that changes one line
+    of one model, only that image's code layer and config travel."""
+    from ml_image.registry import Auth, pull
+    from ml_image.testing import start_registry
+
+    with start_registry(tmp_path / "registry", auth="none") as registry:
+        option = f"--ml-platform-registry={registry.host}"
+        first = pants(repo, option, "publish", "models/iris:", with_stderr=True)
+        assert f"{registry.host}/ml/iris:v1 published" in first.replace("✓ ", "")
+        commit_change(repo, "models/iris/src/model.py", "# publish me\n")
+        second = pants(repo, option, "publish", "models/iris:", with_stderr=True)
+        summary = json.loads(next(line for line in second.splitlines() if line.startswith("{")))
+        assert summary["uploaded"] == 2 and summary["skipped"] == 3, summary
+        assert summary["uploaded_bytes"] < 100_000 < summary["skipped_bytes"]
+        pulled = pull(f"{registry.host}/ml/iris:v1", tmp_path / "pulled", Auth(), quiet=True)
+        assert f"@{pulled.manifest_digest}" in summary["reference"]
