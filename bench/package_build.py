@@ -39,20 +39,21 @@ def timed(cwd: Path, env: dict[str, str]) -> float:
 
 
 def stop_pantsd(clone: Path) -> None:
-    pid_file = clone / ".pants.d" / "pids" / "pantsd" / "pid"
-    if pid_file.exists():
+    # Pants 2.17 keeps the pid in <buildroot>/.pids/<fingerprint>/pantsd/pid.
+    for pid_file in clone.glob(".pids/*/pantsd/pid"):
         pid = int(pid_file.read_text().strip())
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
-            return
+            continue
         for _ in range(100):
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
-                return
+                break
             time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
 
 
 def main() -> None:

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import os
 import shutil
 import socket
 import ssl
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,53 +166,3 @@ def start_registry(root: Path, auth: str = "htpasswd", *, tls: Optional[Tuple[Pa
                 proc.kill()
                 proc.wait()
 
-
-# podman as root without a daemon, as these machines allow it: runc (crun fails on cgroups
-# hybrid mode), cgroupfs, events to a file, lowered default ulimits (the defaults fail with
-# "error setting rlimit") and host networking (no bridge: everything stays on 127.0.0.1).
-PODMAN_CONF = """\
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-netns = "host"
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"""
-
-
-@dataclass
-class Podman:
-    """A private podman store: `argv` starts a podman command on it, `env` configures it."""
-
-    argv: list
-    env: dict
-    state: Path
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([*self.argv, *args], capture_output=True, text=True, env=self.env)
-        if check and result.returncode != 0:
-            raise AssertionError(f"podman {' '.join(args)} failed:\n{result.stderr}")
-        return result
-
-
-@contextlib.contextmanager
-def podman_store() -> Iterator[Podman]:
-    """Yields a Podman on a fresh store under /tmp, removed (with its containers) afterwards."""
-    require_tool("podman", "podman runc")
-    # Short paths: podman refuses a runroot longer than 50 characters.
-    state = Path(tempfile.mkdtemp(prefix="pm-", dir="/tmp"))
-    (state / "containers.conf").write_text(PODMAN_CONF)
-    podman = Podman(
-        # --tmpdir too: `system reset` wipes it, and the default (/run/libpod) is shared.
-        ["podman", "--root", str(state / "root"), "--runroot", str(state / "run"),
-         "--tmpdir", str(state / "tmp")],
-        {**os.environ, "CONTAINERS_CONF": str(state / "containers.conf")},
-        state,
-    )
-    try:
-        yield podman
-    finally:
-        podman("rm", "--all", "--force", "--time", "0", check=False)
-        podman("system", "reset", "--force", check=False)
-        shutil.rmtree(state, ignore_errors=True)

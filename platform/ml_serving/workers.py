@@ -166,11 +166,15 @@ class WorkerPool:
         return self.ready_workers > 0 and not self._stopping
 
     async def start(self) -> None:
-        """Start every worker; returns once the first one has loaded the model."""
+        """Start every worker; returns once the first one has loaded the model.
+
+        The others start only then: loading at the same time, they would share the cores and
+        the first one would be ready later than it is alone."""
         first_ready: asyncio.Future = asyncio.get_running_loop().create_future()
-        for index in range(self.count):
-            self._tasks.append(asyncio.create_task(self._run_worker(index, first_ready)))
+        self._tasks.append(asyncio.create_task(self._run_worker(0, first_ready)))
         await first_ready
+        for index in range(1, self.count):
+            self._tasks.append(asyncio.create_task(self._run_worker(index, first_ready)))
 
     async def submit(
         self, endpoint: str, body: bytes, request_id: str, binary_parameter: Optional[str] = None

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from ml_image import engine
-from ml_image.testing import free_port, podman_store
+from ml_image.podman import podman_store
+from ml_image.testing import free_port
 
 IMAGE_TAR = Path("models.iris/iris/image.tar")
 

@@ -14,7 +14,8 @@ import pytest
 
 from ml_image import model_image
 from ml_image.layers import LayerInfo
-from ml_image.testing import free_port, podman_store, require_tool
+from ml_image.podman import podman_store
+from ml_image.testing import free_port, require_tool
 
 PACKAGES = {"iris": Path("models.iris/iris"), "digits": Path("models.digits/digits")}
 def run(*argv: str, **kwargs) -> subprocess.CompletedProcess:
