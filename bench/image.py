@@ -51,26 +51,12 @@ sys.path.insert(0, str(REPO / "platform"))
 
 from ml_image.layers import tree_entries, write_layer  # noqa: E402
 from ml_image.model_image import venv_entries  # noqa: E402
+from ml_image.podman import Podman, podman_store  # noqa: E402
 from ml_image.registry import push_layout  # noqa: E402
 
 MODELS = ("iris", "digits")
 TARGETS = [f"models/{m}:" for m in MODELS]
 TAG = "v1"
-# As in tests/integration/image_test.py: podman as root without a daemon, host network.
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-netns = "host"
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-# Per-instance state and file locks: the default /run/libpod and SHM lock segment are shared by
-# every podman on the machine, and another instance's `system reset` or lock reuse there makes
-# podman lose track of running containers.
-tmp_dir = "{tmp_dir}"
-lock_type = "file"
-"""
 NAIVE_ROOT = "/opt/venv"
 NAIVE_SITE = f"{NAIVE_ROOT}/lib/python3.11/site-packages"
 # PEX metadata and bootstrap files: what `COPY . .` of the sources would not bring either.
@@ -306,33 +292,14 @@ def _parse_ts(base: str, frac: Optional[str], tz: str) -> float:
     return dt.datetime.fromisoformat(text).timestamp()
 
 
-class Podman:
-    def __init__(self) -> None:
-        # podman refuses a runroot path longer than 50 characters.
-        self.storage = Path(tempfile.mkdtemp(prefix="pm-", dir="/tmp"))
-        conf = self.storage / "containers.conf"
-        conf.write_text(CONTAINERS_CONF.format(tmp_dir=self.storage / "tmp"))
-        self.base = ["podman", "--root", self.storage / "root", "--runroot", self.storage / "run",
-                     "--tmpdir", self.storage / "tmp"]
-        self.env = {"CONTAINERS_CONF": str(conf), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
-
-    def __call__(self, *args, check: bool = True) -> subprocess.CompletedProcess:
-        argv = [*self.base, *args]
-        if check:
-            return run(argv, env=self.env)
-        return subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=self.env)
-
-    def remove(self, container: str) -> None:
-        for _ in range(5):
-            if self("rm", "--force", "--time", "0", container, check=False).returncode == 0:
-                return
-            time.sleep(0.5)
-        sys.exit(f"podman could not remove container {container}")
-
-    def close(self) -> None:
-        self("rm", "--all", "--force", "--time", "0", check=False)
-        self("system", "reset", "--force", check=False)
-        shutil.rmtree(self.storage, ignore_errors=True)
+def remove_container(podman: Podman, container: str) -> None:
+    # Right after the container answers, `rm` can fail on a busy machine while podman is still
+    # settling the container's state; leaving it would skew the next starts.
+    for _ in range(5):
+        if podman("rm", "--force", "--time", "0", container, check=False).returncode == 0:
+            return
+        time.sleep(0.5)
+    sys.exit(f"podman could not remove container {container}")
 
 
 def start_once(podman: Podman, image: str, workers: Optional[int]) -> dict[str, float]:
@@ -358,7 +325,7 @@ def start_once(podman: Podman, image: str, workers: Optional[int]) -> dict[str, 
         ready = time.monotonic() - start
         logs = podman("logs", "-t", container, check=False)
     finally:
-        podman.remove(container)
+        remove_container(podman, container)
     worker_ready = []
     for m in _TS_RE.finditer(logs.stdout + logs.stderr):
         at = _parse_ts(m.group(1), m.group(2), m.group(3)) - wall0
@@ -409,60 +376,6 @@ def profile(podman: Podman, image: str) -> dict:
     figures["self_stdlib"] = sum(i[0] for i in imports
                                  if i[2].strip().split(".")[0] in sys.stdlib_module_names) / 1e6
     return figures
-
-
-_COMPILE_STDLIB = r"""
-import compileall, os, py_compile, shutil, sys
-root = "/usr/lib/python3.11"
-ok = compileall.compile_dir(root, quiet=2, workers=1,
-                            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
-for dirpath, dirnames, filenames in os.walk(root):
-    if os.path.basename(dirpath) == "__pycache__":
-        target = os.path.join("/out", os.path.relpath(dirpath, root))
-        os.makedirs(target, exist_ok=True)
-        for name in filenames:
-            shutil.copyfile(os.path.join(dirpath, name), os.path.join(target, name))
-sys.exit(0 if ok else 1)
-"""
-
-
-def stdlib_pyc_variant(podman: Podman, package: Path, model: str, work: Path,
-                       pyc_layer: Optional[Path]) -> tuple[str, Path]:
-    """Our image plus a fifth layer holding the byte-compiled standard library, which the base
-    layer lacks (Debian's .debs ship no .pyc files: their postinst compiles them). Measured to
-    see what the start would gain; it changes nothing outside this benchmark."""
-    from ml_image.layers import LayerInfo
-    from ml_image.model_image import assemble
-
-    layout = package / "image"
-    image = f"localhost/ml/{model}:{TAG}"
-    if pyc_layer is None:
-        pyc_layer = work / "stdlib-pyc"
-        tree = pyc_layer / "tree"
-        tree.mkdir(parents=True)
-        podman("run", "--rm", "--user", "0", "-v", f"{tree}:/out", "--entrypoint", "/usr/bin/python3.11",
-               image, "-c", _COMPILE_STDLIB)
-        write_layer(tree_entries(tree, "/usr/lib/python3.11"), pyc_layer / "layer.tar.gz").write(
-            pyc_layer / "layer.json")
-    manifest = manifest_of(layout)
-    config = json.loads(blob(layout, manifest["config"]["digest"]).read_bytes())
-    layer_dirs = []
-    for i, (layer, diff_id) in enumerate(zip(manifest["layers"], config["rootfs"]["diff_ids"])):
-        d = work / f"{model}-layers" / str(i)
-        d.mkdir(parents=True)
-        try:
-            os.link(blob(layout, layer["digest"]), d / "layer.tar.gz")
-        except OSError:
-            shutil.copyfile(blob(layout, layer["digest"]), d / "layer.tar.gz")
-        LayerInfo(layer["digest"], layer["size"], diff_id).write(d / "layer.json")
-        layer_dirs.append(d)
-    layer_dirs.append(pyc_layer)
-    config["rootfs"]["diff_ids"].append(LayerInfo.read(pyc_layer / "layer.json").diff_id)
-    config["history"].append({"created_by": "bench: byte-compiled standard library", "comment": "bench"})
-    tag = f"ml/{model}:{TAG}-stdlib-pyc"
-    assemble(layer_dirs, config, work / f"{model}-pyc-layout", work / f"{model}-pyc.tar", tag)
-    podman("load", "-i", work / f"{model}-pyc.tar")
-    return f"localhost/{tag}", pyc_layer
 
 
 def start_section(clone: Clone, starts: int, work: Path) -> tuple[list[str], dict]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import pprint
 from dataclasses import dataclass
@@ -66,8 +65,6 @@ from pants.util.frozendict import FrozenDict
 from pants.vcs.git import GitWorktreeRequest, MaybeGitWorktree
 from pants.util.logging import LogLevel
 from pants.util.strutil import softwrap
-
-logger = logging.getLogger(__name__)
 
 # The generated module that starts a packaged model. Its name is private to the platform so it
 # cannot shadow a model's own modules.
@@ -140,6 +137,8 @@ async def resolve_model_handler(field_set: MLModelFieldSet) -> ResolvedModelHand
     module_path = module.replace(".", "/")
     packaged = set(sources.stripped_source_files.snapshot.files)
     if f"{module_path}.py" not in packaged and f"{module_path}/__init__.py" not in packaged:
+        spec = field_set.entry_point.value.module
+        folder = os.path.join(field_set.address.spec_path, os.path.dirname(spec) if spec.endswith(".py") else "")
         raise ValueError(
             softwrap(
                 f"""
@@ -147,7 +146,7 @@ async def resolve_model_handler(field_set: MLModelFieldSet) -> ResolvedModelHand
                 {field_set.entry_point.value.spec!r}, which is the module `{module}`, but no
                 `python_sources` target in the model's resolve provides it. Add
                 `python_sources(resolve="{field_set.resolve.value}")` to
-                {field_set.address.spec_path}/BUILD (or fix the entry point).
+                {os.path.join(folder, "BUILD")} (or fix the entry point).
                 """
             )
         )
