@@ -44,7 +44,7 @@ import time
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "platform"))
@@ -293,8 +293,7 @@ def _parse_ts(base: str, frac: Optional[str], tz: str) -> float:
 
 
 def remove_container(podman: Podman, container: str) -> None:
-    # Right after the container answers, `rm` can fail on a busy machine while podman is still
-    # settling the container's state; leaving it would skew the next starts.
+    """Retried, then fatal: a container left running would share the cores with the next starts."""
     for _ in range(5):
         if podman("rm", "--force", "--time", "0", container, check=False).returncode == 0:
             return
@@ -378,79 +377,59 @@ def profile(podman: Podman, image: str) -> dict:
     return figures
 
 
-def start_section(clone: Clone, starts: int, work: Path) -> tuple[list[str], dict]:
-    podman = Podman()
-    work.mkdir()
-    try:
-        images: dict = {}
+def start_section(clone: Clone, starts: int) -> tuple[list[str], dict]:
+    with podman_store() as podman:
+        images = {}
         load_seconds = {}
-        pyc_layer = None
         for model in MODELS:
             start = time.monotonic()
-            podman("load", "-i", clone.package_dir(model) / "image.tar")
+            podman("load", "-i", str(clone.package_dir(model) / "image.tar"))
             load_seconds[model] = time.monotonic() - start
-            images[(model, "ours")] = f"localhost/ml/{model}:{TAG}"
-            log(f"{model}: variant with a byte-compiled standard library ...")
-            images[(model, "+pyc")], pyc_layer = stdlib_pyc_variant(
-                podman, clone.package_dir(model), model, work, pyc_layer)
-        assert pyc_layer is not None
-        pyc_sizes = (pyc_layer.joinpath("layer.tar.gz").stat().st_size, gunzipped_size(pyc_layer / "layer.tar.gz"),
-                     sum(1 for _ in pyc_layer.joinpath("tree").rglob("*.pyc")))
-        cases = [(model, variant, workers) for model in MODELS for variant in ("ours", "+pyc")
-                 for workers in (None, 1)]
-        first = {case: start_once(podman, images[case[:2]], case[2]) for case in cases}  # after the load
+            images[model] = f"localhost/ml/{model}:{TAG}"
+        cases = [(model, workers) for model in MODELS for workers in (None, 1)]
+        first = {case: start_once(podman, images[case[0]], case[1]) for case in cases}  # after the load
         samples: dict = {case: [] for case in cases}
         for i in range(starts):  # interleaved rounds, so drift in the machine's load hits every case
             log(f"starts: round {i + 1}/{starts}")
             for case in cases:
-                samples[case].append(start_once(podman, images[case[:2]], case[2]))
+                samples[case].append(start_once(podman, images[case[0]], case[1]))
         profiles = {}
-        for key in images:
-            log(f"profiling the start of {images[key]}")
-            profiles[key] = profile(podman, images[key])
-    finally:
-        podman.close()
+        for model in MODELS:
+            log(f"profiling the start of {images[model]}")
+            profiles[model] = profile(podman, images[model])
 
     def med(case, key: str) -> float:
         return statistics.median(s[key] for s in samples[case])
 
-    variant_name = {"ours": "ours", "+pyc": "ours + stdlib .pyc layer (bench only)"}
     lines = [f"## 2. Container start to ready (`podman run -d` until /v2/health/ready is 200; median of {starts})",
              "",
-             "| model | image | workers | ready s | min–max s | first start after `podman load` s "
+             "| model | workers | ready s | min–max s | first start after `podman load` s "
              "| `podman run -d` returned s | first worker started s | its load s | first `worker_ready` s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for case in cases:
-        model, variant, workers = case
+        model, workers = case
         ready = [s["ready"] for s in samples[case]]
-        lines.append(f"| {model} | {variant_name[variant]} | {workers or '2 (default)'} | **{med(case, 'ready'):.2f}** | "
+        lines.append(f"| {model} | {workers or '2 (default)'} | **{med(case, 'ready'):.2f}** | "
                      f"{min(ready):.2f}–{max(ready):.2f} | {first[case]['ready']:.2f} | "
                      f"{med(case, 'run_returned'):.2f} | {med(case, 'worker_spawned'):.2f} | "
                      f"{med(case, 'first_worker_load'):.2f} | {med(case, 'first_worker_ready'):.2f} |")
-    lines += ["", "Readiness is the first worker's `worker_ready`. \"First worker started\" = that line's "
+    lines += ["", "Readiness is the first worker's `worker_ready`; the server starts the second worker only "
+              "then, so with 2 workers the first loads alone as with 1. \"First worker started\" = that line's "
               "time (podman's log timestamp) less the `load_seconds` it reports (its handler import + load()): "
               "container creation, the server's start and the worker interpreter's start. `podman load`: "
               + ", ".join(f"{m} {load_seconds[m]:.1f} s" for m in MODELS) + ".", "",
-              "The base layer has no .pyc for the standard library (Debian's postinst compiles them; the "
-              "layer is built from the .debs without running it) and the image sets "
-              "PYTHONDONTWRITEBYTECODE=1 for a non-root user, so every process compiles each stdlib module "
-              "it imports at every start. The bench-only variant adds a fifth layer with /usr/lib/python3.11's "
-              f"byte-compiled modules ({pyc_sizes[2]} .pyc, {pyc_sizes[0] / MB:.1f} MB compressed, "
-              f"{pyc_sizes[1] / MB:.1f} MB uncompressed), compiled by the image's own Python.", "",
               "Where the time goes (one process at a time, each in a container of its own):", "",
-              "| model | image | `podman run --rm python -c pass` s | server `import ml_serving.main` s | "
+              "| model | `podman run --rm python -c pass` s | server `import ml_serving.main` s | "
               "`import model` s | `load()` + describe s | import self time: all / stdlib modules s |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for (model, variant), f in profiles.items():
-        lines.append(f"| {model} | {variant_name[variant]} | {f['container_python_pass']:.2f} | "
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for model, f in profiles.items():
+        lines.append(f"| {model} | {f['container_python_pass']:.2f} | "
                      f"{f['server_import']:.3f} | {f['import_model']:.3f} | {f['load_and_describe']:.3f} | "
                      f"{f['self_total']:.3f} / {f['self_stdlib']:.3f} |")
-    for (model, variant), f in profiles.items():
-        if variant != "ours":
-            continue
+    for model, f in profiles.items():
         by_cumulative = sorted(f["imports"], key=lambda r: -r[1])[:12]
         by_self = sorted(f["imports"], key=lambda r: -r[0])[:8]
-        lines += ["", f"{model} (ours): `-X importtime` of the model's import + load(); cumulative ms, self ms:", ""]
+        lines += ["", f"{model}: `-X importtime` of the model's import + load(); cumulative ms, self ms:", ""]
         lines += [f"    {c / 1000:7.1f} {s / 1000:7.1f}  {name}" for s, c, name in by_cumulative]
         lines += ["", "  largest self times:", ""]
         lines += [f"    {c / 1000:7.1f} {s / 1000:7.1f}  {name.strip()}" for s, c, name in by_self]
@@ -590,7 +569,7 @@ def main() -> None:
         section("3. pushes")
         push_lines, shares = push_section(b, a, scratch)
         section("2. container starts")
-        start_lines, ready = start_section(b, args.starts, scratch / "podman")
+        start_lines, ready = start_section(b, args.starts)
     finally:
         for clone in clones:
             clone.stop_pantsd()
@@ -601,8 +580,8 @@ def main() -> None:
     targets: list[tuple[str, str, bool]] = []
     for m in MODELS:
         targets.append((f"{m}: compressed size ours / naive <= 1", f"{size_ratios[m]:.3f}", size_ratios[m] <= 1))
-    targets.append(("iris: start to ready < 1 s (2 workers)", f"{ready[('iris', 'ours', None)]:.2f} s", ready[("iris", "ours", None)] < 1))
-    targets.append(("iris: start to ready < 1 s (1 worker)", f"{ready[('iris', 'ours', 1)]:.2f} s", ready[("iris", "ours", 1)] < 1))
+    targets.append(("iris: start to ready < 1 s (2 workers)", f"{ready[('iris', None)]:.2f} s", ready[("iris", None)] < 1))
+    targets.append(("iris: start to ready < 1 s (1 worker)", f"{ready[('iris', 1)]:.2f} s", ready[("iris", 1)] < 1))
     for m in MODELS:
         targets.append((f"{m}: bytes pushed after a one-line change < 1% of the image", f"{shares[m]:.3%}",
                         shares[m] < 0.01))
