@@ -11,6 +11,8 @@ import pytest
 
 from ml_platform import register
 from ml_platform.package import MLModelFieldSet, ResolvedModelHandler
+from ml_platform.publish import PublishMLModelRequest
+from pants.core.goals.publish import PublishProcesses
 from pants.backend.python import target_types_rules
 from pants.backend.python.goals import package_pex_binary
 from pants.backend.python.dependency_inference import rules as python_dependency_inference
@@ -113,6 +115,7 @@ def rule_runner() -> RuleRunner:
             *register.rules(),
             QueryRule(BuiltPackage, [MLModelFieldSet]),
             QueryRule(ResolvedModelHandler, [MLModelFieldSet]),
+            QueryRule(PublishProcesses, [PublishMLModelRequest]),
         ],
         target_types=[
             PythonSourcesGeneratorTarget,
