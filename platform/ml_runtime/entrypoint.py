@@ -48,7 +48,7 @@ def server_command() -> list[str]:
     configured = os.environ.get("ML_SERVER")
     if configured:
         return configured.split()
-    # PEX sets $PEX to the package being run: dist/models.<name>/<name>.pex
+    # PEX sets $PEX to the package being run: dist/models.<name>/<name>/model.pex
     package = os.environ.get("PEX")
     if package:
         candidate = Path(package).resolve().parent / "server.pex"
@@ -57,7 +57,7 @@ def server_command() -> list[str]:
             return [str(candidate)] if candidate.is_file() else [str(candidate / "__main__.py")]
     raise SystemExit(
         "error: cannot find the model server: set ML_SERVER to its command, or run the model "
-        "from its package (dist/models.<name>/<name>.pex), which has server.pex beside it."
+        "from its package (dist/models.<name>/<name>/model.pex), which has server.pex beside it."
     )
 
 
