@@ -11,9 +11,8 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-from pkg_resources import Requirement
-
 from ml_platform.subsystem import MLPlatform
+from pants.backend.python.util_rules.interpreter_constraints import InterpreterConstraints
 from pants.backend.python.util_rules.pex import Pex, PexProcess
 from pants.backend.python.util_rules.pex_from_targets import PexFromTargetsRequest
 from pants.engine.addresses import Addresses, UnparsedAddressInputs
@@ -153,7 +152,8 @@ class BaseImageRequest:
     model_address: str
 
     def check_python(self, version: str) -> None:
-        if not any(Requirement.parse(c).specifier.contains(version) for c in self.interpreter_constraints):
+        # Each parsed constraint is a requirement on the interpreter: `"3.11.2" in it` tests it.
+        if not any(version in c for c in InterpreterConstraints(self.interpreter_constraints)):
             raise InvalidFieldException(
                 f"The base image of {self.model_address} ({self.base_image}) has Python {version}, "
                 f"which does not satisfy the model's interpreter constraints "
