@@ -188,10 +188,17 @@ async def build_server(server_field: MLModelServerField) -> BuiltServer:
     return BuiltServer(await Get(Digest, CreateDigest(renamed)))
 
 
-@rule(desc="Packaging ml_model", level=LogLevel.DEBUG)
-async def package_ml_model(
-    field_set: MLModelFieldSet, python_setup: PythonSetup, ml_platform: MLPlatform
-) -> BuiltPackage:
+@dataclass(frozen=True)
+class ModelPexes:
+    """The runnable part of a package: <output_dir>/model.pex/ and <output_dir>/server.pex."""
+
+    digest: Digest
+    output_dir: str
+    manifest: ModelManifest
+
+
+@rule(desc="Building the ml_model PEXes", level=LogLevel.DEBUG)
+async def build_model_pexes(field_set: MLModelFieldSet, python_setup: PythonSetup) -> ModelPexes:
     # Fails with the line to add to pants.toml before any resolving starts.
     field_set.resolve.normalized_value(python_setup)
     handler = await Get(ResolvedModelHandler, MLModelFieldSet, field_set)
@@ -237,6 +244,15 @@ async def package_ml_model(
     )
     server_digest = await Get(Digest, AddPrefix(server.digest, output_dir))
     pexes = await Get(Digest, MergeDigests([model_pex.digest, server_digest]))
+    return ModelPexes(pexes, output_dir, manifest)
+
+
+@rule(desc="Packaging ml_model", level=LogLevel.DEBUG)
+async def package_ml_model(
+    field_set: MLModelFieldSet, python_setup: PythonSetup, ml_platform: MLPlatform
+) -> BuiltPackage:
+    built = await Get(ModelPexes, MLModelFieldSet, field_set)
+    pexes, output_dir, manifest = built.digest, built.output_dir, built.manifest
     serve_line = f"    serve it: {output_dir}/{MODEL_PEX}/__main__.py  (under dist/)"
     if not ml_platform.build_images:
         return BuiltPackage(pexes, (BuiltPackageArtifact(output_dir, extra_log_lines=(serve_line,)),))

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ml_platform.package import MODEL_PEX, MLModelFieldSet
+from ml_platform.package import MODEL_PEX, MLModelFieldSet, ModelPexes
 from ml_platform.target_types import MLModelEntryPointField
-from pants.core.goals.package import BuiltPackage
 from pants.core.goals.run import RunFieldSet, RunInSandboxBehavior, RunRequest
 from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import WrappedTarget, WrappedTargetRequest
@@ -28,14 +27,13 @@ async def run_ml_model(field_set: MLModelRunFieldSet) -> RunRequest:
         WrappedTarget,
         WrappedTargetRequest(field_set.address, description_of_origin="the `run` goal"),
     )
-    package = await Get(BuiltPackage, MLModelFieldSet, MLModelFieldSet.create(wrapped.target))
-    (artifact,) = package.artifacts
-    assert artifact.relpath is not None
+    # Only the PEXes: serving on this machine needs no image.
+    pexes = await Get(ModelPexes, MLModelFieldSet, MLModelFieldSet.create(wrapped.target))
     # The server prints its URL once the model is loaded; extra args go to the server
     # (`pants run models/iris: -- --port 9000`).
     return RunRequest(
-        digest=package.digest,
-        args=[os.path.join("{chroot}", artifact.relpath, MODEL_PEX, "__main__.py"), "serve"],
+        digest=pexes.digest,
+        args=[os.path.join("{chroot}", pexes.output_dir, MODEL_PEX, "__main__.py"), "serve"],
     )
 
 
