@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
@@ -23,6 +24,8 @@ logger = logging.getLogger("ml_serving.app")
 JSON_TYPES = ("application/json", "")
 BINARY_TYPE = "application/octet-stream"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# A per-request limit below the model's timeout, set by `handle` for the call it makes.
+_request_timeout: contextvars.ContextVar[Optional[float]] = contextvars.ContextVar("timeout", default=None)
 
 
 class ModelApp:
@@ -55,8 +58,11 @@ class ModelApp:
     def ready(self) -> bool:
         return self.accepting and self.pool.ready
 
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, request: Request, timeout: Optional[float] = None) -> Response:
+        """Answer one request; `timeout` (seconds) shortens the model's own, e.g. to fit a
+        Lambda invocation's deadline."""
         started = time.perf_counter()
+        _request_timeout.set(timeout)
         request_id = request.headers.get("x-request-id", "")
         if not _REQUEST_ID.match(request_id):
             request_id = uuid.uuid4().hex
@@ -137,12 +143,13 @@ class ModelApp:
         if not self.accepting:
             return Response.json(503, {"error": "server is shutting down", "request_id": request_id})
         try:
-            result = await self.pool.submit(endpoint, body, request_id, binary_parameter)
+            result = await self.pool.submit(endpoint, body, request_id, binary_parameter,
+                                            timeout=_request_timeout.get())
         except QueueFull:
             return Response.json(503, {"error": "server is at capacity; retry later", "request_id": request_id},
                                  headers={"retry-after": "1"})
-        except WorkerTimeout:
-            return Response.json(504, {"error": f"the model did not answer within {self.pool.timeout:g} s",
+        except WorkerTimeout as e:
+            return Response.json(504, {"error": f"the model did not answer within {e.seconds:g} s",
                                        "request_id": request_id})
         except WorkerLost:
             return Response.json(503, {"error": "the model worker died while handling this request; it is being restarted",

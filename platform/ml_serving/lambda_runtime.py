@@ -143,8 +143,12 @@ async def _invoke_next(app: "ModelApp", client: "_RuntimeClient") -> None:
 async def _handle(app: "ModelApp", request: Request, deadline: Optional[float]) -> Response:
     if deadline is None:
         return await app.handle(request)
+    remaining = max(0.0, deadline - time.time() - DEADLINE_MARGIN)
     try:
-        return await asyncio.wait_for(app.handle(request), max(0.0, deadline - time.time() - DEADLINE_MARGIN))
+        # The app's own limit answers 504, replaces the stuck worker and logs the request;
+        # wait_for only guards the time a request could spend queued before that.
+        return await asyncio.wait_for(app.handle(request, timeout=remaining),
+                                      remaining + DEADLINE_MARGIN / 2)
     except asyncio.TimeoutError:
         request_id = request.headers["x-request-id"]
         _log(logging.WARNING, "lambda_deadline", request_id=request_id, path=request.path)

@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -202,7 +202,7 @@ class FakeRuntimeApi:
 
 
 class EchoApp:
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, request: Request, timeout: Optional[float] = None) -> Response:
         if request.path == "/slow":
             await asyncio.sleep(30)
         return Response.json(200, {"method": request.method, "path": request.path},

@@ -25,7 +25,11 @@ class WorkerLost(Exception):
 
 
 class WorkerTimeout(Exception):
-    """The request took longer than the model's timeout."""
+    """The request took longer than its time limit."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no answer within {seconds:g} s")
+        self.seconds = seconds
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class _Job:
     request_id: str
     binary_parameter: Optional[str]
     future: asyncio.Future = field(repr=False)
+    timeout: float = 0.0
 
 
 class _Worker:
@@ -177,11 +182,14 @@ class WorkerPool:
             self._tasks.append(asyncio.create_task(self._run_worker(index, first_ready)))
 
     async def submit(
-        self, endpoint: str, body: bytes, request_id: str, binary_parameter: Optional[str] = None
+        self, endpoint: str, body: bytes, request_id: str, binary_parameter: Optional[str] = None,
+        timeout: Optional[float] = None,
     ) -> WorkerResponse:
+        """Queue a request; `timeout` can only shorten the pool's limit, never extend it."""
         future = asyncio.get_running_loop().create_future()
+        limit = self.timeout if timeout is None else max(0.0, min(timeout, self.timeout))
         try:
-            self.queue.put_nowait(_Job(endpoint, body, request_id, binary_parameter, future))
+            self.queue.put_nowait(_Job(endpoint, body, request_id, binary_parameter, future, limit))
         except asyncio.QueueFull:
             raise QueueFull() from None
         return await future
@@ -228,12 +236,12 @@ class WorkerPool:
                 continue
             self.busy_workers += 1
             try:
-                response = await asyncio.wait_for(worker.call(job), self.timeout)
+                response = await asyncio.wait_for(worker.call(job), job.timeout)
             except asyncio.TimeoutError:
                 # The worker is stuck in the model: replace it rather than wait.
                 worker.kill()
                 if not job.future.done():
-                    job.future.set_exception(WorkerTimeout())
+                    job.future.set_exception(WorkerTimeout(job.timeout))
                 return
             except WorkerLost as e:
                 worker.kill()
