@@ -40,6 +40,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import IO, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from ml_image import layers
+
 DEFAULT_MIRRORS = {
     "debian": "http://deb.debian.org/debian",
     "debian-security": "http://deb.debian.org/debian-security",
@@ -446,24 +448,23 @@ def build_base_rootfs(
     return [entries[path] for path in sorted(entries)]
 
 
-def write_layer(entries: Iterable[Entry], out: IO[bytes]) -> None:
-    """Writes entries as a reproducible tar: the same entries always give the same bytes."""
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for entry in entries:
-            info = tarfile.TarInfo(entry.path)
-            info.mode, info.uid, info.gid, info.mtime = entry.mode, entry.uid, entry.gid, 0
-            info.uname = info.gname = ""
-            if entry.kind == "dir":
-                info.type = tarfile.DIRTYPE
-            elif entry.kind == "symlink":
-                info.type, info.linkname = tarfile.SYMTYPE, entry.linkname
-            elif entry.kind == "hardlink":
-                info.type, info.linkname = tarfile.LNKTYPE, entry.linkname
-            else:
-                info.size = len(entry.data)
-                tar.addfile(info, io.BytesIO(entry.data))
-                continue
-            tar.addfile(info)
+def layer_entries(entries: Iterable[Entry]) -> Iterator[layers.Entry]:
+    """The same entries, in the same order, as `ml_image.layers` entries (absolute paths), for
+    `layers.write_tar`: the layer's bytes come from the one deterministic tar writer."""
+    for entry in entries:
+        if entry.kind == "hardlink":
+            target = "/" + entry.linkname  # a path in the root file system, like entry.path
+        else:
+            target = entry.linkname  # a symlink's target, as written
+        yield layers.Entry(
+            "/" + entry.path,
+            entry.kind,
+            entry.mode,
+            data=entry.data if entry.kind == "file" else None,
+            target=target,
+            uid=entry.uid,
+            gid=entry.gid,
+        )
 
 
 def build_base_layer(
@@ -482,7 +483,7 @@ def build_base_layer(
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".base-layer-")
     try:
         with os.fdopen(fd, "wb") as f:
-            write_layer(entries, f)
+            layers.write_tar(layer_entries(entries), f)
         os.replace(tmp, output)
     except BaseException:
         os.unlink(tmp)

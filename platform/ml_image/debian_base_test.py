@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 
 import pytest
 
-from ml_image import debian_base, debian_lock
+from ml_image import debian_base, debian_lock, layers
 from ml_image.debian_base import DebError, Entry
 
 LOCK = Path(__file__).parent / "debian-base.lock.json"
@@ -117,7 +117,7 @@ def cached_lock(tmp_path):
 
 def layer_bytes(lock, cache) -> bytes:
     out = io.BytesIO()
-    debian_base.write_layer(debian_base.build_base_rootfs(lock, cache, {}), out)
+    layers.write_tar(debian_base.layer_entries(debian_base.build_base_rootfs(lock, cache, {})), out)
     return out.getvalue()
 
 

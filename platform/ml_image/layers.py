@@ -3,6 +3,10 @@
 Entries are sorted, owners are root (or the image's non-root user where asked), mtimes are
 zero and gzip carries no name or timestamp, so rebuilding an unchanged layer gives identical
 bytes and a registry or host that has it never receives it again.
+
+`write_tar` is the one tar writer of the image builder: `write_layer` (sorted, with parent
+directories, gzipped) and the Debian base layer (`ml_image.debian_base`, which orders its own
+entries) both go through it.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ class Entry:
     """One file system entry of a layer, at `path` (absolute inside the image)."""
 
     path: str
-    kind: str  # "file", "dir" or "symlink"
+    kind: str  # "file", "dir", "symlink" or "hardlink"
     mode: int = 0o644
     source: Optional[Path] = None  # file contents from disk...
     data: Optional[bytes] = None  # ...or from memory
-    target: str = ""  # symlink target
+    # A symlink's target, as written; or the path (absolute inside the image) a hard link
+    # points to, which must be written to the tar before the link.
+    target: str = ""
     uid: int = 0
     gid: int = 0
 
@@ -89,14 +95,21 @@ def write_layer(entries: Iterable[Entry], output: Path, compresslevel: int = 6) 
         with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0,
                            compresslevel=compresslevel) as gz:
             uncompressed = _HashingWriter(gz)
-            with tarfile.open(fileobj=uncompressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                for path in sorted(by_path):
-                    _add(tar, by_path[path])
+            write_tar((by_path[path] for path in sorted(by_path)), uncompressed)
     return LayerInfo(
         digest="sha256:" + compressed.sha256.hexdigest(),
         size=compressed.size,
         diff_id="sha256:" + uncompressed.sha256.hexdigest(),
     )
+
+
+def write_tar(entries: Iterable[Entry], fileobj: BinaryIO) -> None:
+    """Write `entries` as an uncompressed, reproducible tar to `fileobj`, exactly in the order
+    given: nothing is sorted, deduplicated or added (no parent directories), so the caller owns
+    the layout, and a hard link must come after its target. `fileobj` need not be seekable."""
+    with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for entry in entries:
+            _add(tar, entry)
 
 
 def compress_layer(tar_path: Path, output: Path, compresslevel: int = 6) -> LayerInfo:
@@ -129,6 +142,13 @@ def _add(tar: tarfile.TarFile, entry: Entry) -> None:
         info.type = tarfile.SYMTYPE
         info.linkname = entry.target
         tar.addfile(info)
+    elif entry.kind == "hardlink":
+        # A tar names a link's target by its member name: relative to the root, like the path.
+        info.type = tarfile.LNKTYPE
+        info.linkname = entry.target.lstrip("/")
+        tar.addfile(info)
+    elif entry.kind != "file":
+        raise ValueError(f"{entry.path}: unknown entry kind {entry.kind!r}")
     elif entry.data is not None:
         info.size = len(entry.data)
         tar.addfile(info, io.BytesIO(entry.data))
