@@ -41,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -49,6 +48,7 @@ from typing import Optional
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "platform"))
 
+from ml_image.engine import wait_for_200  # noqa: E402
 from ml_image.layers import tree_entries, write_layer  # noqa: E402
 from ml_image.model_image import venv_entries  # noqa: E402
 from ml_image.podman import Podman, podman_store  # noqa: E402
@@ -310,17 +310,8 @@ def start_once(podman: Podman, image: str, workers: Optional[int]) -> dict[str, 
     container = podman("run", "-d", *env, image).stdout.strip()
     returned = time.monotonic() - start
     try:
-        deadline = start + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                sys.exit(f"{image} not ready after 120 s:\n{podman('logs', container, check=False).stderr}")
-            time.sleep(0.005)
+        if not wait_for_200(f"http://127.0.0.1:{port}/v2/health/ready", 120, interval=0.005):
+            sys.exit(f"{image} not ready after 120 s:\n{podman('logs', container, check=False).stderr}")
         ready = time.monotonic() - start
         logs = podman("logs", "-t", container, check=False)
     finally:
@@ -453,17 +444,9 @@ class Registry:
         self.log = (work / "registry.log").open("w")
         self.process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=self.log,
                                         stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                sys.exit(f"docker-registry did not start: see {work / 'registry.log'}")
+        if not wait_for_200(f"http://127.0.0.1:{self.port}/v2/", 30, lambda: self.process.poll() is None):
+            self.close()
+            sys.exit(f"docker-registry did not start: see {work / 'registry.log'}")
             time.sleep(0.05)
 
     def close(self) -> None:

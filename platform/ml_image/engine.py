@@ -18,7 +18,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 # Where engines listen when DOCKER_HOST is not set, in the order tried.
 DEFAULT_SOCKETS = (
@@ -73,6 +73,22 @@ def load(client, image_tar: Path) -> str:
     return image.tags[0] if image.tags else image.id
 
 
+def wait_for_200(url: str, timeout: float, still_running: Callable[[], bool] = lambda: True,
+                 interval: float = 0.01) -> bool:
+    """Poll `url` until it answers 200 (True), `still_running()` turns False or `timeout`
+    seconds pass (False). How every caller here waits for a server to be ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and still_running():
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(interval)
+    return False
+
+
 def run(client, image: str, port: int, env: Optional[dict] = None, ready_timeout: float = 120) -> RunningModel:
     container = client.containers.run(
         image,
@@ -82,23 +98,16 @@ def run(client, image: str, port: int, env: Optional[dict] = None, ready_timeout
         environment={"ML_PORT": str(port), "ML_HOST": "127.0.0.1", **(env or {})},
     )
     model = RunningModel(container, f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + ready_timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{model.url}/v2/health/ready", timeout=1) as response:
-                if response.status == 200:
-                    return model
-        except OSError:
-            pass
+
+    def still_running() -> bool:
         container.reload()
-        if container.status in ("exited", "dead"):
-            logs = container.logs().decode(errors="replace")[-3000:]
-            container.remove(force=True)
-            raise RuntimeError(f"the container exited before it was ready:\n{logs}")
-        if time.monotonic() > deadline:
-            model.stop()
-            raise RuntimeError(f"the model was not ready within {ready_timeout:g} s")
-        time.sleep(0.05)
+        return container.status not in ("exited", "dead")
+
+    if wait_for_200(f"{model.url}/v2/health/ready", ready_timeout, still_running, interval=0.05):
+        return model
+    logs = container.logs().decode(errors="replace")[-3000:]
+    model.stop()
+    raise RuntimeError(f"the model was not ready within {ready_timeout:g} s:\n{logs}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from ml_image import model_image
+from ml_image.engine import wait_for_200
 from ml_image.layers import LayerInfo
 from ml_image.podman import podman_store
 from ml_image.testing import free_port, require_tool
@@ -118,21 +118,11 @@ def podman():
 def test_podman_runs_the_iris_image(podman) -> None:
     podman("load", "-i", str(PACKAGES["iris"] / "image.tar"))
     port = free_port()
-    started = time.monotonic()
     container = podman("run", "-d", "-e", f"ML_PORT={port}", "-e", "ML_HOST=127.0.0.1",
                        "localhost/ml/iris:v1").stdout.strip()
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = started + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, podman("logs", container, check=False).stderr
-            time.sleep(0.05)
+        assert wait_for_200(f"{url}/v2/health/ready", 60), podman("logs", container, check=False).stderr
         request = urllib.request.Request(
             f"{url}/v1/predict",
             data=json.dumps({"flowers": [{"sepal_length": 6.7, "sepal_width": 3.0,
