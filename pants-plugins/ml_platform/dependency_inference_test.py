@@ -6,7 +6,6 @@ from ml_platform.dependency_inference import (
     MLModelDependencyInferenceFieldSet,
 )
 from pants.engine.addresses import Address
-from pants.engine.rules import QueryRule
 from pants.engine.target import InferredDependencies
 from pants.testutil.rule_runner import RuleRunner
 

@@ -20,7 +20,7 @@ import shutil
 import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterable, Iterator, Optional, Union
+from typing import BinaryIO, Iterable, Iterator, Optional
 
 MEDIA_TYPE_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 _CHUNK = 1 << 20
@@ -186,14 +186,3 @@ def copy_blob(source: Path, blobs_dir: Path, digest: str) -> Path:
         except OSError:
             shutil.copyfile(source, target)
     return target
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
-Pathish = Union[str, Path]

@@ -22,6 +22,7 @@ them as separate cached processes, so a code change rebuilds only the code layer
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -39,6 +40,7 @@ from ml_image.layers import (
     copy_blob,
     tree_entries,
     write_layer,
+    write_tar,
 )
 
 PYTHON = "python3.11"
@@ -88,19 +90,27 @@ def _compile(tree: Path, image_dir: str) -> None:
     )
 
 
+def _installed_file(relative: str) -> bool:
+    """Whether a path inside one of pex's installed-wheel chroots belongs in site-packages
+    (not pex's own layout metadata, scripts prefix or directory entries)."""
+    return not (relative.startswith(("../", ".prefix/")) or relative == ".layout.json"
+                or relative.endswith("/") or not relative)
+
+
+def _extract(zf: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zf.open(member) as src, target.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    if member.external_attr >> 16 & 0o111:
+        target.chmod(0o755)
+
+
 def _extract_installed_wheel(wheel: Path, dest: Path) -> None:
     """Pex keeps each dependency as an installed-wheel zip: its files are site-packages as is."""
     with zipfile.ZipFile(wheel) as zf:
         for member in zf.infolist():
-            name = member.filename
-            if name.startswith(("../", ".prefix/")) or name == ".layout.json" or name.endswith("/"):
-                continue
-            target = dest / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(member) as src, target.open("wb") as dst:
-                shutil.copyfileobj(src, dst)
-            if member.external_attr >> 16 & 0o111:
-                target.chmod(0o755)
+            if _installed_file(member.filename):
+                _extract(zf, member, dest / member.filename)
 
 
 def deps_layer(model_pex: Path, out: Path, base_python: str = DEFAULT_BASE_PYTHON) -> LayerInfo:
@@ -137,22 +147,15 @@ def server_layer(server_pex: Path, out: Path, base_python: str = DEFAULT_BASE_PY
         tree = Path(tmp)
         with zipfile.ZipFile(server_pex) as zf:
             for member in zf.infolist():
-                name = member.filename
-                if name.endswith("/"):
+                if member.is_dir():
                     continue
-                parts = name.split("/")
+                parts = member.filename.split("/")
                 if parts[0] == ".deps" and len(parts) > 2:
                     relative = "/".join(parts[2:])  # .deps/<wheel>/<installed file>
-                    if relative.startswith((".prefix/", "../")) or relative == ".layout.json":
-                        continue
-                elif parts[0] in _PEX_INTERNALS:
-                    continue
-                else:
-                    relative = name
-                target = tree / relative
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as src, target.open("wb") as dst:
-                    shutil.copyfileobj(src, dst)
+                    if _installed_file(relative):
+                        _extract(zf, member, tree / relative)
+                elif parts[0] not in _PEX_INTERNALS:
+                    _extract(zf, member, tree / member.filename)
         _compile(tree, site_packages(SERVER_ROOT))
         return write_layer([*venv_entries(SERVER_ROOT, base_python), *tree_entries(tree, site_packages(SERVER_ROOT))],
                            out / "layer.tar.gz")
@@ -330,8 +333,6 @@ def assemble(
 
 
 def _write_blob(blobs: Path, data: bytes) -> str:
-    import hashlib
-
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     path = blobs / "sha256" / digest.split(":")[1]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -347,24 +348,15 @@ def _write_docker_tar(layout: Path, output: Path, config_digest: str, layer_dige
         "RepoTags": [tag],
         "Layers": [f"blobs/sha256/{d.split(':')[1]}" for d in layer_digests],
     }]
-    with tarfile.open(output, "w", format=tarfile.PAX_FORMAT) as tar:
-        def add(name: str, path: Optional[Path] = None, data: Optional[bytes] = None) -> None:
-            info = tarfile.TarInfo(name)
-            info.mtime, info.mode, info.uname, info.gname = 0, 0o644, "", ""
-            if data is not None:
-                info.size = len(data)
-                tar.addfile(info, __import__("io").BytesIO(data))
-            else:
-                assert path is not None
-                info.size = path.stat().st_size
-                with path.open("rb") as f:
-                    tar.addfile(info, f)
-
-        for blob in sorted((layout / "blobs" / "sha256").iterdir()):
-            add(f"blobs/sha256/{blob.name}", blob)
-        add("index.json", layout / "index.json")
-        add("oci-layout", layout / "oci-layout")
-        add("manifest.json", data=json.dumps(docker_manifest).encode())
+    entries = [
+        *(Entry(f"/blobs/sha256/{blob.name}", "file", source=blob)
+          for blob in sorted((layout / "blobs" / "sha256").iterdir())),
+        Entry("/index.json", "file", source=layout / "index.json"),
+        Entry("/oci-layout", "file", source=layout / "oci-layout"),
+        Entry("/manifest.json", "file", data=json.dumps(docker_manifest).encode()),
+    ]
+    with output.open("wb") as f:
+        write_tar(entries, f)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

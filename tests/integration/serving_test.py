@@ -11,7 +11,6 @@ import base64
 import concurrent.futures
 import http.client
 import json
-import os
 import signal
 import subprocess
 import time
