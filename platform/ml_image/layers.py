@@ -186,3 +186,12 @@ def copy_blob(source: Path, blobs_dir: Path, digest: str) -> Path:
         except OSError:
             shutil.copyfile(source, target)
     return target
+
+
+def file_digest(path: Path) -> str:
+    """`sha256:<hex>` of a file, read in chunks: blobs can be hundreds of megabytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()

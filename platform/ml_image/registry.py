@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ml_image.layers import file_digest
+
 MEDIA_TYPE_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_TYPE_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -1059,13 +1061,7 @@ def _platform_matches(desc: Mapping[str, Any], wanted: str) -> bool:
 
 def _verify_cached(path: Path, digest: str, size: int) -> bool:
     try:
-        if path.stat().st_size != size:
-            return False
-        sha256 = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(_CHUNK), b""):
-                sha256.update(chunk)
-        return "sha256:" + sha256.hexdigest() == digest
+        return path.stat().st_size == size and file_digest(path) == digest
     except OSError:
         return False
 

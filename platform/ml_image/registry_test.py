@@ -46,6 +46,7 @@ from ml_image.registry import (
     pull,
     push_layout,
 )
+from ml_image.layers import file_digest
 from ml_image.testing import RunningRegistry, free_port, require_tool, start_registry
 
 USER, PASSWORD = "ci-user", "s3cret-Pa55word"
@@ -62,14 +63,6 @@ CONFIG = "application/vnd.oci.image.config.v1+json"
 
 def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            sha.update(chunk)
-    return "sha256:" + sha.hexdigest()
 
 
 @dataclass
@@ -109,7 +102,7 @@ def _big_tar_layer(blobs: Path, size: int) -> Tuple[str, int, str]:
         with source.open("rb") as f:
             tar.addfile(info, f)
     source.unlink()
-    digest = _file_digest(tmp)
+    digest = file_digest(tmp)
     tmp.rename(blobs / digest.split(":")[1])
     return digest, (blobs / digest.split(":")[1]).stat().st_size, digest
 
@@ -399,7 +392,7 @@ def test_push_pull_roundtrip_with_basic_auth(basic_registry: RunningRegistry, tm
     assert (dest / "blobs" / "sha256" / layout.manifest_digest.split(":")[1]).read_bytes() == \
         layout.blob(layout.manifest_digest).read_bytes()
     for digest, size in layout.layers + [layout.config]:
-        assert _file_digest(dest / "blobs" / "sha256" / digest.split(":")[1]) == digest
+        assert file_digest(dest / "blobs" / "sha256" / digest.split(":")[1]) == digest
         assert (dest / "blobs" / "sha256" / digest.split(":")[1]).stat().st_size == size
     index = json.loads((dest / "index.json").read_text())
     assert index["manifests"][0]["digest"] == layout.manifest_digest
@@ -510,7 +503,7 @@ def test_pull_cache_dir_is_reused_and_verified(anon_registry: RunningRegistry, t
     damaged.write_bytes(b"rotten")
     third = pull(ref, tmp_path / "three", cache_dir=cache, quiet=True)
     assert [b.digest for b in third.blobs if b.action == "downloaded"] == [layout.layers[0][0]]
-    assert _file_digest(damaged) == layout.layers[0][0]
+    assert file_digest(damaged) == layout.layers[0][0]
     assert _skopeo_inspect(tmp_path / "three")["Digest"] == layout.manifest_digest
 
 

@@ -5,7 +5,6 @@ the config."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from ml_image import model_image
-from ml_image.layers import LayerInfo
+from ml_image.layers import LayerInfo, file_digest
 from ml_image.registry import AuthenticationError, Auth, PushResult, pull, push_layout
 from ml_image.testing import RunningRegistry, require_tool, start_registry
 
@@ -27,14 +26,6 @@ USER, PASSWORD = "publisher", "iris-Pa55word"
 
 def blob(layout: Path, digest: str) -> Path:
     return layout / "blobs" / "sha256" / digest.split(":")[1]
-
-
-def file_digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            sha.update(chunk)
-    return "sha256:" + sha.hexdigest()
 
 
 def manifest_digest_of(layout: Path) -> str:
