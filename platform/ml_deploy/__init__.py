@@ -1,0 +1,1 @@
+"""Deploys packaged model images to the compute each model declares (`pants deploy`)."""

@@ -1,0 +1,86 @@
+"""A deploy is a plan of steps, worked out with read-only calls and then carried out in order.
+
+Drivers describe every step (what resource, created, updated or unchanged) before touching
+anything, so `--dry-run` prints exactly what a real run would do, and a failing step can be
+reported with what was done before it and what still serves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+CREATE, UPDATE, REPLACE, DELETE, UNCHANGED = "create", "update", "replace", "delete", "unchanged"
+_SIGILS = {CREATE: "+", UPDATE: "~", REPLACE: "±", DELETE: "-", UNCHANGED: "="}
+
+
+@dataclass
+class Step:
+    action: str  # CREATE, UPDATE, REPLACE, DELETE or UNCHANGED
+    resource: str  # e.g. "Lambda alias ml-iris-v1:live"
+    detail: str = ""
+    run: Optional[Callable[[], Optional[str]]] = None  # returns an optional note for the log
+
+    def describe(self) -> str:
+        text = f"  {_SIGILS[self.action]} {self.action:9} {self.resource}"
+        return f"{text}: {self.detail}" if self.detail else text
+
+
+@dataclass
+class Plan:
+    target: str  # "iris v1 -> lambda (dev)"
+    digest: str
+    serving: str  # what serves now, kept if a step fails: "alias live -> version 3 (sha256:...)"
+    steps: List[Step] = field(default_factory=list)
+    url: str = ""  # where the release answers once deployed
+
+    def add(self, action: str, resource: str, detail: str = "",
+            run: Optional[Callable[[], Optional[str]]] = None) -> Step:
+        step = Step(action, resource, detail, run)
+        self.steps.append(step)
+        return step
+
+    @property
+    def changes(self) -> List[Step]:
+        return [s for s in self.steps if s.action != UNCHANGED]
+
+
+class DeployFailed(Exception):
+    def __init__(self, plan: Plan, step: Step, error: BaseException, done: List[Step]) -> None:
+        self.plan, self.step, self.error, self.done = plan, step, error, done
+        done_text = "; ".join(f"{s.action} {s.resource}" for s in done) or "nothing"
+        super().__init__(
+            f"{plan.target}: {step.action} {step.resource} failed: {type(error).__name__}: {error}\n"
+            f"  done before it: {done_text}\n"
+            f"  left in place: {plan.serving} (the previous version keeps serving); "
+            f"re-run the deploy once the cause is fixed")
+
+
+def execute(plan: Plan, *, dry_run: bool = False, say: Callable[[str], None] = print) -> bool:
+    """Carry out `plan` (or only print it with `dry_run`). True if anything changed."""
+    say(f"{plan.target}: {plan.digest}")
+    changes = plan.changes
+    if not changes:
+        say(f"  already live, no change ({plan.serving})")
+        if plan.url:
+            say(f"  {plan.url}")
+        return False
+    if dry_run:
+        say("  plan (dry run, nothing was changed):")
+        for step in plan.steps:
+            say(step.describe())
+        return False
+    done: List[Step] = []
+    for step in plan.steps:
+        if step.action == UNCHANGED:
+            continue
+        say(step.describe())
+        try:
+            note = step.run() if step.run else None
+        except Exception as e:
+            raise DeployFailed(plan, step, e, done) from e
+        if note:
+            say(f"      {note}")
+        done.append(step)
+    say(f"  deployed {plan.digest}" + (f": {plan.url}" if plan.url else ""))
+    return True

@@ -1,0 +1,79 @@
+"""What is being deployed: one model version's settings (from its `ml_model` target) and its
+packaged image, identified by the image's manifest digest."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+from ml_image.registry import read_layout
+
+from ml_deploy.config import Environment
+
+IMAGE_LAYOUT = "image"  # the package's OCI layout directory (ml_platform.image.IMAGE_LAYOUT)
+CONTAINER_PORT = 8080  # the image's server port (ML_PORT in the image config)
+READY_PATH = "/v2/health/ready"
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    version: int
+    compute: str
+    package_dir: Path
+    digest: str  # the image manifest's sha256: what "the same release" means everywhere
+    address: str = ""
+    cpu: float = 0.5  # vCPUs (the ml_model's default)
+    memory: int = 1024  # MiB (the ml_model's default)
+    gpu: int = 0
+    timeout: int = 60
+    env: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], package_dir: Path) -> "Release":
+        image = read_layout(package_dir / IMAGE_LAYOUT)
+        return cls(
+            name=spec["name"],
+            version=int(spec["version"]),
+            compute=spec.get("compute") or "local",
+            package_dir=package_dir,
+            digest=image.manifest_digest,
+            address=spec.get("address", ""),
+            cpu=float(spec.get("cpu") or 0.5),
+            memory=int(spec.get("memory") or 1024),
+            gpu=int(spec.get("gpu") or 0),
+            timeout=int(spec.get("timeout") or 60),
+            env=dict(spec.get("env") or {}),
+            description=spec.get("description") or "",
+        )
+
+    @classmethod
+    def from_files(cls, spec_file: Path, package_dir: Path) -> "Release":
+        return cls.from_spec(json.loads(spec_file.read_text()), package_dir)
+
+    @property
+    def short_digest(self) -> str:
+        return self.digest.split(":", 1)[1][:12]
+
+    @property
+    def resource_name(self) -> str:
+        """The name of this model version's AWS resources: one set per version, so /v1 and /v2
+        live side by side."""
+        return f"ml-{self.name}-v{self.version}".replace("_", "-")
+
+    def hostname(self, environment: Environment) -> str:
+        return f"{self.name.replace('_', '-')}.ml.{environment.domain}"
+
+    def repository(self, environment: Environment) -> str:
+        return environment.image_repository.format(name=self.name)
+
+    def image_uri(self, environment: Environment) -> str:
+        """By digest, never by tag: what runs is exactly what was built."""
+        environment.require("registry", why=f"deploying {self.name} to {self.compute}")
+        return f"{environment.registry}/{self.repository(environment)}@{self.digest}"
+
+    def labels(self) -> Dict[str, str]:
+        return {"ml.model": self.name, "ml.version": str(self.version), "ml.digest": self.digest}
