@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ml_deploy.config import Environment
+
+if TYPE_CHECKING:
+    from ml_deploy.plan import Plan
 
 
 @functools.lru_cache(maxsize=None)
@@ -31,3 +34,23 @@ def error_code(error: BaseException) -> str:
     """The AWS error code of a botocore ClientError ("" for anything else)."""
     response = getattr(error, "response", None) or {}
     return str((response.get("Error") or {}).get("Code", ""))
+
+
+def plan_log_group(plan: "Plan", environment: Environment, name: str) -> None:
+    """CloudWatch Logs group `name` with the environment's retention, created if missing."""
+    from ml_deploy.plan import CREATE, UNCHANGED
+
+    logs = client(environment, "logs")
+    groups = logs.describe_log_groups(logGroupNamePrefix=name)["logGroups"]
+    if any(g["logGroupName"] == name for g in groups):
+        plan.add(UNCHANGED, f"log group {name}")
+        return
+
+    def create() -> None:
+        try:
+            logs.create_log_group(logGroupName=name, tags={"ml.platform": "true"})
+        except logs.exceptions.ResourceAlreadyExistsException:
+            pass
+        logs.put_retention_policy(logGroupName=name, retentionInDays=environment.log_retention_days)
+
+    plan.add(CREATE, f"log group {name}", f"retention {environment.log_retention_days} days", create)

@@ -100,3 +100,24 @@ def moto_server(workdir: Path) -> Iterator[MotoServer]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def record_api_calls(session) -> list:
+    """Every AWS API call made through clients of boto3 `session` from now on, as
+    "service.Operation" (e.g. "lambda.UpdateAlias"), in order. For asserting that a dry run
+    makes only read calls."""
+    calls: list = []
+
+    def record(event_name: str, **_: object) -> None:
+        _, service, operation = event_name.split(".", 2)
+        calls.append(f"{service}.{operation}")
+
+    session.events.register("before-call", record)
+    return calls
+
+
+READ_ONLY_PREFIXES = ("Get", "List", "Describe")
+
+
+def mutating(calls: list) -> list:
+    return [c for c in calls if not c.split(".", 1)[1].startswith(READ_ONLY_PREFIXES)]
