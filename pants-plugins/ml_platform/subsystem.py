@@ -77,3 +77,23 @@ class MLPlatform(Subsystem):
             """
         ),
     )
+    deploy_config = StrOption(
+        default="platform/deploy.yaml",
+        help=help_text(
+            """
+            The deploy environments file: one top-level section per environment (`local`, `dev`,
+            `prod`, ...) with its registry, AWS region, cluster, subnets, domain and so on;
+            `pants deploy --deploy-env=<name>` picks one. Each setting is documented in
+            `platform/ml_deploy/config.py`.
+            """
+        ),
+    )
+    deploy_tools = StrOption(
+        default="//platform:deploy-tools",
+        help=help_text(
+            """
+            Address of the `pex_binary` of the deploy tools (`python -m ml_deploy`: registry
+            push, then one driver per compute type), run by `pants deploy`.
+            """
+        ),
+    )

@@ -1,0 +1,242 @@
+"""`pants deploy` for `ml_model`: package the model, push its image, and roll it out by digest to
+the compute it declares, in the environment chosen with `--deploy-env`.
+
+The rollout itself is `python -m ml_deploy` from the deploy tools' PEX, run as an interactive
+process (it talks to AWS, a container engine or the local gateway, none of which a sandboxed,
+cached process may do), one model after another so the output reads as one log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+
+from ml_platform.image import REGISTRY_ENV
+from ml_platform.package import MLModelFieldSet
+from ml_platform.subsystem import MLPlatform
+from ml_platform.target_types import (
+    DEFAULT_CPU,
+    DEFAULT_MEMORY_MIB,
+    MLModelComputeField,
+    MLModelCpuField,
+    MLModelEntryPointField,
+    MLModelEnvField,
+    MLModelGpuField,
+    MLModelMemoryField,
+    MLModelTimeoutField,
+    MLModelVersionField,
+)
+from pants.backend.python.util_rules.pex import Pex, PexProcess
+from pants.backend.python.util_rules.pex_from_targets import PexFromTargetsRequest
+from pants.core.goals.package import BuiltPackage, PackageFieldSet
+from pants.engine.addresses import Addresses, UnparsedAddressInputs
+from pants.engine.console import Console
+from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
+from pants.engine.fs import (
+    CreateDigest,
+    Digest,
+    DigestContents,
+    FileContent,
+    GlobMatchErrorBehavior,
+    MergeDigests,
+    PathGlobs,
+)
+from pants.engine.goal import Goal, GoalSubsystem
+from pants.engine.process import InteractiveProcess, InteractiveProcessResult, Process
+from pants.engine.rules import Effect, Get, MultiGet, collect_rules, goal_rule, rule
+from pants.engine.target import (
+    DescriptionField,
+    FieldSet,
+    FilteredTargets,
+    WrappedTarget,
+    WrappedTargetRequest,
+)
+from pants.option.option_types import BoolOption, StrOption
+from pants.util.logging import LogLevel
+from pants.util.strutil import help_text, pluralize
+
+# What the rollout may need from the user's environment beyond the registry's credentials: a
+# container engine, where local deploys keep state, and a Python for packaged servers.
+_DEPLOY_ENV = (*REGISTRY_ENV, "DOCKER_HOST", "XDG_STATE_HOME", "XDG_RUNTIME_DIR", "PATH", "PYENV_ROOT")
+_CONFIG_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+_SPEC = "__ml_deploy/release.json"
+
+
+class DeploySubsystem(GoalSubsystem):
+    name = "deploy"
+    help = help_text(
+        """
+        Package `ml_model` targets, push their images and deploy them, by digest, to the compute
+        each declares (`local`, `lambda`, `fargate`, `ecs`, `ec2`) in one environment of the
+        deploy environments file. Deploying what is already live changes nothing.
+        """
+    )
+
+    env = StrOption(
+        default="local",
+        help=help_text(
+            """
+            The environment to deploy to: a top-level section of the deploy environments file
+            (`[ml-platform].deploy_config`), e.g. `local` (this machine, behind the gateway at
+            `http://<model>.ml.localhost:8480`), `dev` or `prod`.
+            """
+        ),
+    )
+    dry_run = BoolOption(
+        default=False,
+        help=help_text(
+            """
+            Print, for each model, what would be created or updated (and what is already live),
+            without changing anything. The image is still built, but not pushed.
+            """
+        ),
+    )
+
+
+class Deploy(Goal):
+    subsystem_cls = DeploySubsystem
+    environment_behavior = Goal.EnvironmentBehavior.LOCAL_ONLY
+
+
+@dataclass(frozen=True)
+class DeployMLModelFieldSet(FieldSet):
+    required_fields = (MLModelEntryPointField,)
+
+    entry_point: MLModelEntryPointField
+    version: MLModelVersionField
+    compute: MLModelComputeField
+    cpu: MLModelCpuField
+    memory: MLModelMemoryField
+    gpu: MLModelGpuField
+    timeout: MLModelTimeoutField
+    env: MLModelEnvField
+    description: DescriptionField
+
+    def release_spec(self) -> dict:
+        """The model's deploy settings, defaults filled in, as ml_deploy.release reads them."""
+        return {
+            "name": self.address.target_name,
+            "address": self.address.spec,
+            "version": self.version.value,
+            "compute": self.compute.value,
+            "cpu": self.cpu.value or DEFAULT_CPU,
+            "memory": self.memory.value or DEFAULT_MEMORY_MIB,
+            "gpu": self.gpu.value or 0,
+            "timeout": self.timeout.value,
+            "env": dict(self.env.value or {}),
+            "description": self.description.value or "",
+        }
+
+
+@dataclass(frozen=True)
+class DeployTools:
+    pex: Pex
+
+
+@dataclass(frozen=True)
+class DeployToolsRequest:
+    pass
+
+
+@rule(desc="Building the deploy tools")
+async def deploy_tools(_: DeployToolsRequest, ml_platform: MLPlatform) -> DeployTools:
+    addresses = await Get(
+        Addresses,
+        UnparsedAddressInputs(
+            [ml_platform.deploy_tools], owning_address=None,
+            description_of_origin="the option `[ml-platform].deploy_tools`",
+        ),
+    )
+    pex = await Get(Pex, PexFromTargetsRequest(addresses, output_filename="ml_deploy.pex", internal_only=True))
+    return DeployTools(pex)
+
+
+@dataclass(frozen=True)
+class ModelRollout:
+    name: str
+    process: InteractiveProcess
+
+
+@rule(desc="Preparing to deploy an ml_model", level=LogLevel.DEBUG)
+async def prepare_rollout(
+    field_set: DeployMLModelFieldSet, deploy: DeploySubsystem, ml_platform: MLPlatform
+) -> ModelRollout:
+    if not ml_platform.build_images:
+        raise ValueError(
+            f"{field_set.address}: `deploy` rolls out images by digest, but "
+            "[ml-platform].build_images is off; drop `--no-ml-platform-build-images`."
+        )
+    config_path = ml_platform.deploy_config
+    wrapped = await Get(
+        WrappedTarget,
+        WrappedTargetRequest(field_set.address, description_of_origin="the `deploy` goal"),
+    )
+    package, config, tools = await MultiGet(
+        Get(BuiltPackage, PackageFieldSet, MLModelFieldSet.create(wrapped.target)),
+        Get(
+            DigestContents,
+            PathGlobs(
+                [config_path],
+                glob_match_error_behavior=GlobMatchErrorBehavior.error,
+                description_of_origin="the option `[ml-platform].deploy_config`",
+            ),
+        ),
+        Get(DeployTools, DeployToolsRequest()),
+    )
+    (artifact,) = package.artifacts
+    assert artifact.relpath is not None
+    # The environments file may read `${VAR}`s: hand exactly those to the process.
+    referenced = sorted(set(_CONFIG_VARIABLE.findall(config[0].content.decode())))
+    env, spec, config_digest = await MultiGet(
+        Get(EnvironmentVars, EnvironmentVarsRequest((*_DEPLOY_ENV, *referenced))),
+        Get(Digest, CreateDigest([FileContent(_SPEC, json.dumps(field_set.release_spec()).encode())])),
+        Get(Digest, CreateDigest([FileContent(config_path, config[0].content)])),
+    )
+    input_digest = await Get(Digest, MergeDigests([package.digest, spec, config_digest]))
+    argv = (
+        "deploy", "--config", config_path, "--env", deploy.env,
+        "--spec", _SPEC, "--package", artifact.relpath,
+        *(("--dry-run",) if deploy.dry_run else ()),
+    )
+    process = await Get(
+        Process,
+        PexProcess(
+            tools.pex,
+            argv=argv,
+            input_digest=input_digest,
+            extra_env={**env, "PEX_MODULE": "ml_deploy"},
+            description=f"Deploying {field_set.address} to {deploy.env}",
+        ),
+    )
+    return ModelRollout(field_set.address.spec, InteractiveProcess.from_process(process))
+
+
+@goal_rule
+async def run_deploy(console: Console, deploy: DeploySubsystem, targets: FilteredTargets) -> Deploy:
+    field_sets = [
+        DeployMLModelFieldSet.create(t) for t in targets if DeployMLModelFieldSet.is_applicable(t)
+    ]
+    if not field_sets:
+        console.print_stderr(f"{console.sigil_skipped()} Nothing to deploy: no `ml_model` among the targets.")
+        return Deploy(exit_code=0)
+    rollouts = await MultiGet(Get(ModelRollout, DeployMLModelFieldSet, fs) for fs in field_sets)
+    verb = "planned" if deploy.dry_run else "deployed"
+    results, exit_code = [], 0
+    for rollout in rollouts:
+        result = await Effect(InteractiveProcessResult, InteractiveProcess, rollout.process)
+        if result.exit_code == 0:
+            results.append(f"{console.sigil_succeeded()} {rollout.name} {verb} ({deploy.env})")
+        else:
+            exit_code = result.exit_code
+            results.append(f"{console.sigil_failed()} {rollout.name} failed ({deploy.env})")
+    console.print_stderr("")
+    for line in results:
+        console.print_stderr(line)
+    console.print_stderr(f"{pluralize(len(rollouts), 'model')} {verb if exit_code == 0 else 'attempted'}.")
+    return Deploy(exit_code)
+
+
+def rules():
+    return collect_rules()

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import pytest
+
+from ml_platform.conftest import ENV_INHERIT, repo_options
+from ml_platform.deploy import Deploy, DeployMLModelFieldSet
+from pants.engine.addresses import Address
+from pants.engine.internals.scheduler import ExecutionError
+from pants.testutil.rule_runner import RuleRunner
+
+
+def test_release_spec_carries_the_fields_with_defaults_filled_in(rule_runner: RuleRunner) -> None:
+    rule_runner.write_files({
+        "models/m/BUILD": 'ml_model(entry_point="model.py:Model", version=2, compute="lambda", '
+                          'memory=2048, timeout=30, env={"A": "1"}, description="d")\n',
+        "models/m/model.py": "class Model: ...\n",
+    })
+    target = rule_runner.get_target(Address("models/m", target_name="m"))
+    assert DeployMLModelFieldSet.create(target).release_spec() == {
+        "name": "m", "address": "models/m:m", "version": 2, "compute": "lambda", "cpu": 0.5,
+        "memory": 2048, "gpu": 0, "timeout": 30, "env": {"A": "1"}, "description": "d",
+    }
+
+
+def test_nothing_to_deploy_is_not_an_error(rule_runner: RuleRunner) -> None:
+    # What CI meets on a docs-only commit: no ml_model among the changed targets.
+    result = rule_runner.run_goal_rule(Deploy, global_args=repo_options(), args=["platform:stub"],
+                                       env_inherit=ENV_INHERIT)
+    assert result.exit_code == 0
+    assert "Nothing to deploy" in result.stderr
+
+
+def test_deploy_refuses_to_run_without_images(rule_runner: RuleRunner) -> None:
+    rule_runner.write_files({"models/m/BUILD": 'ml_model(entry_point="model.py:Model")\n',
+                             "models/m/model.py": "class Model: ...\n"})
+    with pytest.raises(ExecutionError, match=r"models/m:m: `deploy` rolls out images by digest"):
+        rule_runner.run_goal_rule(Deploy, global_args=repo_options(), args=["models/m:m"],
+                                  env_inherit=ENV_INHERIT)
