@@ -73,6 +73,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except config.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - planning reads AWS, engines, registries: report, not trace
+        print(f"error: {args.command} in environment {args.env!r} failed: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -49,11 +49,12 @@ class DeployFailed(Exception):
     def __init__(self, plan: Plan, step: Step, error: BaseException, done: List[Step]) -> None:
         self.plan, self.step, self.error, self.done = plan, step, error, done
         done_text = "; ".join(f"{s.action} {s.resource}" for s in done) or "nothing"
+        kept = ("nothing served before this deploy" if plan.serving.startswith("nothing")
+                else f"{plan.serving} (the previous version keeps serving)")
         super().__init__(
             f"{plan.target}: {step.action} {step.resource} failed: {type(error).__name__}: {error}\n"
             f"  done before it: {done_text}\n"
-            f"  left in place: {plan.serving} (the previous version keeps serving); "
-            f"re-run the deploy once the cause is fixed")
+            f"  left in place: {kept}; re-run the deploy once the cause is fixed")
 
 
 def execute(plan: Plan, *, dry_run: bool = False, say: Callable[[str], None] = print) -> bool:

@@ -53,3 +53,10 @@ def test_a_failed_step_names_itself_what_was_done_and_what_still_serves() -> Non
     assert "update route failed: RuntimeError: boom" in message
     assert "done before it: create backend" in message
     assert "left in place: v1 sha256:old on :9000 (the previous version keeps serving)" in message
+
+
+def test_a_failed_first_deploy_does_not_claim_a_previous_version() -> None:
+    plan = Plan(target="m v1", digest="sha256:abc", serving="nothing (new function)")
+    plan.add(CREATE, "function", run=lambda: 1 / 0)
+    with pytest.raises(DeployFailed, match="left in place: nothing served before this deploy; re-run"):
+        execute(plan, say=lambda _: None)

@@ -121,3 +121,266 @@ READ_ONLY_PREFIXES = ("Get", "List", "Describe")
 
 def mutating(calls: list) -> list:
     return [c for c in calls if not c.split(".", 1)[1].startswith(READ_ONLY_PREFIXES)]
+
+
+# Imports of the helpers below (appended to this module, so they sit here).
+import gzip  # noqa: E402
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import queue  # noqa: E402
+import tarfile  # noqa: E402
+import threading  # noqa: E402
+import uuid  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------
+# ECR's registry auth, a tiny image, a Lambda role: what the lambda driver's tests deploy with.
+
+# What moto's ecr.get_authorization_token decodes to (real ECR: "AWS" and a 12-hour token). A
+# docker-registry with this htpasswd user plays an ECR registry for `registry_auth: ecr`.
+ECR_TOKEN_CREDENTIALS = ("AWS", f"{ACCOUNT}-auth-token")
+LAMBDA_TRUST_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                   "Action": "sts:AssumeRole"}],
+}
+
+
+def create_lambda_role(session, name: str = "ml-lambda") -> str:
+    """An IAM role Lambda may assume (moto's Lambda rejects roles IAM does not know); its ARN."""
+    iam = session.client("iam")
+    try:
+        return iam.get_role(RoleName=name)["Role"]["Arn"]
+    except iam.exceptions.NoSuchEntityException:
+        return iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST_POLICY))["Role"]["Arn"]
+
+
+def write_test_image(layout_dir: Path, content: bytes, tag: str = "v1") -> str:
+    """A minimal valid single-layer OCI image layout (one file holding `content`) written to
+    `layout_dir`; returns its manifest digest. Different content, different digest."""
+    blobs = layout_dir / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+
+    def blob(data: bytes, media_type: str) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("content.txt")
+        info.size, info.mode, info.mtime = len(content), 0o644, 0
+        tar.addfile(info, io.BytesIO(content))
+    layer_tar = tar_bytes.getvalue()
+    layer = blob(gzip.compress(layer_tar, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip")
+    config = blob(json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]},
+    }, sort_keys=True).encode(), "application/vnd.oci.image.config.v1+json")
+    manifest = blob(json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config, "layers": [layer],
+    }, sort_keys=True).encode(), "application/vnd.oci.image.manifest.v1+json")
+    (layout_dir / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    (layout_dir / "index.json").write_text(json.dumps({
+        "schemaVersion": 2,
+        "manifests": [{**manifest, "annotations": {"org.opencontainers.image.ref.name": tag}}],
+    }))
+    return manifest["digest"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The Lambda Runtime API, as Lambda offers it to an image (standard library only)
+
+
+class LambdaRuntimeApi:
+    """A local Lambda Runtime API on 127.0.0.1: `invoke(event)` queues an event for the long
+    poll of /invocation/next and returns what the runtime posts back. Point a process or a
+    container at it with AWS_LAMBDA_RUNTIME_API=<address> (`with LambdaRuntimeApi() as api:`).
+
+    The real emulator is a GitHub binary that cannot be had here; the protocol is small and
+    documented: https://docs.aws.amazon.com/lambda/latest/dg/runtimes-api.html
+    """
+
+    PREFIX = "/2018-06-01/runtime"
+
+    def __init__(self, function_arn: str = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:test",
+                 deadline_seconds: float = 60) -> None:
+        self.events: "queue.Queue" = queue.Queue()
+        self.results: dict = {}  # request id (or "init") -> (kind, payload, headers)
+        self.changed = threading.Condition()
+        self.polls = 0
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                if self.path != f"{api.PREFIX}/invocation/next":
+                    return self._reply(404)
+                with api.changed:
+                    api.polls += 1
+                    api.changed.notify_all()
+                item = api.events.get()
+                if item is None:  # closing: end the long poll
+                    self.close_connection = True
+                    return
+                request_id, event = item
+                body = json.dumps(event).encode()
+                self.send_response(200)
+                self.send_header("Lambda-Runtime-Aws-Request-Id", request_id)
+                self.send_header("Lambda-Runtime-Deadline-Ms", str(int((time.time() + deadline_seconds) * 1000)))
+                self.send_header("Lambda-Runtime-Invoked-Function-Arn", function_arn)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                parts = self.path[len(api.PREFIX):].strip("/").split("/")
+                if len(parts) == 3 and parts[0] == "invocation" and parts[2] in ("response", "error"):
+                    key, kind = parts[1], parts[2]
+                elif parts == ["init", "error"]:
+                    key, kind = "init", "error"
+                else:
+                    return self._reply(404)
+                with api.changed:
+                    api.results[key] = (kind, json.loads(raw or b"null"),
+                                        {k.lower(): v for k, v in self.headers.items()})
+                    api.changed.notify_all()
+                self._reply(202)
+
+            def _reply(self, status: int) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> "LambdaRuntimeApi":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_for_poll(self, timeout: float, alive=lambda: True, logs=lambda: "") -> None:
+        """Until the runtime polls /next (its model is loaded); `alive()` False or the timeout fails."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not self.polls:
+                if not alive():
+                    raise AssertionError(f"the runtime exited before polling for events:\n{logs()}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the runtime did not poll /invocation/next within {timeout} s:\n{logs()}")
+                self.changed.wait(0.5)
+
+    def invoke(self, event: object, timeout: float = 60, alive=lambda: True, logs=lambda: "") -> tuple:
+        """Queue one event; returns what the runtime posted back: (kind, payload, headers, request id),
+        kind "response" or "error"."""
+        request_id = str(uuid.uuid4())
+        self.events.put((request_id, event))
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while request_id not in self.results:
+                if "init" in self.results:
+                    raise AssertionError(f"the runtime reported an init error: {self.results['init'][1]}\n{logs()}")
+                if not alive():
+                    raise AssertionError(f"the runtime exited before answering {request_id}:\n{logs()}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no answer to {request_id} within {timeout} s:\n{logs()}")
+                self.changed.wait(0.5)
+            kind, payload, headers = self.results.pop(request_id)
+        return kind, payload, headers, request_id
+
+    def close(self) -> None:
+        for _ in range(8):  # end the long polls still open
+            self.events.put(None)
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def function_url_event(method: str, path: str, body: str = "", headers: Optional[dict] = None) -> dict:
+    """A Function URL invocation (HTTP API payload 2.0), as Lambda hands it to the runtime."""
+    return {
+        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
+        "headers": {"host": f"example.lambda-url.{REGION}.on.aws", **(headers or {})},
+        "requestContext": {"http": {"method": method, "path": path, "protocol": "HTTP/1.1",
+                                    "sourceIp": "127.0.0.1"}, "stage": "$default", "requestId": "test"},
+        "body": body, "isBase64Encoded": False,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# A VPC, an ALB listener, roles and an AMI: what the ECS and EC2 drivers' tests deploy into.
+
+ECS_TRUST_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+                   "Action": "sts:AssumeRole"}],
+}
+# moto launches instances of any AMI id (listing its own images takes 1.6 s).
+TEST_AMI = "ami-0a1b2c3d4e5f60718"
+EC2_TRUST_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+                   "Action": "sts:AssumeRole"}],
+}
+
+
+def with_load_balancer(environment, cluster: str = "ml-test", domain: str = "example.com"):
+    """`environment` (an ml_deploy Environment pointing at moto) plus everything the ecs and ec2
+    drivers need, created in moto: a VPC with two subnets in two zones, a security group, an
+    internet-facing ALB with an HTTP listener (default action 404), an ECS task execution role,
+    an EC2 instance profile and an AMI id."""
+    import dataclasses as _dataclasses
+
+    from ml_deploy import aws
+
+    session = aws.session(environment)
+    ec2, elb, iam = session.client("ec2"), session.client("elbv2"), session.client("iam")
+    vpc = ec2.create_vpc(CidrBlock="10.80.0.0/16")["Vpc"]["VpcId"]
+    subnets = tuple(ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.80.{i}.0/24",
+                                      AvailabilityZone=f"{REGION}{zone}")["Subnet"]["SubnetId"]
+                    for i, zone in ((1, "a"), (2, "b")))
+    group = ec2.create_security_group(GroupName="ml-models", Description="ML models", VpcId=vpc)["GroupId"]
+    balancer = elb.create_load_balancer(Name="ml", Subnets=list(subnets), SecurityGroups=[group],
+                                        Type="application", Scheme="internet-facing")["LoadBalancers"][0]
+    listener = elb.create_listener(
+        LoadBalancerArn=balancer["LoadBalancerArn"], Protocol="HTTP", Port=80,
+        DefaultActions=[{"Type": "fixed-response", "FixedResponseConfig": {
+            "StatusCode": "404", "ContentType": "text/plain", "MessageBody": "no such model"}}],
+    )["Listeners"][0]["ListenerArn"]
+    execution_role = iam.create_role(RoleName="ml-ecs-execution",
+                                     AssumeRolePolicyDocument=json.dumps(ECS_TRUST_POLICY))["Role"]["Arn"]
+    iam.create_role(RoleName="ml-ec2", AssumeRolePolicyDocument=json.dumps(EC2_TRUST_POLICY))
+    profile = iam.create_instance_profile(InstanceProfileName="ml-ec2")["InstanceProfile"]["Arn"]
+    iam.add_role_to_instance_profile(InstanceProfileName="ml-ec2", RoleName="ml-ec2")
+    return _dataclasses.replace(
+        environment, domain=domain, cluster=cluster, vpc=vpc, subnets=subnets, security_groups=(group,),
+        listener=listener, execution_role=execution_role, instance_profile=profile, ami=TEST_AMI)
+
+
+def record_api_params(session) -> list:
+    """Every AWS API call made through clients of boto3 `session` from now on, as
+    ("service.Operation", parameters). For what moto accepts but does not keep (e.g. an ECS
+    service's deploymentConfiguration)."""
+    import copy
+
+    calls: list = []
+
+    def record(params: dict, event_name: str, **_: object) -> None:
+        _, service, operation = event_name.split(".", 2)
+        calls.append((f"{service}.{operation}", copy.deepcopy(params)))
+
+    session.events.register("before-parameter-build", record)
+    return calls

@@ -1,0 +1,387 @@
+"""The `lambda` compute: one Lambda function per model version, running the model's image.
+
+    function ml-iris-v1       PackageType Image, ImageUri <registry>/ml/iris@sha256:...
+      version N               published by each deploy; its description names its image digest
+      alias live -> N         what serves; its description remembers the version live before
+        Function URL          on the alias: AWS_IAM by default, NONE adds the public permission
+
+Traffic only ever follows the alias, and the alias moves last: a deploy that fails before that
+step leaves the previous version serving, and a rollback is moving the alias back.
+
+What a version runs (image digest, memory, timeout, environment, role) decides what has to
+change: a version already live with the same settings makes the deploy a no-op, and a version
+published earlier with them (the one before a rollback, or one a failed deploy published) is
+served again instead of publishing another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from ml_deploy import aws, publish
+from ml_deploy.config import ConfigError, Environment
+from ml_deploy.plan import CREATE, DELETE, UNCHANGED, UPDATE, Plan
+from ml_deploy.release import Release
+
+ALIAS = "live"
+# The statement id the Lambda console gives the public permission of an AuthType NONE URL.
+PUBLIC_URL_STATEMENT = "FunctionURLAllowPublicAccess"
+# Lambda's own limits, checked before anything is created so that the error names the model.
+MEMORY_RANGE = (128, 10240)  # MiB
+TIMEOUT_RANGE = (1, 900)  # seconds
+# Image functions start Pending while Lambda optimises the image; updates take a while too.
+WAIT = {"Delay": 2, "MaxAttempts": 300}
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_PREVIOUS = re.compile(r"previous version (\d+)")
+
+
+class NothingToRollBack(ConfigError):
+    """A rollback asked for where there is no earlier version to serve."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a function version runs: two versions with equal settings serve the same."""
+
+    digest: Optional[str]  # None: not known (a version this driver did not publish)
+    memory: int
+    timeout: int
+    env: Tuple[Tuple[str, str], ...]
+    role: str
+
+    @classmethod
+    def of(cls, configuration: Mapping[str, Any], digest: Optional[str]) -> "Settings":
+        variables = (configuration.get("Environment") or {}).get("Variables") or {}
+        return cls(digest, int(configuration.get("MemorySize") or 0), int(configuration.get("Timeout") or 0),
+                   tuple(sorted(variables.items())), configuration.get("Role", ""))
+
+    def differences(self, wanted: "Settings") -> List[str]:
+        changes = []
+        if self.digest != wanted.digest:
+            changes.append(f"image {_short(self.digest)} -> {_short(wanted.digest)}")
+        if self.memory != wanted.memory:
+            changes.append(f"memory {self.memory} -> {wanted.memory} MiB")
+        if self.timeout != wanted.timeout:
+            changes.append(f"timeout {self.timeout} -> {wanted.timeout} s")
+        if self.env != wanted.env:
+            changes.append("environment variables")
+        if self.role != wanted.role:
+            changes.append(f"role -> {wanted.role}")
+        return changes
+
+
+@dataclass
+class FunctionState:
+    """What AWS holds for one function, read before planning (read-only calls only)."""
+
+    name: str
+    arn: str = ""
+    latest: Optional[Settings] = None  # $LATEST; None: no such function
+    versions: Dict[int, Settings] = dataclasses.field(default_factory=dict)
+    tags: Dict[str, str] = dataclasses.field(default_factory=dict)
+    alias_version: Optional[int] = None  # None: no alias `live`
+    alias_description: str = ""
+    url: str = ""
+    url_auth: str = ""
+    public_permission: bool = False
+
+    @property
+    def exists(self) -> bool:
+        return self.latest is not None
+
+    @property
+    def live(self) -> Optional[Settings]:
+        return self.versions.get(self.alias_version) if self.alias_version is not None else None
+
+    def serving(self) -> str:
+        if self.alias_version is not None:
+            digest = self.live.digest if self.live else None
+            return f"alias {ALIAS} -> version {self.alias_version} ({digest or 'image unknown'})"
+        if self.exists:
+            return f"nothing (function {self.name} has no alias {ALIAS} yet)"
+        return "nothing (new function)"
+
+
+def plan(release: Release, environment: Environment) -> Plan:
+    """Push, log group, function, version, alias `live`, Function URL: what must change of them."""
+    _check(release, environment)
+    lam = aws.client(environment, "lambda")
+    function = release.resource_name
+    state = read_state(lam, function)
+    wanted = Settings(release.digest, release.memory, release.timeout, tuple(sorted(release.env.items())),
+                      environment.lambda_role or "")
+    result = Plan(target=f"{release.name} v{release.version} -> lambda ({environment.name})",
+                  digest=release.digest, serving=state.serving(), url=state.url)
+    publish.plan_push(result, release, environment)
+    aws.plan_log_group(result, environment, f"/aws/lambda/{function}")
+    _plan_function_and_version(result, lam, release, environment, state, wanted)
+    _plan_url(result, lam, function, environment, state)
+    return result
+
+
+def plan_rollback(name: str, version: int, environment: Environment) -> Plan:
+    """Move alias `live` back to the version it served before the last deploy (a second rollback
+    moves it forward again: the alias always remembers the version it left)."""
+    # One naming rule for the function, Release's (the other fields do not matter here).
+    function = Release(name=name, version=version, compute="lambda", package_dir=Path("."),
+                       digest="").resource_name
+    lam = aws.client(environment, "lambda")
+    state = read_state(lam, function)
+    where = f"{name} v{version} in environment {environment.name!r}"
+    if not state.exists:
+        raise NothingToRollBack(f"{where}: Lambda function {function} does not exist (never deployed)")
+    if state.alias_version is None:
+        raise NothingToRollBack(f"{where}: {function} has no alias {ALIAS}, so nothing serves to roll back")
+    match = _PREVIOUS.search(state.alias_description)
+    if not match:
+        raise NothingToRollBack(
+            f"{where}: alias {function}:{ALIAS} (version {state.alias_version}) remembers no earlier "
+            f"version: it was created by the first deploy, so there is nothing to roll back to")
+    previous = int(match.group(1))
+    if previous not in state.versions:
+        raise NothingToRollBack(f"{where}: version {previous}, which served before version "
+                                f"{state.alias_version}, no longer exists in {function}")
+    current, digest = state.alias_version, state.versions[previous].digest
+    result = Plan(target=f"{name} v{version} -> lambda ({environment.name}): rollback",
+                  digest=digest or "image unknown", serving=state.serving(), url=state.url)
+
+    def move_back() -> str:
+        lam.update_alias(FunctionName=function, Name=ALIAS, FunctionVersion=str(previous),
+                         Description=_alias_description(digest, previous=current))
+        if digest:
+            lam.tag_resource(Resource=state.arn, Tags={**state.tags, "ml.digest": digest})
+        return f"alias {ALIAS} -> version {previous} ({digest or 'image unknown'})"
+
+    result.add(UPDATE, f"Lambda alias {function}:{ALIAS}", f"version {current} -> {previous}", move_back)
+    return result
+
+
+def read_state(lam: Any, function: str) -> FunctionState:
+    state = FunctionState(function)
+    try:
+        found = lam.get_function(FunctionName=function)
+    except lam.exceptions.ResourceNotFoundException:
+        return state
+    configuration = found["Configuration"]
+    state.arn = configuration["FunctionArn"]
+    state.latest = Settings.of(configuration, _digest_in(found.get("Code", {}).get("ImageUri", "")))
+    state.tags = dict(found.get("Tags") or {})
+    for page in lam.get_paginator("list_versions_by_function").paginate(FunctionName=function):
+        for version in page["Versions"]:
+            if version["Version"] != "$LATEST":
+                # A version's image is the digest it was published with (in its description):
+                # moto 5.2.5 answers get_function(Qualifier=N) with $LATEST's ImageUri, which would
+                # make an old version look like it runs the newest image. Real Lambda keeps version
+                # descriptions too; a version without one is never taken for any image.
+                state.versions[int(version["Version"])] = Settings.of(
+                    version, _digest_in(version.get("Description", "")))
+    try:
+        alias = lam.get_alias(FunctionName=function, Name=ALIAS)
+    except lam.exceptions.ResourceNotFoundException:
+        pass
+    else:
+        state.alias_version = int(alias["FunctionVersion"])
+        state.alias_description = alias.get("Description", "")
+    try:
+        url = lam.get_function_url_config(FunctionName=function, Qualifier=ALIAS)
+    except lam.exceptions.ResourceNotFoundException:
+        pass
+    else:
+        state.url, state.url_auth = url["FunctionUrl"], url["AuthType"]
+    try:
+        policy = json.loads(lam.get_policy(FunctionName=function, Qualifier=ALIAS)["Policy"])
+    except lam.exceptions.ResourceNotFoundException:
+        pass
+    else:
+        state.public_permission = any(s.get("Sid") == PUBLIC_URL_STATEMENT for s in policy.get("Statement", []))
+    return state
+
+
+def _check(release: Release, environment: Environment) -> None:
+    why = f"deploying {release.name} v{release.version} to lambda"
+    environment.require("lambda_role", "registry", why=why)
+    if release.gpu:
+        raise ConfigError(f"{release.address or release.name}: Lambda has no GPUs, but the model asks "
+                          f"for gpu={release.gpu}; deploy it to compute='ec2' instead")
+    if not MEMORY_RANGE[0] <= release.memory <= MEMORY_RANGE[1]:
+        raise ConfigError(f"{release.address or release.name}: memory={release.memory} MiB is outside "
+                          f"Lambda's {MEMORY_RANGE[0]}-{MEMORY_RANGE[1]} MiB")
+    if not TIMEOUT_RANGE[0] <= release.timeout <= TIMEOUT_RANGE[1]:
+        raise ConfigError(f"{release.address or release.name}: timeout={release.timeout} s is outside "
+                          f"Lambda's {TIMEOUT_RANGE[0]}-{TIMEOUT_RANGE[1]} s")
+
+
+def _plan_function_and_version(result: Plan, lam: Any, release: Release, environment: Environment,
+                               state: FunctionState, wanted: Settings) -> None:
+    function = release.resource_name
+    fn_resource = f"Lambda function {function}"
+    version_resource = f"Lambda version of {function}"
+    alias_resource = f"Lambda alias {function}:{ALIAS}"
+    tags = {**state.tags, **release.labels()}
+    # Which version the alias is to serve; filled in by the publish step when there is one.
+    chosen: Dict[str, int] = {}
+
+    def configuration() -> Dict[str, Any]:
+        return dict(Role=wanted.role, MemorySize=wanted.memory, Timeout=wanted.timeout,
+                    Environment={"Variables": dict(wanted.env)},
+                    Description=f"{release.name} v{release.version} ({release.address or 'ml_model'})")
+
+    if state.live == wanted:
+        assert state.alias_version is not None
+        result.add(UNCHANGED, fn_resource, f"version {state.alias_version} runs {release.digest}")
+        result.add(UNCHANGED, version_resource, f"version {state.alias_version}")
+        result.add(UNCHANGED, alias_resource, f"version {state.alias_version}")
+        _plan_tags(result, lam, state, tags)
+        return
+
+    # A version published earlier with exactly these settings is served again, not re-published.
+    reusable = max((n for n, s in state.versions.items() if s == wanted), default=None)
+    if not state.exists:
+        def create() -> None:
+            lam.create_function(FunctionName=function, PackageType="Image",
+                                Code={"ImageUri": release.image_uri(environment)}, Publish=False,
+                                Tags=tags, **configuration())
+            _wait(lam, "function_active_v2", function, "become active")
+
+        result.add(CREATE, fn_resource, f"image {release.image_uri(environment)}, {wanted.memory} MiB, "
+                                        f"timeout {wanted.timeout} s", create)
+    elif reusable is not None:
+        result.add(UNCHANGED, fn_resource, f"version {reusable} already runs {release.digest}")
+    elif state.latest == wanted:
+        result.add(UNCHANGED, fn_resource, f"$LATEST already runs {release.digest}")
+    else:
+        assert state.latest is not None
+        latest = state.latest
+
+        def update() -> None:
+            if latest.digest != wanted.digest:
+                lam.update_function_code(FunctionName=function, ImageUri=release.image_uri(environment),
+                                         Publish=False)
+                # Real Lambda refuses another update (ResourceConflictException) until this one is done.
+                _wait(lam, "function_updated_v2", function, "finish updating its code")
+            if dataclasses.replace(latest, digest=None) != dataclasses.replace(wanted, digest=None):
+                lam.update_function_configuration(FunctionName=function, **configuration())
+                _wait(lam, "function_updated_v2", function, "finish updating its configuration")
+
+        result.add(UPDATE, fn_resource, "; ".join(latest.differences(wanted)), update)
+
+    if reusable is not None:
+        chosen["version"] = reusable
+        result.add(UNCHANGED, version_resource, f"version {reusable} (published before)")
+    else:
+        def publish_version() -> str:
+            published = lam.publish_version(FunctionName=function, Description=_version_description(release))
+            chosen["version"] = int(published["Version"])
+            _wait(lam, "published_version_active", function, "make the version active",
+                  Qualifier=published["Version"])
+            return f"version {published['Version']}"
+
+        result.add(CREATE, version_resource, f"{release.name} v{release.version} image {release.digest}",
+                   publish_version)
+
+    previous = state.alias_version
+    target = f"version {reusable}" if reusable is not None else "the version published above"
+
+    def point_alias() -> str:
+        version = str(chosen["version"])
+        description = _alias_description(release.digest, previous=previous)
+        if previous is None:
+            lam.create_alias(FunctionName=function, Name=ALIAS, FunctionVersion=version, Description=description)
+        else:
+            lam.update_alias(FunctionName=function, Name=ALIAS, FunctionVersion=version, Description=description)
+        return f"alias {ALIAS} -> version {version}"
+
+    if previous is None:
+        result.add(CREATE, alias_resource, f"-> {target}", point_alias)
+    else:
+        result.add(UPDATE, alias_resource, f"version {previous} -> {target}", point_alias)
+    if state.exists:  # a new function gets its tags when it is created
+        _plan_tags(result, lam, state, tags)
+
+
+def _plan_tags(result: Plan, lam: Any, state: FunctionState, tags: Dict[str, str]) -> None:
+    """The function's tags name the model version and the image `live` serves."""
+    resource = f"tags of Lambda function {state.name}"
+    if all(state.tags.get(k) == v for k, v in tags.items()):
+        result.add(UNCHANGED, resource)
+        return
+    changed = {k: v for k, v in tags.items() if state.tags.get(k) != v}
+
+    def tag() -> None:
+        lam.tag_resource(Resource=state.arn, Tags=changed)
+
+    result.add(UPDATE, resource, ", ".join(f"{k}={v}" for k, v in sorted(changed.items())), tag)
+
+
+def _plan_url(result: Plan, lam: Any, function: str, environment: Environment, state: FunctionState) -> None:
+    auth = environment.function_url_auth
+    resource = f"Function URL of {function}:{ALIAS}"
+
+    def create_url() -> str:
+        url = lam.create_function_url_config(FunctionName=function, Qualifier=ALIAS, AuthType=auth)
+        result.url = url["FunctionUrl"]
+        return result.url
+
+    def update_url() -> None:
+        lam.update_function_url_config(FunctionName=function, Qualifier=ALIAS, AuthType=auth)
+
+    if not state.url:
+        result.add(CREATE, resource, f"AuthType {auth}", create_url)
+    elif state.url_auth != auth:
+        result.add(UPDATE, resource, f"AuthType {state.url_auth} -> {auth}", update_url)
+    else:
+        result.add(UNCHANGED, resource, f"AuthType {auth}")
+
+    permission = f"public invoke permission of {function}:{ALIAS}"
+
+    def allow_public() -> None:
+        lam.add_permission(FunctionName=function, Qualifier=ALIAS, StatementId=PUBLIC_URL_STATEMENT,
+                           Action="lambda:InvokeFunctionUrl", Principal="*", FunctionUrlAuthType="NONE")
+
+    def remove_public() -> None:
+        lam.remove_permission(FunctionName=function, Qualifier=ALIAS, StatementId=PUBLIC_URL_STATEMENT)
+
+    if auth == "NONE" and not state.public_permission:
+        # Without it an AuthType NONE URL answers 403 to everyone.
+        result.add(CREATE, permission, "lambda:InvokeFunctionUrl for everyone (AuthType NONE)", allow_public)
+    elif auth == "NONE":
+        result.add(UNCHANGED, permission)
+    elif state.public_permission:
+        result.add(DELETE, permission, f"the URL's AuthType is {auth} now", remove_public)
+
+
+def _wait(lam: Any, waiter: str, function: str, what: str, **qualifier: str) -> None:
+    from botocore.exceptions import WaiterError  # pants: no-infer-dep (botocore comes with boto3)
+
+    try:
+        lam.get_waiter(waiter).wait(FunctionName=function, WaiterConfig=WAIT, **qualifier)
+    except WaiterError as e:
+        configuration = lam.get_function_configuration(FunctionName=function, **qualifier)
+        reason = (configuration.get("LastUpdateStatusReason") or configuration.get("StateReason")
+                  or str(e))
+        raise RuntimeError(f"Lambda function {function} did not {what}: state {configuration.get('State')}, "
+                           f"last update {configuration.get('LastUpdateStatus')}: {reason}") from e
+
+
+def _version_description(release: Release) -> str:
+    return f"{release.name} v{release.version} image {release.digest}"
+
+
+def _alias_description(digest: Optional[str], *, previous: Optional[int]) -> str:
+    served = f"serves image {digest}" if digest else "serves an image this tool did not publish"
+    return f"{served}; previous version {previous}" if previous is not None else served
+
+
+def _digest_in(text: str) -> Optional[str]:
+    match = _DIGEST.search(text)
+    return match.group(0) if match else None
+
+
+def _short(digest: Optional[str]) -> str:
+    return digest[:19] if digest else "unknown"

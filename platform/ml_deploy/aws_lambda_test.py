@@ -1,0 +1,302 @@
+"""The lambda driver against moto (AWS) and a real docker-registry (the image push).
+
+Each test deploys a tiny image of its own to an empty moto account; the registry push is real,
+authenticated with the token moto's ECR hands out, as `registry_auth: ecr` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+from ml_deploy import aws, aws_lambda
+from ml_deploy.config import ConfigError, Environment
+from ml_deploy.plan import UNCHANGED, DeployFailed, Plan, execute
+from ml_deploy.release import Release
+from ml_deploy.testing import (
+    ECR_TOKEN_CREDENTIALS,
+    REGION,
+    MotoServer,
+    create_lambda_role,
+    moto_server,
+    mutating,
+    record_api_calls,
+    write_test_image,
+)
+from ml_image.registry import Auth, RegistryClient
+from ml_image.testing import RunningRegistry, start_registry
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory) -> Iterator[MotoServer]:
+    yield from moto_server(tmp_path_factory.mktemp("moto"))
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory) -> Iterator[RunningRegistry]:
+    username, password = ECR_TOKEN_CREDENTIALS
+    with start_registry(tmp_path_factory.mktemp("registry"), username=username, password=password) as running:
+        yield running
+
+
+@pytest.fixture
+def environment(moto: MotoServer, registry: RunningRegistry) -> Environment:
+    moto.reset()  # every test starts from an empty account
+    env = Environment(name="test", region=REGION, endpoint_url=moto.endpoint, registry=registry.host,
+                      registry_auth="ecr", log_retention_days=7)
+    return dataclasses.replace(env, lambda_role=create_lambda_role(aws.session(env)))
+
+
+class Deployer:
+    """Releases of one model, each a tiny image of its own, and their deploys."""
+
+    def __init__(self, root: Path, environment: Environment, name: str) -> None:
+        self.root, self.environment, self.name = root, environment, name
+        self.output: List[str] = []
+
+    def release(self, content: str, **settings) -> Release:
+        package = self.root / content
+        write_test_image(package / "image", content.encode())
+        spec = {"name": self.name, "version": 1, "compute": "lambda", "memory": 512, "timeout": 30,
+                "env": {"MODEL_FLAVOUR": "tiny"}, **settings}
+        return Release.from_spec(spec, package)
+
+    def plan(self, release: Release) -> Plan:
+        return aws_lambda.plan(release, self.environment)
+
+    def deploy(self, release: Release, dry_run: bool = False) -> bool:
+        self.output.clear()
+        return execute(self.plan(release), dry_run=dry_run, say=self.output.append)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.output)
+
+
+@pytest.fixture
+def deployer(request, tmp_path: Path, environment: Environment) -> Deployer:
+    # A model (and so an image repository) per test: the registry outlives moto's resets.
+    name = request.node.name.replace("test_", "", 1).replace("_", "-")[:30].rstrip("-")
+    return Deployer(tmp_path, environment, name)
+
+
+def lambda_client(environment: Environment):
+    return aws.client(environment, "lambda")
+
+
+def alias_version(environment: Environment, function: str) -> str:
+    return lambda_client(environment).get_alias(FunctionName=function, Name="live")["FunctionVersion"]
+
+
+def test_first_deploy_creates_the_function_version_alias_and_url(deployer: Deployer,
+                                                                 environment: Environment,
+                                                                 registry: RunningRegistry) -> None:
+    release = deployer.release("first")
+    assert deployer.deploy(release) is True
+    function = release.resource_name
+    lam = lambda_client(environment)
+
+    found = lam.get_function(FunctionName=function)
+    configuration = found["Configuration"]
+    assert configuration["PackageType"] == "Image"
+    assert found["Code"]["ImageUri"] == f"{registry.host}/ml/{release.name}@{release.digest}"
+    assert "@sha256:" in found["Code"]["ImageUri"]  # by digest, never by tag
+    assert (configuration["MemorySize"], configuration["Timeout"]) == (512, 30)
+    assert configuration["Environment"]["Variables"] == {"MODEL_FLAVOUR": "tiny"}
+    assert configuration["Role"] == environment.lambda_role
+    assert found["Tags"]["ml.digest"] == release.digest
+    assert found["Tags"]["ml.model"] == release.name and found["Tags"]["ml.version"] == "1"
+
+    versions = {v["Version"]: v for v in lam.list_versions_by_function(FunctionName=function)["Versions"]}
+    assert sorted(versions) == ["$LATEST", "1"]
+    assert release.digest in versions["1"]["Description"]
+    assert alias_version(environment, function) == "1"
+
+    url = lam.get_function_url_config(FunctionName=function, Qualifier="live")
+    assert url["AuthType"] == "AWS_IAM"
+    assert f"deployed {release.digest}: {url['FunctionUrl']}" in deployer.text
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):  # AWS_IAM: no public permission
+        lam.get_policy(FunctionName=function, Qualifier="live")
+
+    groups = aws.client(environment, "logs").describe_log_groups(logGroupNamePrefix="/aws/lambda/")["logGroups"]
+    assert [(g["logGroupName"], g.get("retentionInDays")) for g in groups] == [(f"/aws/lambda/{function}", 7)]
+    # The image really is in the registry, pushed with moto's ECR token; the repository in ECR.
+    RegistryClient(registry.host, f"ml/{release.name}", Auth(*ECR_TOKEN_CREDENTIALS)).get_manifest(release.digest)
+    repositories = aws.client(environment, "ecr").describe_repositories()["repositories"]
+    assert [r["repositoryName"] for r in repositories] == [f"ml/{release.name}"]
+
+
+def test_deploying_the_live_digest_again_changes_nothing(deployer: Deployer, environment: Environment) -> None:
+    release = deployer.release("same")
+    deployer.deploy(release)
+    calls = record_api_calls(aws.session(environment))  # before the plan creates its clients
+    plan = deployer.plan(release)
+    assert [s for s in plan.steps if s.action != UNCHANGED] == []
+    assert deployer.deploy(release) is False
+    assert "already live, no change (alias live -> version 1" in deployer.text
+    assert calls and mutating(calls) == []
+    assert alias_version(environment, release.resource_name) == "1"
+
+
+def test_a_new_digest_publishes_version_2_and_moves_live(deployer: Deployer, environment: Environment,
+                                                         registry: RunningRegistry) -> None:
+    first, second = deployer.release("one"), deployer.release("two")
+    assert first.digest != second.digest
+    deployer.deploy(first)
+    assert deployer.deploy(second) is True
+    function, lam = second.resource_name, lambda_client(environment)
+    alias = lam.get_alias(FunctionName=function, Name="live")
+    assert alias["FunctionVersion"] == "2"
+    assert "previous version 1" in alias["Description"]  # what a rollback moves back to
+    assert lam.get_function(FunctionName=function)["Code"]["ImageUri"].endswith(f"@{second.digest}")
+    versions = {v["Version"]: v["Description"] for v in lam.list_versions_by_function(FunctionName=function)["Versions"]}
+    assert first.digest in versions["1"] and second.digest in versions["2"]
+    assert lam.list_tags(Resource=lam.get_function(FunctionName=function)["Configuration"]["FunctionArn"])[
+        "Tags"]["ml.digest"] == second.digest
+    assert "update    Lambda alias" in deployer.text
+
+
+def test_a_configuration_change_alone_publishes_a_version(deployer: Deployer, environment: Environment) -> None:
+    deployer.deploy(deployer.release("config"))
+    bigger = deployer.release("config", memory=1024)
+    plan = deployer.plan(bigger)
+    function_step = next(s for s in plan.steps if s.resource.startswith("Lambda function"))
+    assert (function_step.action, function_step.detail) == ("update", "memory 512 -> 1024 MiB")
+    execute(plan, say=lambda _: None)
+    version = lambda_client(environment).get_function_configuration(FunctionName=bigger.resource_name,
+                                                                   Qualifier="live")
+    assert (version["Version"], version["MemorySize"]) == ("2", 1024)
+
+
+def test_dry_run_prints_the_plan_and_makes_no_change(deployer: Deployer, environment: Environment,
+                                                     registry: RunningRegistry) -> None:
+    release = deployer.release("dry")
+    calls = record_api_calls(aws.session(environment))
+    assert deployer.deploy(release, dry_run=True) is False
+    assert "plan (dry run, nothing was changed):" in deployer.text
+    for line in (f"+ create    image {registry.host}/ml/{release.name}@{release.digest}",
+                 f"+ create    Lambda function {release.resource_name}",
+                 f"+ create    Lambda alias {release.resource_name}:live",
+                 f"+ create    Function URL of {release.resource_name}:live: AuthType AWS_IAM"):
+        assert line in deployer.text
+    assert calls and mutating(calls) == []
+    lam = lambda_client(environment)
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.get_function(FunctionName=release.resource_name)
+
+    deployer.deploy(release)
+    newer = deployer.release("drier")
+    calls.clear()
+    deployer.deploy(newer, dry_run=True)
+    assert f"~ update    Lambda alias {release.resource_name}:live: version 1 -> the version published above" \
+           in deployer.text
+    assert mutating(calls) == []
+    assert alias_version(environment, release.resource_name) == "1"
+
+
+def test_a_failing_step_names_itself_and_leaves_the_previous_version_serving(
+        deployer: Deployer, environment: Environment) -> None:
+    first, second = deployer.release("good"), deployer.release("doomed")
+    deployer.deploy(first)
+
+    # The injected failure: botocore calls this before sending UpdateAlias, so the call fails
+    # the way a refused AWS call would. Registered before the plan creates its clients, which
+    # copy the session's handlers.
+    def refuse(**_: object) -> None:
+        raise RuntimeError("injected failure: UpdateAlias refused")
+
+    events = aws.session(environment).events
+    events.register("before-call.lambda.UpdateAlias", refuse)
+    try:
+        with pytest.raises(DeployFailed) as failed:
+            deployer.deploy(second)
+    finally:
+        events.unregister("before-call.lambda.UpdateAlias", refuse)
+    message = str(failed.value)
+    function = first.resource_name
+    assert f"update Lambda alias {function}:live failed: RuntimeError: injected failure" in message
+    assert f"create Lambda version of {function}" in message  # what was done before it
+    assert f"left in place: alias live -> version 1 ({first.digest})" in message
+    assert alias_version(environment, function) == "1"
+
+    # Re-run once the cause is gone: the version the failed run published is served, not re-published.
+    plan = deployer.plan(second)
+    version_step = next(s for s in plan.steps if s.resource.startswith("Lambda version"))
+    assert (version_step.action, version_step.detail) == (UNCHANGED, "version 2 (published before)")
+    execute(plan, say=lambda _: None)
+    assert alias_version(environment, function) == "2"
+
+
+def test_rollback_moves_live_back(deployer: Deployer, environment: Environment) -> None:
+    first, second = deployer.release("old"), deployer.release("new")
+    deployer.deploy(first)
+    with pytest.raises(aws_lambda.NothingToRollBack, match="remembers no earlier version"):
+        aws_lambda.plan_rollback(first.name, 1, environment)
+    deployer.deploy(second)
+    function, lam = first.resource_name, lambda_client(environment)
+
+    output: List[str] = []
+    assert execute(aws_lambda.plan_rollback(first.name, 1, environment), say=output.append) is True
+    assert alias_version(environment, function) == "1"
+    assert f"~ update    Lambda alias {function}:live: version 2 -> 1" in "\n".join(output)
+    arn = lam.get_function(FunctionName=function)["Configuration"]["FunctionArn"]
+    assert lam.list_tags(Resource=arn)["Tags"]["ml.digest"] == first.digest
+    # The alias remembers the version it left: a second rollback undoes the first.
+    execute(aws_lambda.plan_rollback(first.name, 1, environment), say=output.append)
+    assert alias_version(environment, function) == "2"
+    # Deploying the digest live before serves its version again: no new version.
+    deployer.deploy(first)
+    assert alias_version(environment, function) == "1"
+    assert len(lam.list_versions_by_function(FunctionName=function)["Versions"]) == 3  # $LATEST, 1, 2
+
+
+def test_rollback_of_a_model_never_deployed(environment: Environment) -> None:
+    with pytest.raises(aws_lambda.NothingToRollBack, match="ml-nothing-v3 does not exist"):
+        aws_lambda.plan_rollback("nothing", 3, environment)
+
+
+def test_public_url_gets_the_invoke_permission_and_loses_it_again(deployer: Deployer,
+                                                                 environment: Environment) -> None:
+    release = deployer.release("public")
+    deployer.environment = dataclasses.replace(environment, function_url_auth="NONE")
+    deployer.deploy(release)
+    function, lam = release.resource_name, lambda_client(environment)
+    assert lam.get_function_url_config(FunctionName=function, Qualifier="live")["AuthType"] == "NONE"
+    (statement,) = json.loads(lam.get_policy(FunctionName=function, Qualifier="live")["Policy"])["Statement"]
+    assert (statement["Action"], statement["Principal"], statement["FunctionUrlAuthType"]) == \
+           ("lambda:InvokeFunctionUrl", "*", "NONE")
+
+    deployer.environment = environment  # back to AWS_IAM
+    plan = deployer.plan(release)
+    assert [(s.action, s.resource) for s in plan.changes] == [
+        ("update", f"Function URL of {function}:live"),
+        ("delete", f"public invoke permission of {function}:live"),
+    ]
+    execute(plan, say=lambda _: None)
+    assert lam.get_function_url_config(FunctionName=function, Qualifier="live")["AuthType"] == "AWS_IAM"
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.get_policy(FunctionName=function, Qualifier="live")
+
+
+@pytest.mark.parametrize("settings, error", [
+    ({"gpu": 1}, "Lambda has no GPUs"),
+    ({"memory": 64}, "memory=64 MiB is outside Lambda's 128-10240 MiB"),
+    ({"timeout": 901}, "timeout=901 s is outside Lambda's 1-900 s"),
+])
+def test_settings_lambda_cannot_run_fail_before_any_call(settings, error, tmp_path: Path) -> None:
+    environment = Environment(name="test", registry="127.0.0.1:5000", lambda_role="arn:aws:iam::1:role/r")
+    write_test_image(tmp_path / "image", b"x")
+    release = Release.from_spec({"name": "m", "version": 1, "compute": "lambda", **settings}, tmp_path)
+    with pytest.raises(ConfigError, match=error):
+        aws_lambda.plan(release, environment)
+
+
+def test_a_missing_lambda_role_names_the_setting(tmp_path: Path) -> None:
+    write_test_image(tmp_path / "image", b"x")
+    release = Release.from_spec({"name": "m", "version": 1, "compute": "lambda"}, tmp_path)
+    with pytest.raises(ConfigError, match="needs lambda_role in the deploy environments file"):
+        aws_lambda.plan(release, Environment(name="dev", registry="127.0.0.1:5000"))
