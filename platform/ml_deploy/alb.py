@@ -1,0 +1,252 @@
+"""The load balancer side of the `fargate`, `ecs` and `ec2` computes: one ALB target group per
+model version and one rule on the environment's listener sending it that version's traffic.
+
+    listener (environment.listener)
+      rule  host-header <model>.ml.<domain> AND path-pattern /v<version>/*  -> forward
+        target group ml-<model>-v<version>   port 8080, health check /v2/health/ready
+
+A version's rule is found by its conditions (they are what makes it that version's rule), so a
+second deploy finds the rule the first created whatever priority it got. Priorities only have
+to be distinct: conditions of two versions never overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+from ml_deploy import aws
+from ml_deploy.config import ConfigError, Environment
+from ml_deploy.plan import CREATE, UNCHANGED, UPDATE, Plan
+from ml_deploy.release import CONTAINER_PORT, READY_PATH, Release
+
+NAME_LIMIT = 32  # ELBv2's limit on target group names
+# Listener rule priorities are 1-50000 and unique per listener. Ours start high so that rules
+# people add by hand (low numbers by habit) keep precedence and rarely collide with ours.
+PRIORITY_RANGE = (10000, 50000)
+HEALTH_CHECK = {
+    "HealthCheckProtocol": "HTTP",
+    "HealthCheckPort": "traffic-port",
+    "HealthCheckPath": READY_PATH,
+    "HealthCheckIntervalSeconds": 15,
+    "HealthCheckTimeoutSeconds": 5,
+    "HealthyThresholdCount": 2,
+    "UnhealthyThresholdCount": 3,
+    "Matcher": {"HttpCode": "200"},
+}
+TARGET_GROUP_ARN = "target_group_arn"  # key of the shared outputs dict the drivers' steps fill
+
+
+def target_group_name(release: Release) -> str:
+    """resource_name, or when that is too long for ELBv2, a prefix of it plus a hash of it."""
+    name = release.resource_name
+    if len(name) <= NAME_LIMIT:
+        return name
+    suffix = hashlib.sha256(name.encode()).hexdigest()[:6]
+    return f"{name[:NAME_LIMIT - len(suffix) - 1].rstrip('-')}-{suffix}"
+
+
+def path_pattern(release: Release) -> str:
+    return f"/v{release.version}/*"
+
+
+def conditions(release: Release, environment: Environment) -> List[Dict[str, Any]]:
+    return [
+        {"Field": "host-header", "HostHeaderConfig": {"Values": [release.hostname(environment)]}},
+        {"Field": "path-pattern", "PathPatternConfig": {"Values": [path_pattern(release)]}},
+    ]
+
+
+def tags(release: Release) -> List[Dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in {**release.labels(), "ml.resource": release.resource_name}.items()]
+
+
+def plan_target_group(plan: Plan, release: Release, environment: Environment, *, target_type: str,
+                      outputs: Dict[str, str]) -> None:
+    """The version's target group (`ip` for awsvpc tasks, `instance` for EC2 instances); its ARN
+    goes to outputs[TARGET_GROUP_ARN], now if it exists, else when the step creates it."""
+    elb = aws.client(environment, "elbv2")
+    name = target_group_name(release)
+    resource = f"target group {name}"
+    current = _find_target_group(elb, name)
+    if current is None:
+        def create() -> None:
+            created = elb.create_target_group(
+                Name=name, Protocol="HTTP", Port=CONTAINER_PORT, VpcId=environment.vpc,
+                TargetType=target_type, Tags=tags(release), **HEALTH_CHECK)["TargetGroups"][0]
+            outputs[TARGET_GROUP_ARN] = created["TargetGroupArn"]
+            _set_deregistration_delay(elb, created["TargetGroupArn"], release)
+
+        plan.add(CREATE, resource, f"{target_type} targets on port {CONTAINER_PORT}, health check "
+                                   f"{READY_PATH}", create)
+        return
+
+    arn = outputs[TARGET_GROUP_ARN] = current["TargetGroupArn"]
+    if current.get("TargetType") != target_type:
+        # Neither the type nor the VPC of a group can change, and the version's rule uses it.
+        raise ConfigError(
+            f"{resource} has target type {current.get('TargetType')}, but {release.name} v{release.version} "
+            f"on {release.compute} needs target type {target_type}: the version was deployed to another "
+            f"compute before; delete its target group, listener rule and service or instance, or "
+            f"deploy a new model version")
+    if current.get("VpcId") != environment.vpc:
+        raise ConfigError(
+            f"{resource} is in {current.get('VpcId')}, but environment {environment.name!r} sets vpc "
+            f"{environment.vpc}: correct `vpc`, or delete the target group and its listener rule")
+    drift = _health_check_drift(current)
+    if not drift:
+        plan.add(UNCHANGED, resource, f"{target_type} targets, health check {READY_PATH}")
+        return
+
+    def update() -> None:
+        elb.modify_target_group(TargetGroupArn=arn, **HEALTH_CHECK)
+        _set_deregistration_delay(elb, arn, release)
+
+    plan.add(UPDATE, resource, "health check: " + ", ".join(drift), update)
+
+
+def plan_listener_rule(plan: Plan, release: Release, environment: Environment,
+                       outputs: Dict[str, str]) -> None:
+    """The rule forwarding <model>.ml.<domain>/v<version>/* to the version's target group. Also
+    sets plan.url from the listener's protocol and port."""
+    elb = aws.client(environment, "elbv2")
+    listener = environment.listener
+    plan.url = _url(release, environment, _describe_listener(elb, environment))
+    resource = f"listener rule {release.hostname(environment)}{path_pattern(release)}"
+    wanted = conditions(release, environment)
+    rules = list(_rules(elb, listener))
+    rule = next((r for r in rules if _same_conditions(r.get("Conditions", []), wanted)), None)
+    # The group's ARN is only known now if the group exists; otherwise the group step sets it.
+    known_arn = outputs.get(TARGET_GROUP_ARN)
+
+    if rule is None:
+        def create() -> str:
+            priority = _create_rule(elb, listener, release, environment, outputs[TARGET_GROUP_ARN])
+            return f"priority {priority}"
+
+        plan.add(CREATE, resource, f"forward to target group {target_group_name(release)}", create)
+        return
+    if known_arn is not None and _forwards_to(rule) == [known_arn]:
+        plan.add(UNCHANGED, resource, f"priority {rule['Priority']}")
+        return
+
+    def update() -> None:
+        elb.modify_rule(RuleArn=rule["RuleArn"], Actions=_forward(outputs[TARGET_GROUP_ARN]))
+
+    plan.add(UPDATE, resource, f"priority {rule['Priority']}: forward to target group "
+                               f"{target_group_name(release)}", update)
+
+
+def preferred_priority(release: Release, environment: Environment) -> int:
+    """A priority that depends only on the hostname and version, so that a version usually gets
+    the same priority in every environment; the next free one is taken if it is in use."""
+    low, high = PRIORITY_RANGE
+    key = f"{release.hostname(environment)}{path_pattern(release)}".encode()
+    return low + int(hashlib.sha256(key).hexdigest(), 16) % (high - low)
+
+
+def free_priority(preferred: int, used: Iterable[int]) -> int:
+    taken = set(used)
+    low, high = PRIORITY_RANGE
+    span = high - low
+    for offset in range(span):
+        candidate = low + (preferred - low + offset) % span
+        if candidate not in taken:
+            return candidate
+    raise RuntimeError(f"no free listener rule priority between {low} and {high}")
+
+
+def _create_rule(elb: Any, listener: str, release: Release, environment: Environment,
+                 target_group_arn: str) -> int:
+    # The free priority is looked up again here rather than at plan time: another deploy may
+    # have taken one since. PriorityInUse means one raced us between the look-up and the create.
+    for _ in range(5):
+        used = [int(r["Priority"]) for r in _rules(elb, listener) if str(r.get("Priority", "")).isdigit()]
+        priority = free_priority(preferred_priority(release, environment), used)
+        try:
+            elb.create_rule(ListenerArn=listener, Priority=priority, Conditions=conditions(release, environment),
+                            Actions=_forward(target_group_arn), Tags=tags(release))
+        except Exception as e:
+            if aws.error_code(e) == "PriorityInUse":
+                continue
+            raise
+        return priority
+    raise RuntimeError(f"listener {listener}: every free priority tried was taken meanwhile")
+
+
+def _forward(target_group_arn: str) -> List[Dict[str, Any]]:
+    return [{"Type": "forward", "TargetGroupArn": target_group_arn}]
+
+
+def _forwards_to(rule: Mapping[str, Any]) -> List[str]:
+    arns: List[str] = []
+    for action in rule.get("Actions", []):
+        if action.get("Type") != "forward":
+            continue
+        if action.get("TargetGroupArn"):
+            arns.append(action["TargetGroupArn"])
+        for group in (action.get("ForwardConfig") or {}).get("TargetGroups", []):
+            if group.get("TargetGroupArn") not in arns:
+                arns.append(group["TargetGroupArn"])
+    return arns
+
+
+def _condition_values(condition: Mapping[str, Any]) -> List[str]:
+    # ELBv2 answers with both the old `Values` and the newer `<Field>Config` forms.
+    field = condition.get("Field", "")
+    config_key = {"host-header": "HostHeaderConfig", "path-pattern": "PathPatternConfig"}.get(field)
+    values = (condition.get(config_key) or {}).get("Values") if config_key else None
+    return sorted(values or condition.get("Values") or [])
+
+
+def _same_conditions(current: Iterable[Mapping[str, Any]], wanted: Iterable[Mapping[str, Any]]) -> bool:
+    def key(conds: Iterable[Mapping[str, Any]]) -> List[Any]:
+        return sorted((c.get("Field", ""), _condition_values(c)) for c in conds)
+
+    return key(current) == key(wanted)
+
+
+def _rules(elb: Any, listener: Optional[str]) -> Iterable[Mapping[str, Any]]:
+    for page in elb.get_paginator("describe_rules").paginate(ListenerArn=listener):
+        yield from page["Rules"]
+
+
+def _find_target_group(elb: Any, name: str) -> Optional[Mapping[str, Any]]:
+    try:
+        return elb.describe_target_groups(Names=[name])["TargetGroups"][0]
+    except Exception as e:
+        if aws.error_code(e) == "TargetGroupNotFound":
+            return None
+        raise
+
+
+def _describe_listener(elb: Any, environment: Environment) -> Mapping[str, Any]:
+    try:
+        return elb.describe_listeners(ListenerArns=[environment.listener])["Listeners"][0]
+    except Exception as e:
+        if aws.error_code(e) in ("ListenerNotFound", "ValidationError"):
+            raise ConfigError(f"environment {environment.name!r}: listener {environment.listener} "
+                              f"does not exist ({aws.error_code(e)}); set `listener` to the ARN of the "
+                              f"ALB listener serving *.ml.{environment.domain}") from e
+        raise
+
+
+def _url(release: Release, environment: Environment, listener: Mapping[str, Any]) -> str:
+    scheme = "https" if listener.get("Protocol") == "HTTPS" else "http"
+    port = listener.get("Port")
+    default = {"http": 80, "https": 443}[scheme]
+    where = release.hostname(environment) + (f":{port}" if port and port != default else "")
+    return f"{scheme}://{where}/v{release.version}/"
+
+
+def _health_check_drift(current: Mapping[str, Any]) -> List[str]:
+    return [f"{key} {current.get(key)!r} -> {value!r}" for key, value in HEALTH_CHECK.items()
+            if current.get(key) != value]
+
+
+def _set_deregistration_delay(elb: Any, arn: str, release: Release) -> None:
+    # Draining lasts as long as a request may (the model's timeout), not ELB's default 300 s:
+    # replacing a task or an instance then takes seconds longer than the slowest request.
+    seconds = max(5, min(3600, release.timeout + 5))
+    elb.modify_target_group_attributes(TargetGroupArn=arn, Attributes=[
+        {"Key": "deregistration_delay.timeout_seconds", "Value": str(seconds)}])

@@ -1,0 +1,362 @@
+"""The `ec2` compute: one EC2 instance per model version, running the image, behind the ALB.
+
+    launch template ml-iris-v1           user data pulls the image by digest and runs it
+      version N (default)                 (port 8080, restart always); one version per release
+    instance i-...                       tagged ml.model / ml.version / ml.digest / ml.spec
+      registered in target group ml-iris-v1 (target type instance, port 8080, see alb.py)
+    listener rule iris.ml.<domain>/v1/*  -> the target group
+
+An update replaces the instance: a new launch template version, a new instance from it,
+registered in the target group and waited for until the ALB finds it healthy; only then is the
+old instance deregistered (drained) and terminated. If the new instance never gets healthy it is
+terminated and the old one keeps serving.
+
+The instance's `ml.spec` tag (a fingerprint of its launch template data) is how a deploy knows an
+instance already runs this release with these settings: a second deploy changes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
+
+from ml_image.registry import is_ecr_host
+
+from ml_deploy import alb, aws, publish
+from ml_deploy.config import Environment
+from ml_deploy.ecs import log_group
+from ml_deploy.plan import CREATE, REPLACE, UNCHANGED, UPDATE, Plan
+from ml_deploy.release import CONTAINER_PORT, Release
+
+SPEC_TAG = "ml.spec"
+RESOURCE_TAG = "ml.resource"
+SERVING_STATES = ("pending", "running")
+# Booting, pulling a multi-GB image and loading a model take minutes; the ALB then needs two
+# healthy checks 15 s apart (alb.HEALTH_CHECK).
+WAIT_RUNNING = {"Delay": 5, "MaxAttempts": 120}
+WAIT_HEALTHY = {"Delay": 15, "MaxAttempts": 80}
+LAUNCH_TEMPLATE_ID, LAUNCH_TEMPLATE_VERSION = "launch_template_id", "launch_template_version"
+
+
+@dataclass
+class State:
+    """What EC2 and the target group hold for the version (read-only calls)."""
+
+    template: Optional[Mapping[str, Any]] = None  # the launch template, None if missing
+    default_version: Optional[Mapping[str, Any]] = None
+    instances: List[Mapping[str, Any]] = field(default_factory=list)  # pending or running, newest first
+    registered: Dict[str, str] = field(default_factory=dict)  # target id -> target health state
+
+    def serving(self) -> str:
+        if not self.instances:
+            return "nothing (new instance)"
+        return ", ".join(f"instance {i['InstanceId']} ({_tag(i, 'ml.digest') or 'image unknown'}) from launch "
+                         f"template version {_template_version(i)}"
+                         for i in self.instances)
+
+
+def plan(release: Release, environment: Environment) -> Plan:
+    """Push, log group, target group, listener rule, launch template, instance."""
+    _check(release, environment)
+    ec2 = aws.client(environment, "ec2")
+    elb = aws.client(environment, "elbv2")
+    outputs: Dict[str, str] = {}
+    result = Plan(target=f"{release.name} v{release.version} -> ec2 ({environment.name})", digest=release.digest,
+                  serving="")
+    publish.plan_push(result, release, environment)
+    aws.plan_log_group(result, environment, log_group(release))
+    alb.plan_target_group(result, release, environment, target_type="instance", outputs=outputs)
+    state = read_state(ec2, elb, release, outputs.get(alb.TARGET_GROUP_ARN))
+    result.serving = state.serving()
+    # The rule comes before the instance: the ALB health-checks only target groups it routes to,
+    # and the instance step waits for that health check.
+    alb.plan_listener_rule(result, release, environment, outputs)
+    data = launch_template_data(release, environment)
+    spec = fingerprint(data)
+    _plan_launch_template(result, ec2, release, data, spec, state, outputs)
+    _plan_instance(result, ec2, elb, release, environment, spec, state, outputs)
+    return result
+
+
+def instance_type(release: Release, environment: Environment) -> str:
+    return environment.gpu_instance_type if release.gpu else environment.instance_type
+
+
+def instance_tags(release: Release, spec: str) -> Dict[str, str]:
+    return {"Name": release.resource_name, RESOURCE_TAG: release.resource_name, **release.labels(), SPEC_TAG: spec}
+
+
+def launch_template_data(release: Release, environment: Environment) -> Dict[str, Any]:
+    """The launch template's data, without its tag specifications (they carry its fingerprint)."""
+    data: Dict[str, Any] = {
+        "ImageId": environment.ami,
+        "InstanceType": instance_type(release, environment),
+        "SecurityGroupIds": list(environment.security_groups),
+        "UserData": base64.b64encode(user_data(release, environment).encode()).decode("ascii"),
+        # IMDSv2 only, and one hop: the host (engine, AWS CLI) reaches the instance role, the
+        # model's container (one hop further, behind the engine's bridge) does not.
+        "MetadataOptions": {"HttpEndpoint": "enabled", "HttpTokens": "required", "HttpPutResponseHopLimit": 1},
+    }
+    if environment.instance_profile:
+        key = "Arn" if environment.instance_profile.startswith("arn:") else "Name"
+        data["IamInstanceProfile"] = {key: environment.instance_profile}
+    return data
+
+
+def fingerprint(data: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def user_data(release: Release, environment: Environment) -> str:
+    """The first-boot script: install an engine if the AMI has none, log in to ECR with the
+    instance role, pull the image by digest and run it with restart policy `always`."""
+    q = shlex.quote
+    image = release.image_uri(environment)
+    region = environment.region or ""
+    gpu_docker = f"  gpus=(--gpus {release.gpu})\n" if release.gpu else ""
+    gpu_podman = "  gpus=(--device nvidia.com/gpu=all)\n" if release.gpu else ""
+    login = ""
+    if _ecr_login(environment):
+        registry = environment.registry or ""
+        ecr_region = registry.split(".")[3] if is_ecr_host(registry) else region
+        # No password can go in user data (anyone allowed DescribeInstanceAttribute reads it):
+        # the token comes from ECR through the instance role, valid for 12 hours.
+        login = (f"ecr_login() {{ aws ecr get-login-password --region {q(ecr_region)} | "
+                 f"\"$engine\" login --username AWS --password-stdin {q(registry)}; }}\n"
+                 f"retry ecr_login\n")
+    env_args = "".join(f" \\\n  -e {q(f'{k}={v}')}" for k, v in sorted(release.env.items()))
+    gpu_args = ' "${gpus[@]}"' if release.gpu else ""
+    return f"""#!/bin/bash
+# ml-platform: {release.name} v{release.version}, image {release.digest} (written by ml_deploy.ec2).
+# Runs once, at first boot; the engine's restart policy keeps the model up after that.
+set -euo pipefail
+image={q(image)}
+name={q(release.resource_name)}
+retry() {{ for attempt in 1 2 3 4 5 6 7 8 9; do "$@" && return 0; sleep 10; done; "$@"; }}
+if command -v docker >/dev/null 2>&1; then
+  engine=docker
+  systemctl enable --now docker || true
+  logging=(--log-driver awslogs --log-opt awslogs-region={q(region)} --log-opt awslogs-group={q(log_group(release))} --log-opt {q(f"tag=v{release.version}/{{{{.ID}}}}")})
+{gpu_docker}else
+  # No Docker on the AMI: podman from the distribution (Amazon Linux/RHEL-likes, then Debian/Ubuntu).
+  command -v podman >/dev/null 2>&1 || dnf install -y podman || yum install -y podman || {{ apt-get update && apt-get install -y podman; }}
+  engine=podman
+  # podman has no daemon: its restart policy survives a reboot only through this unit.
+  systemctl enable podman-restart.service || true
+  logging=(--log-driver journald)
+{gpu_podman}fi
+{login}retry "$engine" pull "$image"
+"$engine" rm -f "$name" >/dev/null 2>&1 || true
+"$engine" run -d --name "$name" --restart=always -p {CONTAINER_PORT}:{CONTAINER_PORT} \\
+  --memory {release.memory}m --cpus {release.cpu:g} "${{logging[@]}}"{gpu_args}{env_args} \\
+  "$image"
+"""
+
+
+def read_state(ec2: Any, elb: Any, release: Release, target_group_arn: Optional[str]) -> State:
+    state = State()
+    try:
+        templates = ec2.describe_launch_templates(LaunchTemplateNames=[release.resource_name])["LaunchTemplates"]
+    except Exception as e:
+        if aws.error_code(e) != "InvalidLaunchTemplateName.NotFoundException":
+            raise
+        templates = []
+    if templates:
+        state.template = templates[0]
+        state.default_version = ec2.describe_launch_template_versions(
+            LaunchTemplateId=templates[0]["LaunchTemplateId"], Versions=["$Default"])["LaunchTemplateVersions"][0]
+    instances = []
+    pages = ec2.get_paginator("describe_instances").paginate(Filters=[
+        {"Name": f"tag:{RESOURCE_TAG}", "Values": [release.resource_name]},
+        {"Name": "instance-state-name", "Values": list(SERVING_STATES)}])
+    for page in pages:
+        for reservation in page["Reservations"]:
+            instances.extend(reservation["Instances"])
+    state.instances = sorted(instances, key=lambda i: str(i.get("LaunchTime", "")), reverse=True)
+    if target_group_arn:
+        health = elb.describe_target_health(TargetGroupArn=target_group_arn)["TargetHealthDescriptions"]
+        state.registered = {h["Target"]["Id"]: h["TargetHealth"]["State"] for h in health
+                            if h["TargetHealth"]["State"] not in ("draining", "unused")}
+    return state
+
+
+def _check(release: Release, environment: Environment) -> None:
+    why = f"deploying {release.name} v{release.version} to ec2"
+    environment.require("registry", "region", "ami", "vpc", "subnets", "security_groups", "listener", why=why)
+    if _ecr_login(environment):
+        environment.require("instance_profile", why=f"{why} (the instance pulls from ECR with its role)")
+
+
+def _ecr_login(environment: Environment) -> bool:
+    return is_ecr_host(environment.registry or "") or environment.registry_auth == "ecr"
+
+
+def _plan_launch_template(result: Plan, ec2: Any, release: Release, data: Dict[str, Any], spec: str,
+                          state: State, outputs: Dict[str, str]) -> None:
+    name = release.resource_name
+    resource = f"EC2 launch template {name}"
+    description = f"{release.digest} spec {spec}"
+    template_tags = [{"ResourceType": "instance", "Tags": _aws_tags(instance_tags(release, spec))}]
+    full = {**data, "TagSpecifications": template_tags}
+    if state.template is None:
+        def create() -> str:
+            created = ec2.create_launch_template(
+                LaunchTemplateName=name, LaunchTemplateData=full, VersionDescription=description,
+                TagSpecifications=[{"ResourceType": "launch-template",
+                                    "Tags": _aws_tags({RESOURCE_TAG: name, **release.labels()})}])["LaunchTemplate"]
+            outputs[LAUNCH_TEMPLATE_ID] = created["LaunchTemplateId"]
+            outputs[LAUNCH_TEMPLATE_VERSION] = str(created["LatestVersionNumber"])
+            return f"version {created['LatestVersionNumber']}"
+
+        result.add(CREATE, resource, f"{data['InstanceType']}, {data['ImageId']}, user data runs "
+                                     f"{release.digest}", create)
+        return
+
+    template_id = outputs[LAUNCH_TEMPLATE_ID] = state.template["LaunchTemplateId"]
+    default = state.default_version or {}
+    if default.get("VersionDescription") == description:
+        outputs[LAUNCH_TEMPLATE_VERSION] = str(default["VersionNumber"])
+        result.add(UNCHANGED, resource, f"version {default['VersionNumber']} runs {release.digest}")
+        return
+
+    def new_version() -> str:
+        # The whole data every time: a version made from a source version keeps what we would
+        # drop, and moto 5.2.5 does not even copy the source's data.
+        created = ec2.create_launch_template_version(
+            LaunchTemplateId=template_id, LaunchTemplateData=full, VersionDescription=description,
+        )["LaunchTemplateVersion"]
+        version = str(created["VersionNumber"])
+        # The default version is what anyone launching from the template by hand gets.
+        ec2.modify_launch_template(LaunchTemplateId=template_id, DefaultVersion=version)
+        outputs[LAUNCH_TEMPLATE_VERSION] = version
+        return f"version {version} (default)"
+
+    was = (default.get("VersionDescription") or "").split(" ")[0] or "an unknown image"
+    change = f"image {was} -> {release.digest}" if was != release.digest else "settings changed"
+    result.add(UPDATE, resource, f"new default version: {change}", new_version)
+
+
+def _plan_instance(result: Plan, ec2: Any, elb: Any, release: Release, environment: Environment, spec: str,
+                   state: State, outputs: Dict[str, str]) -> None:
+    resource = f"EC2 instance of {release.resource_name}"
+    fresh = [i for i in state.instances if _tag(i, SPEC_TAG) == spec]
+    keep = fresh[0] if fresh else None
+    stale = [i["InstanceId"] for i in state.instances if i is not keep]
+    replacer = _Replacer(ec2, elb, release, environment, outputs, spec, stale)
+
+    if keep is not None:
+        kept = keep["InstanceId"]
+        if kept in state.registered and not stale:
+            result.add(UNCHANGED, resource, f"{kept} runs {release.digest}")
+            return
+        # A deploy that failed between launching and retiring left this: finish its work.
+        todo = ([] if kept in state.registered else [f"register {kept}"]) + [f"terminate {i}" for i in stale]
+        result.add(UPDATE, resource, ", ".join(todo), lambda: replacer.run(existing=kept))
+        return
+    launch = f"{instance_type(release, environment)} from the launch template, registered in target group " \
+             f"{alb.target_group_name(release)}"
+    if stale:
+        result.add(REPLACE, resource, f"{', '.join(stale)} -> a new {launch}; then terminate the old "
+                                      f"once the new one is healthy", replacer.run)
+    else:
+        result.add(CREATE, resource, launch, replacer.run)
+
+
+class _Replacer:
+    """Launch (or adopt) the new instance, wait until the ALB finds it healthy, then retire the
+    old ones. Anything going wrong before the old ones are touched leaves them serving."""
+
+    def __init__(self, ec2: Any, elb: Any, release: Release, environment: Environment,
+                 outputs: Dict[str, str], spec: str, stale: List[str]) -> None:
+        self.ec2, self.elb, self.release, self.environment = ec2, elb, release, environment
+        self.outputs, self.spec, self.stale = outputs, spec, stale
+
+    def target(self, instance_id: str) -> Dict[str, Any]:
+        return {"Id": instance_id, "Port": CONTAINER_PORT}
+
+    def run(self, existing: Optional[str] = None) -> str:
+        new = existing or self.launch()
+        try:
+            self.wait(new)
+        except Exception as e:
+            if existing is None:
+                raise RuntimeError(f"{e}; {self.discard(new)}") from e
+            raise
+        for old in self.stale:
+            self.retire(old)
+        retired = f"; terminated {', '.join(self.stale)}" if self.stale else ""
+        return f"{new} healthy in target group {alb.target_group_name(self.release)}{retired}"
+
+    def launch(self) -> str:
+        template = {"LaunchTemplateId": self.outputs[LAUNCH_TEMPLATE_ID],
+                    "Version": self.outputs[LAUNCH_TEMPLATE_VERSION]}
+        tags = {**instance_tags(self.release, self.spec), "ml.launch-template-version": template["Version"]}
+        # The first subnet: one instance per version, so spreading over zones buys nothing.
+        instance = self.ec2.run_instances(
+            LaunchTemplate=template, MinCount=1, MaxCount=1, SubnetId=self.environment.subnets[0],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": _aws_tags(tags)}])["Instances"][0]
+        return instance["InstanceId"]
+
+    def wait(self, instance_id: str) -> None:
+        from botocore.exceptions import WaiterError  # pants: no-infer-dep (botocore comes with boto3)
+
+        group = self.outputs[alb.TARGET_GROUP_ARN]
+        try:
+            self.ec2.get_waiter("instance_running").wait(InstanceIds=[instance_id], WaiterConfig=WAIT_RUNNING)
+        except WaiterError as e:
+            raise RuntimeError(f"instance {instance_id} did not reach state running: {e}") from e
+        self.elb.register_targets(TargetGroupArn=group, Targets=[self.target(instance_id)])
+        try:
+            self.elb.get_waiter("target_in_service").wait(TargetGroupArn=group, Targets=[self.target(instance_id)],
+                                                          WaiterConfig=WAIT_HEALTHY)
+        except WaiterError as e:
+            health = self.elb.describe_target_health(TargetGroupArn=group, Targets=[self.target(instance_id)])
+            found = (health["TargetHealthDescriptions"] or [{}])[0].get("TargetHealth", {})
+            raise RuntimeError(
+                f"instance {instance_id} did not get healthy in target group {alb.target_group_name(self.release)}: "
+                f"{found.get('State')} {found.get('Reason', '')} {found.get('Description', '')}".rstrip()
+                + " (its user data log: /var/log/cloud-init-output.log)") from e
+
+    def discard(self, instance_id: str) -> str:
+        """The new instance failed: take it out again, so that only the old ones serve."""
+        group = self.outputs.get(alb.TARGET_GROUP_ARN)
+        try:
+            if group:
+                self.elb.deregister_targets(TargetGroupArn=group, Targets=[self.target(instance_id)])
+            self.ec2.terminate_instances(InstanceIds=[instance_id])
+        except Exception as e:  # the first failure is the one to report; this one is said with it
+            return f"terminating the new instance {instance_id} failed too ({e}): terminate it by hand"
+        return f"the new instance {instance_id} was terminated"
+
+    def retire(self, instance_id: str) -> None:
+        from botocore.exceptions import WaiterError  # pants: no-infer-dep
+
+        group = self.outputs[alb.TARGET_GROUP_ARN]
+        self.elb.deregister_targets(TargetGroupArn=group, Targets=[self.target(instance_id)])
+        # Let requests in flight finish (the group's deregistration delay) before terminating.
+        delay = max(5, self.release.timeout + 5)
+        try:
+            self.elb.get_waiter("target_deregistered").wait(
+                TargetGroupArn=group, Targets=[self.target(instance_id)],
+                WaiterConfig={"Delay": 5, "MaxAttempts": delay // 5 + 12})
+        except WaiterError:
+            pass  # drained or not, the new instance serves: terminating is what remains
+        self.ec2.terminate_instances(InstanceIds=[instance_id])
+
+
+def _aws_tags(tags: Mapping[str, str]) -> List[Dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+def _template_version(instance: Mapping[str, Any]) -> str:
+    # EC2 tags instances launched from a template itself; ours is there for those it did not.
+    return (_tag(instance, "aws:ec2launchtemplate:version") or _tag(instance, "ml.launch-template-version")
+            or "unknown")
+
+
+def _tag(resource: Mapping[str, Any], key: str) -> Optional[str]:
+    return next((t["Value"] for t in resource.get("Tags") or [] if t["Key"] == key), None)

@@ -1,0 +1,278 @@
+"""The fargate and ecs drivers against moto (AWS) and a real docker-registry (the image push).
+
+Each test starts from an empty moto account holding only a VPC, an ALB listener and roles
+(testing.with_load_balancer), and deploys tiny images of its own. moto records ECS, ELBv2 and
+CloudWatch Logs state and runs nothing: no task starts, no health check happens. moto 5.2.5
+also drops an ECS service's deploymentConfiguration (the circuit breaker), so that is checked
+in the CreateService request instead of in the recorded service.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import pytest
+
+from ml_deploy import alb, aws, ecs
+from ml_deploy.config import ConfigError, Environment
+from ml_deploy.plan import CREATE, UNCHANGED, UPDATE, DeployFailed, Plan, execute
+from ml_deploy.release import READY_PATH, Release
+from ml_deploy.testing import (
+    ECR_TOKEN_CREDENTIALS,
+    REGION,
+    MotoServer,
+    moto_server,
+    mutating,
+    record_api_calls,
+    record_api_params,
+    with_load_balancer,
+    write_test_image,
+)
+from ml_image.registry import Auth, RegistryClient
+from ml_image.testing import RunningRegistry, start_registry
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory) -> Iterator[MotoServer]:
+    yield from moto_server(tmp_path_factory.mktemp("moto"))
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory) -> Iterator[RunningRegistry]:
+    # Plays ECR: it accepts the credentials moto's ecr.get_authorization_token hands out.
+    username, password = ECR_TOKEN_CREDENTIALS
+    with start_registry(tmp_path_factory.mktemp("registry"), username=username, password=password) as running:
+        yield running
+
+
+@pytest.fixture
+def environment(moto: MotoServer, registry: RunningRegistry) -> Environment:
+    moto.reset()  # every test starts from an empty account
+    env = Environment(name="test", region=REGION, endpoint_url=moto.endpoint, registry=registry.host,
+                      registry_auth="ecr", log_retention_days=7)
+    return with_load_balancer(env)
+
+
+class Deployer:
+    """Releases of one model, each a tiny image of its own, and their deploys."""
+
+    def __init__(self, root: Path, environment: Environment) -> None:
+        self.root, self.environment = root, environment
+        self.output: List[str] = []
+
+    def release(self, content: str, **settings: Any) -> Release:
+        package = self.root / content
+        write_test_image(package / "image", content.encode())
+        spec = {"name": "iris", "version": 1, "compute": "fargate", "cpu": 0.5, "memory": 1024,
+                "env": {"MODEL_FLAVOUR": "tiny"}, "address": "models/iris:iris", **settings}
+        return Release.from_spec(spec, package)
+
+    def plan(self, release: Release) -> Plan:
+        return ecs.plan(release, self.environment)
+
+    def deploy(self, release: Release, dry_run: bool = False) -> bool:
+        self.output.clear()
+        return execute(self.plan(release), dry_run=dry_run, say=self.output.append)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.output)
+
+
+@pytest.fixture
+def deployer(tmp_path: Path, environment: Environment) -> Deployer:
+    return Deployer(tmp_path, environment)
+
+
+def service(environment: Environment, release: Release) -> Dict[str, Any]:
+    found = aws.client(environment, "ecs").describe_services(
+        cluster=environment.cluster, services=[release.resource_name])["services"]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def task_definition(environment: Environment, arn: str) -> Dict[str, Any]:
+    return aws.client(environment, "ecs").describe_task_definition(taskDefinition=arn)["taskDefinition"]
+
+
+def rules(environment: Environment) -> List[Dict[str, Any]]:
+    found = aws.client(environment, "elbv2").describe_rules(ListenerArn=environment.listener)["Rules"]
+    return [r for r in found if not r["IsDefault"]]
+
+
+def condition_values(rule: Dict[str, Any]) -> Dict[str, List[str]]:
+    return {c["Field"]: c.get("HostHeaderConfig", c.get("PathPatternConfig", {})).get("Values") for c in rule["Conditions"]}
+
+
+def test_fargate_deploy_records_task_definition_service_and_load_balancer(
+        deployer: Deployer, environment: Environment, registry: RunningRegistry) -> None:
+    release = deployer.release("one")
+    params = record_api_params(aws.session(environment))
+    plan = deployer.plan(release)
+    assert plan.serving == "nothing (new service)"
+    assert plan.url == "http://iris.ml.example.com/v1/"
+    assert [s.action for s in plan.steps] == [CREATE] * 7, [s.describe() for s in plan.steps]
+    assert execute(plan, say=deployer.output.append)
+    assert f"deployed {release.digest}: http://iris.ml.example.com/v1/" in deployer.text
+
+    # The image went to the registry, by digest.
+    auth = Auth(*ECR_TOKEN_CREDENTIALS)
+    assert RegistryClient(registry.host, "ml/iris", auth).get_manifest(release.digest)
+
+    svc = service(environment, release)
+    assert svc["status"] == "ACTIVE" and svc["launchType"] == "FARGATE" and svc["desiredCount"] == 1
+    definition = task_definition(environment, svc["taskDefinition"])
+    assert definition["family"] == "ml-iris-v1"
+    assert definition["requiresCompatibilities"] == ["FARGATE"]
+    assert definition["networkMode"] == "awsvpc"
+    assert (definition["cpu"], definition["memory"]) == ("512", "1024")  # 0.5 vCPU * 1024 units
+    assert definition["executionRoleArn"] == environment.execution_role
+    (container,) = definition["containerDefinitions"]
+    assert container["image"] == f"{registry.host}/ml/iris@{release.digest}"
+    assert container["portMappings"][0]["containerPort"] == 8080
+    assert container["environment"] == [{"name": "MODEL_FLAVOUR", "value": "tiny"}]
+    assert container["logConfiguration"] == {"logDriver": "awslogs", "options": {
+        "awslogs-group": "/ml/iris", "awslogs-region": REGION, "awslogs-stream-prefix": "v1"}}
+    assert "resourceRequirements" not in container or not container["resourceRequirements"]
+
+    logs = aws.client(environment, "logs").describe_log_groups(logGroupNamePrefix="/ml/iris")["logGroups"]
+    assert [(g["logGroupName"], g.get("retentionInDays")) for g in logs] == [("/ml/iris", 7)]
+
+    # Load balancer wiring: service -> target group (ip, 8080, readiness check) <- listener rule.
+    elb = aws.client(environment, "elbv2")
+    (group,) = elb.describe_target_groups(Names=["ml-iris-v1"])["TargetGroups"]
+    assert (group["TargetType"], group["Port"], group["Protocol"], group["VpcId"]) == \
+        ("ip", 8080, "HTTP", environment.vpc)
+    assert group["HealthCheckPath"] == READY_PATH and group["Matcher"] == {"HttpCode": "200"}
+    assert svc["loadBalancers"] == [{"targetGroupArn": group["TargetGroupArn"], "containerName": "model",
+                                     "containerPort": 8080}]
+    network = svc["networkConfiguration"]["awsvpcConfiguration"]
+    assert sorted(network["subnets"]) == sorted(environment.subnets)
+    assert network["securityGroups"] == list(environment.security_groups)
+    (rule,) = rules(environment)
+    assert condition_values(rule) == {"host-header": ["iris.ml.example.com"], "path-pattern": ["/v1/*"]}
+    assert rule["Actions"] == [{"Type": "forward", "TargetGroupArn": group["TargetGroupArn"]}]
+
+    # moto accepts but does not keep the circuit breaker: it is checked in the request.
+    (create,) = [p for op, p in params if op == "ecs.CreateService"]
+    assert create["deploymentConfiguration"]["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
+    assert create["launchType"] == "FARGATE"
+
+
+def test_second_deploy_of_the_same_image_changes_nothing(deployer: Deployer, environment: Environment) -> None:
+    release = deployer.release("same")
+    assert deployer.deploy(release)
+    calls = record_api_calls(aws.session(environment))
+    plan = deployer.plan(release)
+    assert {s.action for s in plan.steps} == {UNCHANGED}, [s.describe() for s in plan.steps]
+    assert plan.serving == f"service ml-iris-v1 on task definition ml-iris-v1:1 ({release.digest})"
+    assert execute(plan, say=deployer.output.append) is False
+    assert "already live, no change (service ml-iris-v1 on task definition ml-iris-v1:1" in "\n".join(deployer.output)
+    assert calls and mutating(calls) == []
+
+
+def test_dry_run_only_reads(deployer: Deployer, environment: Environment) -> None:
+    release = deployer.release("dry")
+    calls = record_api_calls(aws.session(environment))
+    assert deployer.deploy(release, dry_run=True) is False
+    assert calls and mutating(calls) == [], mutating(calls)
+    assert "plan (dry run, nothing was changed)" in deployer.text
+    for line in ("+ create    ECS cluster ml-test", "+ create    ECS service ml-iris-v1",
+                 "+ create    target group ml-iris-v1", "+ create    ECS task definition ml-iris-v1",
+                 "+ create    listener rule iris.ml.example.com/v1/*"):
+        assert line in deployer.text
+    assert aws.client(environment, "ecs").describe_clusters(clusters=["ml-test"])["clusters"] == []
+
+    # A dry run of an update reads only too, and names the image change.
+    assert deployer.deploy(release)
+    newer = deployer.release("dry-2")
+    calls.clear()
+    assert deployer.deploy(newer, dry_run=True) is False
+    assert mutating(calls) == [], mutating(calls)
+    assert f"image {release.digest} -> {newer.digest}" in deployer.text
+    assert "~ update    ECS service ml-iris-v1: task definition ml-iris-v1:1 -> the new revision" in deployer.text
+
+
+def test_two_versions_side_by_side(deployer: Deployer, environment: Environment) -> None:
+    v1 = deployer.release("side-1", version=1)
+    v2 = deployer.release("side-2", version=2)
+    assert deployer.deploy(v1)
+    assert deployer.deploy(v2)
+    assert "http://iris.ml.example.com/v2/" in deployer.text
+    s1, s2 = service(environment, v1), service(environment, v2)
+    assert (s1["serviceName"], s2["serviceName"]) == ("ml-iris-v1", "ml-iris-v2")
+    assert task_definition(environment, s1["taskDefinition"])["containerDefinitions"][0]["image"].endswith(v1.digest)
+    assert task_definition(environment, s2["taskDefinition"])["containerDefinitions"][0]["image"].endswith(v2.digest)
+    assert s1["loadBalancers"][0]["targetGroupArn"] != s2["loadBalancers"][0]["targetGroupArn"]
+
+    by_path = {condition_values(r)["path-pattern"][0]: r for r in rules(environment)}
+    assert sorted(by_path) == ["/v1/*", "/v2/*"]
+    assert by_path["/v1/*"]["Priority"] != by_path["/v2/*"]["Priority"]
+    assert by_path["/v1/*"]["Actions"][0]["TargetGroupArn"] == s1["loadBalancers"][0]["targetGroupArn"]
+    assert by_path["/v2/*"]["Actions"][0]["TargetGroupArn"] == s2["loadBalancers"][0]["targetGroupArn"]
+    # The priority follows from the hostname and version alone.
+    assert int(by_path["/v1/*"]["Priority"]) == alb.preferred_priority(v1, environment)
+
+    # Deploying v1 again touches neither version.
+    calls = record_api_calls(aws.session(environment))
+    assert deployer.deploy(v1) is False
+    assert mutating(calls) == []
+
+
+def test_failed_update_leaves_the_previous_task_definition_serving(
+        deployer: Deployer, environment: Environment) -> None:
+    old, new = deployer.release("before"), deployer.release("after")
+    assert deployer.deploy(old)
+    session = aws.session(environment)
+
+    def fail(**_: object) -> None:
+        # The injected failure: ECS refusing the update, after the new revision was registered.
+        raise RuntimeError("injected UpdateService failure")
+
+    session.events.register("before-call.ecs.UpdateService", fail)
+    try:
+        with pytest.raises(DeployFailed) as failed:
+            deployer.deploy(new)
+    finally:
+        session.events.unregister("before-call.ecs.UpdateService", fail)
+    message = str(failed.value)
+    assert "update ECS service ml-iris-v1 failed: RuntimeError: injected UpdateService failure" in message
+    assert "update ECS task definition ml-iris-v1" in message  # done before it
+    assert (f"left in place: service ml-iris-v1 on task definition ml-iris-v1:1 ({old.digest}) "
+            f"(the previous version keeps serving)") in message
+    assert service(environment, old)["taskDefinition"].endswith("/ml-iris-v1:1")
+
+    # Once the cause is gone, the revision the failed deploy registered is reused, not registered again.
+    plan = deployer.plan(new)
+    actions = {s.resource: s.action for s in plan.steps}
+    assert actions["ECS task definition ml-iris-v1"] == UNCHANGED
+    assert actions["ECS service ml-iris-v1"] == UPDATE
+    assert execute(plan, say=deployer.output.append)
+    assert service(environment, new)["taskDefinition"].endswith("/ml-iris-v1:2")
+
+
+def test_ecs_on_ec2_with_a_gpu(deployer: Deployer, environment: Environment) -> None:
+    release = deployer.release("gpu", compute="ecs", gpu=1, cpu=4, memory=16384)
+    plan = deployer.plan(release)
+    (service_step,) = [s for s in plan.steps if s.resource == "ECS service ml-iris-v1"]
+    assert "no EC2 container instances" in service_step.detail  # moto's new cluster has no capacity
+    assert execute(plan, say=deployer.output.append)
+    svc = service(environment, release)
+    assert svc["launchType"] == "EC2"
+    definition = task_definition(environment, svc["taskDefinition"])
+    assert definition["requiresCompatibilities"] == ["EC2"] and definition["networkMode"] == "awsvpc"
+    assert (definition["cpu"], definition["memory"]) == ("4096", "16384")
+    assert definition["containerDefinitions"][0]["resourceRequirements"] == [{"type": "GPU", "value": "1"}]
+    # ECS on EC2 has no public-IP setting for awsvpc tasks: none is sent.
+    assert "assignPublicIp" not in svc["networkConfiguration"]["awsvpcConfiguration"]
+
+
+def test_settings_are_checked_before_any_call(deployer: Deployer, environment: Environment) -> None:
+    with pytest.raises(ConfigError, match=r"deploying iris v1 to fargate needs listener, execution_role"):
+        ecs.plan(deployer.release("cfg"), dataclasses.replace(environment, listener=None, execution_role=None))
+    with pytest.raises(ConfigError, match=r"models/iris:iris: Fargate has no GPUs"):
+        ecs.plan(deployer.release("cfg", gpu=1), environment)
+    with pytest.raises(ConfigError, match=r"cpu=0.5 with memory=512 MiB is not a Fargate task size"):
+        ecs.plan(deployer.release("cfg", memory=512), environment)
