@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""Local deploy figures, measured side by side in one run: how long a one-line commit takes to
+answer through the gateway, and how many requests fail while it is rolled out.
+
+Works in a scratch clone of the current commit, with a deploy environment of its own (written
+into the clone's platform/deploy.yaml: compute local, its own state directory and gateway port)
+and its own pantsd, both stopped at the end. Every model is deployed once first. Then, for each
+repeat, a one-line commit to one model's code (iris), deployed with:
+
+  changed only   ./pants --changed-since=HEAD~1 --changed-dependents=transitive deploy
+  all models     ./pants deploy models/::   (models that did not change are "already live")
+  shared code    after a one-line commit to platform/ml_runtime (every model changes):
+                 ./pants deploy models/::   (every model rebuilt and redeployed)
+
+Each case is timed from the commit to the first response of the new version through the gateway
+(the deploy command itself returns a little later, once the old backend has drained). Client
+threads send iris predictions through the gateway throughout; every non-200 answer or error is
+a failed request (target: none).
+
+Usage: python3 bench/deploy_local.py [--repeats N] [--clients N] [--engine process|docker|auto]
+                                     [--include-uncommitted]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+REPO = Path(__file__).resolve().parent.parent
+ENV_NAME = "bench"
+FLOWER = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+PANTS = ["bash", "pants", "--no-dynamic-ui"]
+CHANGED = ["--changed-since=HEAD~1", "--changed-dependents=transitive"]
+
+
+def git(clone: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com", *args],
+                          cwd=clone, check=True, capture_output=True, text=True).stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_clone(scratch: Path, include_uncommitted: bool) -> Path:
+    clone = scratch / "repo"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    if include_uncommitted:
+        # The working tree as it is (modified and new files), as one commit of the clone.
+        status = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all"], cwd=REPO,
+                                check=True, capture_output=True, text=True).stdout
+        for entry in filter(None, status.split("\0")):
+            path = entry[3:]
+            source = REPO / path
+            if source.is_file():
+                (clone / path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, clone / path)
+            elif not source.exists():
+                (clone / path).unlink(missing_ok=True)
+        git(clone, "add", "-A")
+        git(clone, "commit", "-q", "--allow-empty", "-m", "bench: the working tree")
+    return clone
+
+
+def add_environment(clone: Path, state: Path, port: int, engine: str) -> None:
+    with (clone / "platform" / "deploy.yaml").open("a") as f:
+        f.write(f"\n# bench/deploy_local.py\n{ENV_NAME}:\n  compute: local\n  engine: {engine}\n"
+                f"  state_dir: {state}\n  gateway_port: {port}\n")
+    git(clone, "commit", "-q", "-am", "bench: a local deploy environment")
+
+
+def commit_one_line(clone: Path, path: str, label: str) -> None:
+    with (clone / path).open("a") as f:
+        f.write(f"# bench: {label}\n")
+    git(clone, "commit", "-q", "-am", f"bench: {label}")
+
+
+def pants(clone: Path, *args: str) -> float:
+    started = time.perf_counter()
+    result = subprocess.run([*PANTS, *args], cwd=clone, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"`pants {' '.join(args)}` failed:\n{(result.stdout + result.stderr)[-4000:]}")
+    return time.perf_counter() - started
+
+
+def live_digest(state: Path, key: str = "iris-v1") -> Optional[str]:
+    try:
+        return json.loads((state / "state.json").read_text())["deployments"][key]["digest"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@dataclass
+class Load:
+    """Client threads sending iris predictions through the gateway, recording what answered."""
+
+    port: int
+    clients: int
+    answers: List[Tuple[float, str]] = field(default_factory=list)  # (time, x-ml-digest)
+    failures: List[Tuple[float, str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    threads: List[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.threads = [threading.Thread(target=self._client, args=(i % 2 == 0,), daemon=True)
+                        for i in range(self.clients)]
+        for thread in self.threads:
+            thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+    def _client(self, keep_alive: bool) -> None:
+        body = json.dumps({"flowers": [FLOWER]})
+        headers = {"host": f"iris.ml.localhost:{self.port}", "content-type": "application/json"}
+        connection = None
+        while not self.stop.is_set():
+            try:
+                connection = connection or http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                connection.request("POST", "/v1/predict", body=body, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+                now = time.perf_counter()
+                if response.status == 200:
+                    self.answers.append((now, response.getheader("x-ml-digest", "")))
+                else:
+                    self.failures.append((now, f"{response.status} {data[:200]!r}"))
+            except Exception as e:  # a dropped request, whatever the cause
+                self.failures.append((time.perf_counter(), repr(e)))
+                connection = None
+            if not keep_alive and connection is not None:
+                connection.close()
+                connection = None
+            time.sleep(0.002)  # leave the CPUs to the deploy being measured
+
+
+@dataclass
+class Result:
+    to_answer: float  # commit -> the first answer of the new version
+    command: float  # the deploy command's duration
+    requests: int
+    failed: int
+
+
+def measure(clone: Path, state: Path, load: Load, path: str, label: str, *args: str) -> Result:
+    before = live_digest(state)
+    answered, failed = len(load.answers), len(load.failures)
+    started = time.perf_counter()
+    commit_one_line(clone, path, label)
+    command = pants(clone, *args)
+    after = live_digest(state)
+    if after == before:
+        sys.exit(f"{label}: iris's live digest did not change ({before})")
+    deadline = time.perf_counter() + 30
+    while not any(d == after for t, d in load.answers[answered:]):
+        if time.perf_counter() > deadline:
+            sys.exit(f"{label}: iris {after} never answered through the gateway")
+        time.sleep(0.01)
+    first = min(t for t, d in load.answers[answered:] if d == after)
+    time.sleep(0.5)  # requests still in flight to the old version finish
+    return Result(first - started, command, len(load.answers) - answered + len(load.failures) - failed,
+                  len(load.failures) - failed)
+
+
+def stop_everything(clone: Path, state: Path, port: int, engine: str) -> None:
+    sys.path.insert(0, str(clone / "platform"))
+    from ml_deploy import local
+    from ml_deploy.config import Environment
+
+    local.stop(Environment(name=ENV_NAME, compute="local", state_dir=str(state), gateway_port=port,
+                           engine=engine), say=lambda line: print(line, file=sys.stderr))
+
+
+def stop_pantsd(clone: Path) -> None:
+    # Pants 2.17 keeps the pid in <buildroot>/.pids/<fingerprint>/pantsd/pid.
+    for pid_file in clone.glob(".pids/*/pantsd/pid"):
+        pid = int(pid_file.read_text().strip())
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="Runs of each case (median).")
+    parser.add_argument("--clients", type=int, default=4, help="Client threads sending requests.")
+    parser.add_argument("--engine", default="process", choices=("process", "docker", "auto"),
+                        help="How the local environment runs models (docker needs DOCKER_HOST or a socket).")
+    parser.add_argument("--include-uncommitted", action="store_true",
+                        help="Measure the working tree (modified and new files) rather than HEAD.")
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="ml-deploy-bench-"))
+    state, port = scratch / "state", free_port()
+    clone = make_clone(scratch, args.include_uncommitted)
+    add_environment(clone, state, port, args.engine)
+    deploy = ["deploy", f"--deploy-env={ENV_NAME}"]
+    cases: Dict[str, List[Result]] = {"changed only": [], "all models": [], "shared code": []}
+    load = Load(port, args.clients)
+    try:
+        print("first deploy of every model ...", file=sys.stderr)
+        first = pants(clone, *deploy, "models/::")
+        load.start()
+        for i in range(args.repeats):
+            print(f"round {i + 1} of {args.repeats} ...", file=sys.stderr)
+            model = "models/iris/src/model.py"
+            cases["changed only"].append(measure(clone, state, load, model, f"changed-only {i}", *CHANGED, *deploy))
+            cases["all models"].append(measure(clone, state, load, model, f"all models {i}", *deploy, "models/::"))
+            cases["shared code"].append(measure(clone, state, load, "platform/ml_runtime/codec.py",
+                                                f"shared code {i}", *deploy, "models/::"))
+    finally:
+        load.close()
+        stop_everything(clone, state, port, args.engine)
+        stop_pantsd(clone)
+
+    baseline = statistics.median(r.to_answer for r in cases["all models"])
+    print(f"first deploy of every model (not in the ratios): {first:.2f} s")
+    print(f"{'case':<14}{'to answer s':>12}{'command s':>11}{'vs all':>9}{'failed/requests':>18}")
+    for name, results in cases.items():
+        to_answer = statistics.median(r.to_answer for r in results)
+        command = statistics.median(r.command for r in results)
+        failed, requests = sum(r.failed for r in results), sum(r.requests for r in results)
+        print(f"{name:<14}{to_answer:>12.2f}{command:>11.2f}{to_answer / baseline:>8.0%}{failed:>9}/{requests}")
+    for when, what in load.failures[:10]:
+        print(f"  failed: {what}")
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

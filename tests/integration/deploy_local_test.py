@@ -1,0 +1,292 @@
+"""`local` deploys of the real packaged iris model, end to end: the gateway (from the package's
+server.pex), backends run as processes from copies in the state directory, real HTTP through
+the gateway by host name; and the same through podman's Docker API with the image.tar.
+
+Other releases are made from the one package (models.iris/iris):
+- another digest of the same files (a redeploy that changes nothing in the model);
+- version 2: a copy whose generated manifest says `version: 2`;
+- a broken one: a copy whose artifact is garbage, so the model fails to load.
+A modified copy gets new PEX hashes, or PEX would run the code it unpacked for the original.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from ml_deploy import local
+from ml_deploy.config import Environment
+from ml_deploy.plan import UNCHANGED, DeployFailed, execute
+from ml_deploy.release import Release
+from ml_image.podman import podman_store
+from ml_image.testing import free_port
+
+PACKAGE = Path("models.iris/iris")
+FLOWER = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+def variant(destination: Path, *, version: Optional[int] = None, broken: bool = False) -> Path:
+    """A copy of the iris package with its model version or its artifact changed."""
+    shutil.copytree(PACKAGE / "model.pex", destination / "model.pex", symlinks=True)
+    shutil.copy2(PACKAGE / "server.pex", destination / "server.pex")
+    pex = destination / "model.pex"
+    changed = []
+    if version is not None:
+        main = pex / "__ml_model_main__.py"
+        main.write_text(re.sub(r"'version': \d+", f"'version': {version}", main.read_text()))
+        changed.append(main.read_bytes())
+    if broken:
+        for artifact in (pex / "artifacts").iterdir():
+            artifact.write_bytes(b"not a model")
+            changed.append(artifact.read_bytes())
+    # PEX caches a packed PEX's code by these hashes: new content needs new ones.
+    info = json.loads((pex / "PEX-INFO").read_text())
+    bootstrap = (pex / "__main__.py").read_text()
+    salt = hashlib.sha256(b"".join(changed)).hexdigest()
+    for key in ("pex_hash", "code_hash"):
+        new = hashlib.sha1(f"{info[key]}{salt}".encode()).hexdigest()
+        bootstrap = bootstrap.replace(info[key], new)
+        info[key] = new
+    (pex / "PEX-INFO").write_text(json.dumps(info))
+    (pex / "__main__.py").write_text(bootstrap)
+    return destination
+
+
+def other_digest(release: Release, label: str) -> str:
+    return "sha256:" + hashlib.sha256(f"{release.digest}{label}".encode()).hexdigest()
+
+
+def deploy(release: Release, environment: Environment) -> str:
+    out = io.StringIO()
+    execute(local.plan(release, environment), say=lambda line: print(line, file=out))
+    print(out.getvalue())
+    return out.getvalue()
+
+
+def predict(environment: Environment, version: int = 1, path: Optional[str] = None,
+            connection: Optional[http.client.HTTPConnection] = None) -> Tuple[int, str, Any]:
+    conn = connection or http.client.HTTPConnection("127.0.0.1", environment.gateway_port, timeout=30)
+    try:
+        conn.request("POST", path or f"/v{version}/predict", body=json.dumps({"flowers": [FLOWER]}),
+                     headers={"host": f"iris.ml.localhost:{environment.gateway_port}",
+                              "content-type": "application/json"})
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, response.getheader("x-ml-digest", ""), json.loads(body)
+    finally:
+        if connection is None:
+            conn.close()
+
+
+def get(environment: Environment, path: str) -> Tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", environment.gateway_port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"host": "iris.ml.localhost"})
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("x-ml-digest", "")
+    finally:
+        conn.close()
+
+
+def leftovers(environment: Environment) -> Dict[int, str]:
+    return local._marked_processes(local.Site(environment))
+
+
+@pytest.fixture(scope="module")
+def iris() -> Release:
+    return Release.from_spec({"name": "iris", "version": 1, "address": "models/iris:iris"}, PACKAGE.resolve())
+
+
+@pytest.fixture(scope="module")
+def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Environment]:
+    root = tmp_path_factory.mktemp("local")
+    env = Environment(name="it", compute="local", gateway_port=free_port(), state_dir=str(root / "state"),
+                      engine="process")
+    yield env
+    local.stop(env)
+    left = leftovers(env)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left running after stop: {left}"
+
+
+@pytest.fixture
+def live_iris(environment: Environment, iris: Release) -> Release:
+    """Some iris v1 release is live (the first test's, or whatever a later one left)."""
+    if not any(d["name"] == "iris" and d["version"] == 1 for d in local.deployments(environment)):
+        deploy(iris, environment)
+    (current,) = [d for d in local.deployments(environment) if d["version"] == 1]
+    return dataclasses.replace(iris, digest=current["digest"])
+
+
+def test_deploy_then_predict_through_the_gateway(environment: Environment, iris: Release) -> None:
+    out = deploy(iris, environment)
+    url = f"http://iris.ml.localhost:{environment.gateway_port}/v1/"
+    assert f"deployed {iris.digest}: {url}" in out
+    status, digest, body = predict(environment)
+    assert status == 200 and body[0]["species"] == "setosa" and digest == iris.digest
+    text = local.status(environment)
+    assert url in text and "ready" in text and iris.short_digest in text
+    # It runs from the state directory's copy, not from the package the deploy was given.
+    (deployment,) = local.Site(environment).read().deployments.values()
+    assert Path(f"/proc/{deployment.pid}/cwd").resolve() == local.Site(environment).root / deployment.release_dir
+
+
+def test_the_same_digest_again_is_no_change(environment: Environment, live_iris: Release) -> None:
+    before = local.deployments(environment)
+    plan = local.plan(live_iris, environment)
+    assert {s.action for s in plan.steps} == {UNCHANGED}
+    assert "already live, no change" in deploy(live_iris, environment)
+    assert local.deployments(environment) == before
+
+
+def test_a_redeploy_under_load_drops_no_request(environment: Environment, live_iris: Release) -> None:
+    # The same files under another digest: the driver copies them to a release folder of its own.
+    new = dataclasses.replace(live_iris, digest=other_digest(live_iris, "redeploy"))
+    results: List[Tuple[int, str]] = []
+    errors: List[str] = []
+    stop = threading.Event()
+
+    def client(keep_alive: bool) -> None:
+        connection = None
+        while not stop.is_set():
+            try:
+                if connection is None:
+                    connection = http.client.HTTPConnection("127.0.0.1", environment.gateway_port, timeout=30)
+                status, digest, body = predict(environment, connection=connection)
+                results.append((status, digest))
+                if status != 200:
+                    errors.append(f"{status}: {body}")
+            except Exception as e:  # a dropped request, whatever the cause
+                errors.append(repr(e))
+                connection = None
+            if not keep_alive and connection is not None:
+                connection.close()
+                connection = None
+
+    threads = [threading.Thread(target=client, args=(i % 2 == 0,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1)
+        started = time.monotonic()
+        deploy(new, environment)
+        took = time.monotonic() - started
+        time.sleep(1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    digests = [d for _, d in results]
+    print(f"{len(results)} requests during the redeploy ({took:.1f} s); failed: {len(errors)}")
+    assert errors == []
+    assert live_iris.digest in digests and new.digest in digests
+    assert digests[-1] == new.digest and predict(environment)[1] == new.digest
+    assert [d["digest"] for d in local.deployments(environment)] == [new.digest]
+
+
+def test_v1_and_v2_side_by_side(environment: Environment, live_iris: Release, tmp_path: Path) -> None:
+    v2 = dataclasses.replace(live_iris, version=2, package_dir=variant(tmp_path / "v2", version=2),
+                             digest=other_digest(live_iris, "v2"))
+    deploy(v2, environment)
+    status, digest, body = predict(environment, version=2)
+    assert status == 200 and digest == v2.digest and body[0]["species"] == "setosa"
+    assert predict(environment, version=1)[1] == live_iris.digest
+    assert get(environment, "/v2/models/iris/versions/1/ready")[1] == live_iris.digest
+    assert get(environment, "/v2/health/ready")[1] == v2.digest  # the highest version
+    assert [(d["version"], d["digest"]) for d in local.deployments(environment)] == [
+        (1, live_iris.digest), (2, v2.digest)]
+    said: List[str] = []
+    local.stop(environment, model="iris", version=2, say=said.append)
+    assert len(said) == 1 and said[0].startswith(f"stopped iris v2 {v2.short_digest}")
+    assert predict(environment, version=2)[0] == 404
+
+
+def test_a_broken_release_leaves_the_previous_one_serving(environment: Environment, live_iris: Release,
+                                                          tmp_path: Path) -> None:
+    broken = dataclasses.replace(live_iris, package_dir=variant(tmp_path / "broken", broken=True),
+                                 digest=other_digest(live_iris, "broken"))
+    with pytest.raises(DeployFailed) as failed:
+        deploy(broken, environment)
+    message = str(failed.value)
+    print(message)
+    assert "exited with code 1 before it was ready" in message and "could not be loaded" in message
+    assert f"left in place: iris v1 {live_iris.short_digest}" in message and "keeps serving" in message
+    status, digest, body = predict(environment)
+    assert status == 200 and digest == live_iris.digest
+    assert [d["digest"] for d in local.deployments(environment)] == [live_iris.digest]
+
+
+# ----------------------------------------------------------------------------------------------
+# Through a Docker-API engine
+
+
+@pytest.fixture
+def podman_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """podman's Docker-compatible API on a private socket, for the length of one test."""
+    with podman_store() as podman:
+        socket = podman.state / "api.sock"
+        service = subprocess.Popen(
+            [*podman.argv, "system", "service", "--time=0", f"unix://{socket}"],
+            env=podman.env, stdout=subprocess.DEVNULL, stderr=(podman.state / "service.log").open("wb"),
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not socket.exists():
+                assert service.poll() is None, (podman.state / "service.log").read_text()
+                assert time.monotonic() < deadline, "podman's API socket did not appear"
+                time.sleep(0.05)
+            monkeypatch.setenv("DOCKER_HOST", f"unix://{socket}")
+            yield podman
+        finally:
+            service.send_signal(signal.SIGTERM)
+            try:
+                service.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                service.kill()
+                service.wait()
+
+
+def test_the_image_through_a_docker_api_engine(podman_api: Any, iris: Release,
+                                               tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("engine")
+    environment = Environment(name="it-engine", compute="local", gateway_port=free_port(),
+                              state_dir=str(root / "state"), engine="docker")
+    try:
+        out = deploy(iris, environment)
+        assert "create    image" in out and "(container)" in out
+        status, digest, body = predict(environment)
+        assert status == 200 and digest == iris.digest and body[0]["species"] == "setosa"
+        (first,) = local.Site(environment).read().deployments.values()
+        assert first.kind == "container" and podman_api("ps", "-q").stdout.split() == [first.container[:12]]
+
+        # A redeploy: the image is already there; the new container replaces the old one.
+        new = dataclasses.replace(iris, digest=other_digest(iris, "engine"))
+        plan = local.plan(new, environment)
+        assert [(s.action, s.resource.split()[0]) for s in plan.steps] == [
+            ("unchanged", "gateway"), ("unchanged", "image"), ("replace", "backend"), ("update", "route"),
+            ("delete", "backend")]
+        execute(plan)
+        assert predict(environment)[1] == new.digest
+        (second,) = local.Site(environment).read().deployments.values()
+        assert podman_api("ps", "-aq").stdout.split() == [second.container[:12]]
+        assert "container" in local.status(environment)
+    finally:
+        local.stop(environment)
+    assert podman_api("ps", "-aq").stdout.split() == []
+    assert leftovers(environment) == {}
