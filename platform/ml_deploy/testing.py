@@ -128,11 +128,7 @@ import gzip  # noqa: E402
 import hashlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
-import queue  # noqa: E402
 import tarfile  # noqa: E402
-import threading  # noqa: E402
-import uuid  # noqa: E402
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,135 +185,6 @@ def write_test_image(layout_dir: Path, content: bytes, tag: str = "v1") -> str:
         "manifests": [{**manifest, "annotations": {"org.opencontainers.image.ref.name": tag}}],
     }))
     return manifest["digest"]
-
-
-# ---------------------------------------------------------------------------------------------
-# The Lambda Runtime API, as Lambda offers it to an image (standard library only)
-
-
-class LambdaRuntimeApi:
-    """A local Lambda Runtime API on 127.0.0.1: `invoke(event)` queues an event for the long
-    poll of /invocation/next and returns what the runtime posts back. Point a process or a
-    container at it with AWS_LAMBDA_RUNTIME_API=<address> (`with LambdaRuntimeApi() as api:`).
-
-    The real emulator is a GitHub binary that cannot be had here; the protocol is small and
-    documented: https://docs.aws.amazon.com/lambda/latest/dg/runtimes-api.html
-    """
-
-    PREFIX = "/2018-06-01/runtime"
-
-    def __init__(self, function_arn: str = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:test",
-                 deadline_seconds: float = 60) -> None:
-        self.events: "queue.Queue" = queue.Queue()
-        self.results: dict = {}  # request id (or "init") -> (kind, payload, headers)
-        self.changed = threading.Condition()
-        self.polls = 0
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                if self.path != f"{api.PREFIX}/invocation/next":
-                    return self._reply(404)
-                with api.changed:
-                    api.polls += 1
-                    api.changed.notify_all()
-                item = api.events.get()
-                if item is None:  # closing: end the long poll
-                    self.close_connection = True
-                    return
-                request_id, event = item
-                body = json.dumps(event).encode()
-                self.send_response(200)
-                self.send_header("Lambda-Runtime-Aws-Request-Id", request_id)
-                self.send_header("Lambda-Runtime-Deadline-Ms", str(int((time.time() + deadline_seconds) * 1000)))
-                self.send_header("Lambda-Runtime-Invoked-Function-Arn", function_arn)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                parts = self.path[len(api.PREFIX):].strip("/").split("/")
-                if len(parts) == 3 and parts[0] == "invocation" and parts[2] in ("response", "error"):
-                    key, kind = parts[1], parts[2]
-                elif parts == ["init", "error"]:
-                    key, kind = "init", "error"
-                else:
-                    return self._reply(404)
-                with api.changed:
-                    api.results[key] = (kind, json.loads(raw or b"null"),
-                                        {k.lower(): v for k, v in self.headers.items()})
-                    api.changed.notify_all()
-                self._reply(202)
-
-            def _reply(self, status: int) -> None:
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def __enter__(self) -> "LambdaRuntimeApi":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def wait_for_poll(self, timeout: float, alive=lambda: True, logs=lambda: "") -> None:
-        """Until the runtime polls /next (its model is loaded); `alive()` False or the timeout fails."""
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while not self.polls:
-                if not alive():
-                    raise AssertionError(f"the runtime exited before polling for events:\n{logs()}")
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"the runtime did not poll /invocation/next within {timeout} s:\n{logs()}")
-                self.changed.wait(0.5)
-
-    def invoke(self, event: object, timeout: float = 60, alive=lambda: True, logs=lambda: "") -> tuple:
-        """Queue one event; returns what the runtime posted back: (kind, payload, headers, request id),
-        kind "response" or "error"."""
-        request_id = str(uuid.uuid4())
-        self.events.put((request_id, event))
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while request_id not in self.results:
-                if "init" in self.results:
-                    raise AssertionError(f"the runtime reported an init error: {self.results['init'][1]}\n{logs()}")
-                if not alive():
-                    raise AssertionError(f"the runtime exited before answering {request_id}:\n{logs()}")
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"no answer to {request_id} within {timeout} s:\n{logs()}")
-                self.changed.wait(0.5)
-            kind, payload, headers = self.results.pop(request_id)
-        return kind, payload, headers, request_id
-
-    def close(self) -> None:
-        for _ in range(8):  # end the long polls still open
-            self.events.put(None)
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def function_url_event(method: str, path: str, body: str = "", headers: Optional[dict] = None) -> dict:
-    """A Function URL invocation (HTTP API payload 2.0), as Lambda hands it to the runtime."""
-    return {
-        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
-        "headers": {"host": f"example.lambda-url.{REGION}.on.aws", **(headers or {})},
-        "requestContext": {"http": {"method": method, "path": path, "protocol": "HTTP/1.1",
-                                    "sourceIp": "127.0.0.1"}, "stage": "$default", "requestId": "test"},
-        "body": body, "isBase64Encoded": False,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,3 +251,62 @@ def record_api_params(session) -> list:
 
     session.events.register("before-parameter-build", record)
     return calls
+
+
+# ---------------------------------------------------------------------------------------------
+# Steady HTTP load while something changes underneath (a redeploy that must drop no request).
+
+import contextlib  # noqa: E402
+import http.client  # noqa: E402
+import threading  # noqa: E402
+from typing import Dict, List, Tuple  # noqa: E402
+
+
+@dataclass
+class Load:
+    """What the clients of `steady_load` saw: every answer in the order they came (status,
+    headers with lower-case names, body) and every failure (an answer other than 200, or a
+    request that got no answer: a dropped request, whatever the cause)."""
+
+    answers: List[Tuple[int, Dict[str, str], bytes]]
+    failures: List[str]
+
+
+@contextlib.contextmanager
+def steady_load(port: int, path: str, body: bytes, headers: Dict[str, str], *, clients: int = 6,
+                settle: float = 0.5, timeout: float = 30) -> Iterator[Load]:
+    """`clients` threads POST `body` to `path` on 127.0.0.1:`port` back to back for as long as
+    the block runs: half keep one connection alive, half open a new one for each request. They
+    start `settle` seconds before the block's body runs and stop `settle` seconds after it."""
+    load = Load([], [])
+    stop = threading.Event()
+
+    def client(keep_alive: bool) -> None:
+        connection: Optional[http.client.HTTPConnection] = None
+        while not stop.is_set():
+            try:
+                connection = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+                connection.request("POST", path, body=body, headers=headers)
+                response = connection.getresponse()
+                answer = response.read()
+                load.answers.append((response.status, {k.lower(): v for k, v in response.getheaders()}, answer))
+                if response.status != 200:
+                    load.failures.append(f"{response.status}: {answer[:200]!r}")
+            except Exception as e:  # any error is a dropped request
+                load.failures.append(repr(e))
+                connection = None
+            if connection is not None and (not keep_alive or stop.is_set()):
+                connection.close()
+                connection = None
+
+    threads = [threading.Thread(target=client, args=(i % 2 == 0,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(settle)
+        yield load
+        time.sleep(settle)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()

@@ -3,13 +3,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import queue
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
 import pytest
+from fakes.lambda_runtime_api import LambdaRuntimeApi
 
 from ml_serving import lambda_runtime
 from ml_serving.http import Request, Response
@@ -151,56 +149,6 @@ def test_binary_response_is_base64(response: Response) -> None:
 
 # The loop itself, against a stand-in Runtime API and a stand-in app.
 
-class FakeRuntimeApi:
-    def __init__(self) -> None:
-        self.events: queue.Queue = queue.Queue()
-        self.posts: queue.Queue = queue.Queue()
-        self.drop_next = 0  # how many /next polls to answer by closing the connection
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                assert self.path == "/2018-06-01/runtime/invocation/next"
-                if api.drop_next:
-                    api.drop_next -= 1
-                    self.close_connection = True
-                    return
-                request_id, deadline_ms, event = api.events.get()
-                body = json.dumps(event).encode()
-                self.send_response(200)
-                self.send_header("Lambda-Runtime-Aws-Request-Id", request_id)
-                self.send_header("Lambda-Runtime-Deadline-Ms", str(deadline_ms))
-                # Chunked here (the integration test sends Content-Length): the client takes both.
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                for chunk in (body[:10], body[10:], b""):
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                api.posts.put((self.path, self.headers.get("Lambda-Runtime-Function-Error-Type"), json.loads(body)))
-                self.send_response(202)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def queue(self, request_id: str, event: Any, deadline_in: float = 60.0) -> None:
-        self.events.put((request_id, int((time.time() + deadline_in) * 1000), event))
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 class EchoApp:
     async def handle(self, request: Request, timeout: Optional[float] = None) -> Response:
         if request.path == "/slow":
@@ -211,23 +159,25 @@ class EchoApp:
 
 @pytest.fixture
 def runtime_api():
-    api = FakeRuntimeApi()
-    yield api
-    api.close()
+    # Chunked here (the integration tests get Content-Length): the client takes both.
+    with LambdaRuntimeApi(chunked=True) as api:
+        yield api
 
 
-async def _posts(api: FakeRuntimeApi, count: int) -> list[tuple[str, Any, Any]]:
+async def _posts(api: LambdaRuntimeApi, count: int) -> list[tuple[str, Any, Any]]:
+    """The next `count` posts, in order, as (path, error type header, JSON body)."""
     loop = asyncio.get_running_loop()
-    return [await loop.run_in_executor(None, api.posts.get, True, 10) for _ in range(count)]
+    posts = [await loop.run_in_executor(None, api.next_post, 10) for _ in range(count)]
+    return [(post.path, post.error_type, post.payload) for post in posts]
 
 
-def test_run_answers_events_and_survives_bad_ones(runtime_api: FakeRuntimeApi, monkeypatch) -> None:
+def test_run_answers_events_and_survives_bad_ones(runtime_api: LambdaRuntimeApi, monkeypatch) -> None:
     monkeypatch.setattr(lambda_runtime, "DEADLINE_MARGIN", 0.0)
     runtime_api.drop_next = 1  # a broken connection is retried, not fatal
-    runtime_api.queue("id-1", FUNCTION_URL_EVENT)
-    runtime_api.queue("id-2", {"Records": []})
-    runtime_api.queue("id-3", {**HTTP_API_V2_EVENT, "rawPath": "/slow"}, deadline_in=0.3)
-    runtime_api.queue("id-4", REST_V1_EVENT)
+    runtime_api.put(FUNCTION_URL_EVENT, "id-1")
+    runtime_api.put({"Records": []}, "id-2")
+    runtime_api.put({**HTTP_API_V2_EVENT, "rawPath": "/slow"}, "id-3", deadline_in=0.3)
+    runtime_api.put(REST_V1_EVENT, "id-4")
 
     async def scenario() -> list[tuple[str, Any, Any]]:
         task = asyncio.ensure_future(lambda_runtime.run(EchoApp(), runtime_api.address))  # type: ignore[arg-type]
@@ -240,6 +190,7 @@ def test_run_answers_events_and_survives_bad_ones(runtime_api: FakeRuntimeApi, m
         return posts
 
     posts = asyncio.run(scenario())
+    assert runtime_api.drop_next == 0  # the dropped poll happened, and was retried
     assert posts[0] == ("/2018-06-01/runtime/invocation/id-1/response", None, {
         "statusCode": 200, "isBase64Encoded": False,
         "headers": {"content-type": "application/json", "x-request-id": "id-1"},
@@ -256,9 +207,11 @@ def test_run_answers_events_and_survives_bad_ones(runtime_api: FakeRuntimeApi, m
     assert posts[3][2]["headers"]["x-request-id"] == "id-4"
 
 
-def test_report_init_error(runtime_api: FakeRuntimeApi) -> None:
+def test_report_init_error(runtime_api: LambdaRuntimeApi) -> None:
     asyncio.run(lambda_runtime.report_init_error(runtime_api.address, "ModelLoadError", "no artifacts"))
-    assert runtime_api.posts.get(timeout=5) == (
+    post = runtime_api.next_post(timeout=5)
+    assert (post.path, post.error_type, post.payload) == (
         "/2018-06-01/runtime/init/error", "ModelLoadError",
         {"errorType": "ModelLoadError", "errorMessage": "no artifacts", "stackTrace": []},
     )
+    assert runtime_api.init_error == post

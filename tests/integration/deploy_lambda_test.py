@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from fakes.lambda_runtime_api import LambdaRuntimeApi, function_url_event
 
 from ml_deploy import aws, drivers
 from ml_deploy.config import Environment
@@ -20,10 +21,8 @@ from ml_deploy.release import Release
 from ml_deploy.testing import (
     ECR_TOKEN_CREDENTIALS,
     REGION,
-    LambdaRuntimeApi,
     MotoServer,
     create_lambda_role,
-    function_url_event,
     moto_server,
 )
 from ml_image.podman import podman_store
@@ -97,7 +96,7 @@ def test_deployed_iris_image_answers_a_function_url_request_as_lambda_runs_it(mo
             try:
                 api.wait_for_poll(START_TIMEOUT, alive, logs)  # polling /next: the model is loaded
                 event = function_url_event("POST", "/v1/predict", json.dumps({"flowers": [FLOWER]}),
-                                           {"content-type": "application/json"})
+                                           {"content-type": "application/json"}, region=REGION)
                 kind, payload, _, request_id = api.invoke(event, 60, alive, logs)
                 assert kind == "response", payload
                 assert payload["statusCode"] == 200, payload
