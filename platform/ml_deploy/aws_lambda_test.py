@@ -9,79 +9,37 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Iterator, List
+from typing import List
 
 import pytest
 
 from ml_deploy import aws, aws_lambda
 from ml_deploy.config import ConfigError, Environment
-from ml_deploy.plan import UNCHANGED, DeployFailed, Plan, execute
+from ml_deploy.conftest import Deployer
+from ml_deploy.plan import UNCHANGED, DeployFailed, execute
 from ml_deploy.release import Release
 from ml_deploy.testing import (
     ECR_TOKEN_CREDENTIALS,
-    REGION,
-    MotoServer,
     create_lambda_role,
-    moto_server,
     mutating,
     record_api_calls,
     write_test_image,
 )
 from ml_image.registry import Auth, RegistryClient
-from ml_image.testing import RunningRegistry, start_registry
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory) -> Iterator[MotoServer]:
-    yield from moto_server(tmp_path_factory.mktemp("moto"))
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory) -> Iterator[RunningRegistry]:
-    username, password = ECR_TOKEN_CREDENTIALS
-    with start_registry(tmp_path_factory.mktemp("registry"), username=username, password=password) as running:
-        yield running
+from ml_image.testing import RunningRegistry
 
 
 @pytest.fixture
-def environment(moto: MotoServer, registry: RunningRegistry) -> Environment:
-    moto.reset()  # every test starts from an empty account
-    env = Environment(name="test", region=REGION, endpoint_url=moto.endpoint, registry=registry.host,
-                      registry_auth="ecr", log_retention_days=7)
-    return dataclasses.replace(env, lambda_role=create_lambda_role(aws.session(env)))
-
-
-class Deployer:
-    """Releases of one model, each a tiny image of its own, and their deploys."""
-
-    def __init__(self, root: Path, environment: Environment, name: str) -> None:
-        self.root, self.environment, self.name = root, environment, name
-        self.output: List[str] = []
-
-    def release(self, content: str, **settings) -> Release:
-        package = self.root / content
-        write_test_image(package / "image", content.encode())
-        spec = {"name": self.name, "version": 1, "compute": "lambda", "memory": 512, "timeout": 30,
-                "env": {"MODEL_FLAVOUR": "tiny"}, **settings}
-        return Release.from_spec(spec, package)
-
-    def plan(self, release: Release) -> Plan:
-        return aws_lambda.plan(release, self.environment)
-
-    def deploy(self, release: Release, dry_run: bool = False) -> bool:
-        self.output.clear()
-        return execute(self.plan(release), dry_run=dry_run, say=self.output.append)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.output)
+def environment(aws_environment: Environment) -> Environment:
+    return dataclasses.replace(aws_environment, lambda_role=create_lambda_role(aws.session(aws_environment)))
 
 
 @pytest.fixture
 def deployer(request, tmp_path: Path, environment: Environment) -> Deployer:
     # A model (and so an image repository) per test: the registry outlives moto's resets.
     name = request.node.name.replace("test_", "", 1).replace("_", "-")[:30].rstrip("-")
-    return Deployer(tmp_path, environment, name)
+    return Deployer(tmp_path, environment, {"name": name, "version": 1, "compute": "lambda", "memory": 512,
+                                            "timeout": 30, "env": {"MODEL_FLAVOUR": "tiny"}})
 
 
 def lambda_client(environment: Environment):

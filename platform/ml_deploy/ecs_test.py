@@ -11,79 +11,37 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 
 from ml_deploy import alb, aws, ecs
 from ml_deploy.config import ConfigError, Environment
-from ml_deploy.plan import CREATE, UNCHANGED, UPDATE, DeployFailed, Plan, execute
+from ml_deploy.conftest import Deployer
+from ml_deploy.plan import CREATE, UNCHANGED, UPDATE, DeployFailed, execute
 from ml_deploy.release import READY_PATH, Release
 from ml_deploy.testing import (
     ECR_TOKEN_CREDENTIALS,
     REGION,
-    MotoServer,
-    moto_server,
     mutating,
     record_api_calls,
     record_api_params,
     with_load_balancer,
-    write_test_image,
 )
 from ml_image.registry import Auth, RegistryClient
-from ml_image.testing import RunningRegistry, start_registry
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory) -> Iterator[MotoServer]:
-    yield from moto_server(tmp_path_factory.mktemp("moto"))
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory) -> Iterator[RunningRegistry]:
-    # Plays ECR: it accepts the credentials moto's ecr.get_authorization_token hands out.
-    username, password = ECR_TOKEN_CREDENTIALS
-    with start_registry(tmp_path_factory.mktemp("registry"), username=username, password=password) as running:
-        yield running
+from ml_image.testing import RunningRegistry
 
 
 @pytest.fixture
-def environment(moto: MotoServer, registry: RunningRegistry) -> Environment:
-    moto.reset()  # every test starts from an empty account
-    env = Environment(name="test", region=REGION, endpoint_url=moto.endpoint, registry=registry.host,
-                      registry_auth="ecr", log_retention_days=7)
-    return with_load_balancer(env)
-
-
-class Deployer:
-    """Releases of one model, each a tiny image of its own, and their deploys."""
-
-    def __init__(self, root: Path, environment: Environment) -> None:
-        self.root, self.environment = root, environment
-        self.output: List[str] = []
-
-    def release(self, content: str, **settings: Any) -> Release:
-        package = self.root / content
-        write_test_image(package / "image", content.encode())
-        spec = {"name": "iris", "version": 1, "compute": "fargate", "cpu": 0.5, "memory": 1024,
-                "env": {"MODEL_FLAVOUR": "tiny"}, "address": "models/iris:iris", **settings}
-        return Release.from_spec(spec, package)
-
-    def plan(self, release: Release) -> Plan:
-        return ecs.plan(release, self.environment)
-
-    def deploy(self, release: Release, dry_run: bool = False) -> bool:
-        self.output.clear()
-        return execute(self.plan(release), dry_run=dry_run, say=self.output.append)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.output)
+def environment(aws_environment: Environment) -> Environment:
+    return with_load_balancer(aws_environment)
 
 
 @pytest.fixture
 def deployer(tmp_path: Path, environment: Environment) -> Deployer:
-    return Deployer(tmp_path, environment)
+    return Deployer(tmp_path, environment, {"name": "iris", "version": 1, "compute": "fargate", "cpu": 0.5,
+                                            "memory": 1024, "env": {"MODEL_FLAVOUR": "tiny"},
+                                            "address": "models/iris:iris"})
 
 
 def service(environment: Environment, release: Release) -> Dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -17,9 +16,6 @@ from ml_deploy.release import Release
 from ml_deploy.testing import (
     ACCOUNT,
     ECR_TOKEN_CREDENTIALS,
-    REGION,
-    MotoServer,
-    moto_server,
     mutating,
     record_api_calls,
     write_test_image,
@@ -28,23 +24,9 @@ from ml_image.registry import Auth, AuthenticationError, RegistryClient, blob_pa
 from ml_image.testing import RunningRegistry, start_registry
 
 
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory) -> Iterator[MotoServer]:
-    yield from moto_server(tmp_path_factory.mktemp("moto"))
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory) -> Iterator[RunningRegistry]:
-    username, password = ECR_TOKEN_CREDENTIALS
-    with start_registry(tmp_path_factory.mktemp("registry"), username=username, password=password) as running:
-        yield running
-
-
 @pytest.fixture
-def environment(moto: MotoServer, registry: RunningRegistry) -> Environment:
-    moto.reset()
-    return Environment(name="test", region=REGION, endpoint_url=moto.endpoint, registry=registry.host,
-                       registry_auth="ecr")
+def environment(aws_environment: Environment) -> Environment:
+    return aws_environment
 
 
 def release_in(package: Path, name: str, content: bytes) -> Release:
