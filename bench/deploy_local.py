@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -40,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-REPO = Path(__file__).resolve().parent.parent
+from scratch import REPO, clone as scratch_clone, stop_pantsd
+
 ENV_NAME = "bench"
 FLOWER = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 PANTS = ["bash", "pants", "--no-dynamic-ui"]
@@ -59,8 +58,7 @@ def free_port() -> int:
 
 
 def make_clone(scratch: Path, include_uncommitted: bool) -> Path:
-    clone = scratch / "repo"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    clone = scratch_clone(scratch / "repo")
     if include_uncommitted:
         # The working tree as it is (modified and new files), as one commit of the clone.
         status = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all"], cwd=REPO,
@@ -187,24 +185,6 @@ def stop_everything(clone: Path, state: Path, port: int, engine: str) -> None:
 
     local.stop(Environment(name=ENV_NAME, compute="local", state_dir=str(state), gateway_port=port,
                            engine=engine), say=lambda line: print(line, file=sys.stderr))
-
-
-def stop_pantsd(clone: Path) -> None:
-    # Pants 2.17 keeps the pid in <buildroot>/.pids/<fingerprint>/pantsd/pid.
-    for pid_file in clone.glob(".pids/*/pantsd/pid"):
-        pid = int(pid_file.read_text().strip())
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            os.kill(pid, signal.SIGKILL)
 
 
 def main() -> None:

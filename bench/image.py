@@ -27,14 +27,12 @@ Usage: python3 bench/image.py [--starts N] [--keep]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import gzip
 import json
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -45,7 +43,8 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-REPO = Path(__file__).resolve().parent.parent
+from scratch import REPO, clone as scratch_clone, own_caches, stop_pantsd
+
 sys.path.insert(0, str(REPO / "platform"))
 
 from ml_image.engine import wait_for_200  # noqa: E402
@@ -92,29 +91,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop_pid(pid: int, expect: str, timeout: float = 10.0) -> None:
-    """SIGTERM `pid` (then SIGKILL) if it is still the process we started (`expect` in its cmdline)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return
-    if expect not in cmdline:
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
 # ---------------------------------------------------------------------------------------------
 # Scratch clones with their own caches
 
@@ -124,15 +100,9 @@ class Clone:
         self.root = scratch / name
         self.path = self.root / "repo"
         self.root.mkdir()
-        run(["git", "clone", "-q", REPO, self.path])
-        (self.root / "tmp").mkdir()
-        self.env = {
-            **os.environ,
-            # Empty caches of this clone's own: its first build downloads and builds everything.
-            "PANTS_LOCAL_STORE_DIR": str(self.root / "lmdb_store"),
-            "PANTS_NAMED_CACHES_DIR": str(self.root / "named_caches"),
-            "PANTS_LOCAL_EXECUTION_ROOT_DIR": str(self.root / "tmp"),
-        }
+        scratch_clone(self.path)
+        # Empty caches of this clone's own: its first build downloads and builds everything.
+        self.env = own_caches(self.root)
 
     def package(self, targets: list[str] = TARGETS) -> float:
         argv = ["bash", "pants", "--no-dynamic-ui", "package", *targets]
@@ -151,10 +121,7 @@ class Clone:
             f.write(f"{line}\n")
 
     def stop_pantsd(self) -> None:
-        # Pants 2.17 keeps it in <buildroot>/.pids/<fingerprint>/pantsd/pid; older ones in .pants.d.
-        for pid_file in [*self.path.glob(".pids/*/pantsd/pid"), self.path / ".pants.d/pids/pantsd/pid"]:
-            with contextlib.suppress(OSError, ValueError):
-                stop_pid(int(pid_file.read_text().strip()), "pantsd")
+        stop_pantsd(self.path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,9 +15,7 @@ Usage: python3 bench/package_build.py [--repeats N]
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from scratch import clone as scratch_clone, own_caches, stop_pantsd
+
 COMMAND = ["bash", "pants", "--no-dynamic-ui", "package", "models/::"]
 
 
@@ -38,40 +37,14 @@ def timed(cwd: Path, env: dict[str, str]) -> float:
     return elapsed
 
 
-def stop_pantsd(clone: Path) -> None:
-    # Pants 2.17 keeps the pid in <buildroot>/.pids/<fingerprint>/pantsd/pid.
-    for pid_file in clone.glob(".pids/*/pantsd/pid"):
-        pid = int(pid_file.read_text().strip())
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            os.kill(pid, signal.SIGKILL)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="Runs of each warm case (median).")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="ml-platform-bench-"))
-    clone = scratch / "repo"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    env = {
-        **os.environ,
-        # Empty caches of this run's own: a cold build downloads and builds everything.
-        "PANTS_LOCAL_STORE_DIR": str(scratch / "lmdb_store"),
-        "PANTS_NAMED_CACHES_DIR": str(scratch / "named_caches"),
-        "PANTS_LOCAL_EXECUTION_ROOT_DIR": str(scratch / "tmp"),
-    }
-    (scratch / "tmp").mkdir()
+    clone = scratch_clone(scratch / "repo")
+    env = own_caches(scratch)  # empty caches of this run's own: a cold build downloads and builds everything
     try:
         print("cold build (empty caches) ...", file=sys.stderr)
         cold = timed(clone, env)

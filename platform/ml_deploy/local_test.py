@@ -21,8 +21,9 @@ import socket
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -30,6 +31,7 @@ from ml_deploy import local
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.plan import CREATE, DELETE, REPLACE, UNCHANGED, UPDATE, DeployFailed, Plan, execute
 from ml_deploy.release import Release
+from ml_deploy.testing import steady_load
 
 SERVER_PEX = Path("server.pex")  # //platform:server, put here by runtime_package_dependencies
 
@@ -229,46 +231,14 @@ def test_a_redeploy_under_load_fails_no_request(environment: Environment, tmp_pa
     first, second = fake_release(tmp_path), fake_release(tmp_path)
     deploy(first, environment)
     old = live(environment)["fake-v1"]
-    seen: Dict[str, int] = {}
-    failures: List[str] = []
-    stop = threading.Event()
-
-    def client(reuse: bool) -> None:
-        connection: Optional[http.client.HTTPConnection] = None
-        while not stop.is_set():
-            try:
-                connection = connection or http.client.HTTPConnection(
-                    "127.0.0.1", environment.gateway_port, timeout=10)
-                connection.request("POST", "/v1/predict", body=b"{}", headers={"host": "fake.ml.localhost"})
-                response = connection.getresponse()
-                body = response.read()
-                if response.status != 200:
-                    failures.append(f"{response.status} {body[:200]!r}")
-                else:
-                    key = json.loads(body)["id"]
-                    seen[key] = seen.get(key, 0) + 1
-            except Exception as e:  # any error is a dropped request
-                failures.append(repr(e))
-                connection = None
-            if not reuse and connection is not None:
-                connection.close()
-                connection = None
-
-    threads = [threading.Thread(target=client, args=(i % 2 == 0,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    try:
-        time.sleep(0.5)
+    with steady_load(environment.gateway_port, "/v1/predict", b"{}", {"host": "fake.ml.localhost"},
+                     timeout=10) as load:
         plan = local.plan(second, environment)
         assert actions(plan) == [(UNCHANGED, "gateway"), (CREATE, "release"), (REPLACE, "backend"),
                                  (UPDATE, "route"), (DELETE, "backend")]
         execute(plan, say=lambda _: None)
-        time.sleep(0.5)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
-    assert failures == []
+    assert load.failures == []
+    seen = Counter(json.loads(body)["id"] for status, _, body in load.answers if status == 200)
     assert seen.get(first.env["FAKE_ID"], 0) > 0 and seen.get(second.env["FAKE_ID"], 0) > 0
     assert call(environment, "/v1/predict")[2]["id"] == second.env["FAKE_ID"]
     assert not local.alive(old)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -67,3 +69,34 @@ def podman_store() -> Iterator[Podman]:
         podman("rm", "--all", "--force", "--time", "0", check=False)
         podman("system", "reset", "--force", check=False)
         shutil.rmtree(state, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def podman_service(podman: Podman, timeout: float = 30) -> Iterator[str]:
+    """Serves the Docker API of `podman`'s store on a private unix socket (`podman system
+    service`) and yields its DOCKER_HOST URL; the service is stopped afterwards (SIGTERM to its
+    PID, then SIGKILL if it has not exited within 20 s)."""
+    socket = podman.state / "api.sock"
+    log = podman.state / "service.log"
+    with log.open("wb") as stderr:
+        service = subprocess.Popen(
+            [*podman.argv, "system", "service", "--time=0", f"unix://{socket}"],
+            env=podman.env, stdout=subprocess.DEVNULL, stderr=stderr,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not socket.exists():
+            if service.poll() is not None:
+                raise RuntimeError(f"podman system service exited with code {service.returncode}:\n"
+                                   f"{log.read_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"podman's API socket did not appear within {timeout:g} s")
+            time.sleep(0.05)
+        yield f"unix://{socket}"
+    finally:
+        service.send_signal(signal.SIGTERM)  # to its PID; a no-op once it has exited
+        try:
+            service.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait()

@@ -7,23 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from integration.scratch_repo import commit_change, scratch_repo
+
 ALL_MODELS = {"models/digits:digits", "models/iris:iris"}
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
 
 
 def pants(repo: Path, *args: str, with_stderr: bool = False) -> str:
@@ -40,28 +31,10 @@ def pants(repo: Path, *args: str, with_stderr: bool = False) -> str:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    # The sandbox holds the repo's files through the //:repo target.
-    repo = tmp_path_factory.mktemp("repo")
-    for top in ("pants", "pants.toml", "BUILD", "pants-plugins", "platform", "models"):
-        source = Path(top)
-        if source.is_dir():
-            shutil.copytree(source, repo / top)
-        else:
-            shutil.copy2(source, repo / top)
-    (repo / ".gitignore").write_text("/dist/\n/.pants.d/\n/.pids/\n")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "initial")
-    return repo
-
-
-def commit_change(repo: Path, path: str, line: str) -> None:
-    target = repo / path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("a") as f:
-        f.write(line)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", f"change {path}")
+    # The sandbox holds the repo's files through the //:repo target. tests/ too: BUILD files in
+    # platform/ name targets in tests/aws and tests/fakes.
+    return scratch_repo(tmp_path_factory.mktemp("repo"),
+                        ("pants", "pants.toml", "BUILD", "pants-plugins", "platform", "models", "tests"))
 
 
 def changed_models(repo: Path) -> set[str]:

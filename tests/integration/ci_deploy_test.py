@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -21,15 +20,10 @@ import pytest
 from ml_deploy import config, local
 from ml_image.testing import free_port
 
+from integration.scratch_repo import commit_change, scratch_repo
+
 MODELS = {"iris", "digits"}
 DEPLOYED = re.compile(r"^✓ models/(\w+):\w+ deployed \(ci\)$", re.MULTILINE)
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
-        cwd=repo, check=True, capture_output=True, text=True,
-    ).stdout
 
 
 def run(repo: Path, *argv: str) -> str:
@@ -42,36 +36,21 @@ def run(repo: Path, *argv: str) -> str:
     return output
 
 
-def commit(repo: Path, path: str, line: str) -> None:
-    target = repo / path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("a") as f:
-        f.write(line)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", f"change {path}")
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("repo")
+    state = tmp_path_factory.mktemp("state")
     # //:repo puts the repository's files in the sandbox, but not the integration tests. The
     # plugin's own tests are left out too: they take minutes and are run by the suite anyway.
-    for top in ("pants", "pants.toml", "BUILD", ".ci", "pants-plugins", "platform", "models", "tests"):
-        source = Path(top)
-        if source.is_dir():
-            skip = ("*_test.py", "__pycache__") if top == "pants-plugins" else ("__pycache__",)
-            shutil.copytree(source, repo / top, ignore=shutil.ignore_patterns(*skip))
-        else:
-            shutil.copy2(source, repo / top)
-    state = tmp_path_factory.mktemp("state")
-    with (repo / "platform/deploy.yaml").open("a") as f:
-        f.write(f"\nci:\n  compute: local\n  engine: process\n  state_dir: {state}\n"
-                f"  gateway_port: {free_port()}\n")
-    (repo / ".gitignore").write_text("/dist/\n/.pants.d/\n/.pids/\n")
-    (repo / "README.md").write_text("# scratch\n")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "initial")
+    repo = scratch_repo(
+        tmp_path_factory.mktemp("repo"),
+        ("pants", "pants.toml", "BUILD", ".ci", "pants-plugins", "platform", "models", "tests"),
+        ignore_in={"pants-plugins": ("*_test.py",)},
+        append={
+            "platform/deploy.yaml": f"\nci:\n  compute: local\n  engine: process\n  state_dir: {state}\n"
+                                    f"  gateway_port: {free_port()}\n",
+            "README.md": "# scratch\n",
+        },
+    )
     environment = config.load(repo / "platform/deploy.yaml", "ci")
     try:
         yield repo, environment
@@ -104,20 +83,20 @@ def test_ci_ships_exactly_what_each_commit_changed(repo) -> None:
     before = live_digests(environment)
     assert set(before) == MODELS
 
-    commit(repo, "models/iris/src/model.py", "# a one-line change\n")
+    commit_change(repo, "models/iris/src/model.py", "# a one-line change\n")
     out, deployed = ci(repo)
     assert deployed == {"iris"}, out[-3000:]
     assert "== test" in out and "== package" in out and "== publish + deploy (ci)" in out
     after_model = live_digests(environment)
     assert after_model["iris"] != before["iris"] and after_model["digits"] == before["digits"]
 
-    commit(repo, "platform/ml_runtime/codec.py", "# shared platform code\n")
+    commit_change(repo, "platform/ml_runtime/codec.py", "# shared platform code\n")
     out, deployed = ci(repo)
     assert deployed == MODELS, out[-3000:]
     after_runtime = live_digests(environment)
     assert all(after_runtime[m] != after_model[m] for m in MODELS)
 
-    commit(repo, "README.md", "docs only\n")
+    commit_change(repo, "README.md", "docs only\n")
     out, deployed = ci(repo)
     assert deployed == set() and "Nothing to deploy." in out, out[-3000:]
     assert live_digests(environment) == after_runtime

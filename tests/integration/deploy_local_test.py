@@ -20,8 +20,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -32,7 +30,8 @@ from ml_deploy import local
 from ml_deploy.config import Environment
 from ml_deploy.plan import UNCHANGED, DeployFailed, execute
 from ml_deploy.release import Release
-from ml_image.podman import podman_store
+from ml_deploy.testing import steady_load
+from ml_image.podman import podman_service, podman_store
 from ml_image.testing import free_port
 
 PACKAGE = Path("models.iris/iris")
@@ -77,19 +76,20 @@ def deploy(release: Release, environment: Environment) -> str:
     return out.getvalue()
 
 
-def predict(environment: Environment, version: int = 1, path: Optional[str] = None,
-            connection: Optional[http.client.HTTPConnection] = None) -> Tuple[int, str, Any]:
-    conn = connection or http.client.HTTPConnection("127.0.0.1", environment.gateway_port, timeout=30)
+def iris_headers(environment: Environment) -> Dict[str, str]:
+    return {"host": f"iris.ml.localhost:{environment.gateway_port}", "content-type": "application/json"}
+
+
+def predict(environment: Environment, version: int = 1, path: Optional[str] = None) -> Tuple[int, str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", environment.gateway_port, timeout=30)
     try:
         conn.request("POST", path or f"/v{version}/predict", body=json.dumps({"flowers": [FLOWER]}),
-                     headers={"host": f"iris.ml.localhost:{environment.gateway_port}",
-                              "content-type": "application/json"})
+                     headers=iris_headers(environment))
         response = conn.getresponse()
         body = response.read()
         return response.status, response.getheader("x-ml-digest", ""), json.loads(body)
     finally:
-        if connection is None:
-            conn.close()
+        conn.close()
 
 
 def get(environment: Environment, path: str) -> Tuple[int, str]:
@@ -158,43 +158,14 @@ def test_the_same_digest_again_is_no_change(environment: Environment, live_iris:
 def test_a_redeploy_under_load_drops_no_request(environment: Environment, live_iris: Release) -> None:
     # The same files under another digest: the driver copies them to a release folder of its own.
     new = dataclasses.replace(live_iris, digest=other_digest(live_iris, "redeploy"))
-    results: List[Tuple[int, str]] = []
-    errors: List[str] = []
-    stop = threading.Event()
-
-    def client(keep_alive: bool) -> None:
-        connection = None
-        while not stop.is_set():
-            try:
-                if connection is None:
-                    connection = http.client.HTTPConnection("127.0.0.1", environment.gateway_port, timeout=30)
-                status, digest, body = predict(environment, connection=connection)
-                results.append((status, digest))
-                if status != 200:
-                    errors.append(f"{status}: {body}")
-            except Exception as e:  # a dropped request, whatever the cause
-                errors.append(repr(e))
-                connection = None
-            if not keep_alive and connection is not None:
-                connection.close()
-                connection = None
-
-    threads = [threading.Thread(target=client, args=(i % 2 == 0,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    try:
-        time.sleep(1)
+    with steady_load(environment.gateway_port, "/v1/predict", json.dumps({"flowers": [FLOWER]}).encode(),
+                     iris_headers(environment), settle=1) as load:
         started = time.monotonic()
         deploy(new, environment)
         took = time.monotonic() - started
-        time.sleep(1)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
-    digests = [d for _, d in results]
-    print(f"{len(results)} requests during the redeploy ({took:.1f} s); failed: {len(errors)}")
-    assert errors == []
+    digests = [headers.get("x-ml-digest", "") for _, headers, _ in load.answers]
+    print(f"{len(digests)} requests during the redeploy ({took:.1f} s); failed: {len(load.failures)}")
+    assert load.failures == []
     assert live_iris.digest in digests and new.digest in digests
     assert digests[-1] == new.digest and predict(environment)[1] == new.digest
     assert [d["digest"] for d in local.deployments(environment)] == [new.digest]
@@ -239,27 +210,9 @@ def test_a_broken_release_leaves_the_previous_one_serving(environment: Environme
 @pytest.fixture
 def podman_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """podman's Docker-compatible API on a private socket, for the length of one test."""
-    with podman_store() as podman:
-        socket = podman.state / "api.sock"
-        service = subprocess.Popen(
-            [*podman.argv, "system", "service", "--time=0", f"unix://{socket}"],
-            env=podman.env, stdout=subprocess.DEVNULL, stderr=(podman.state / "service.log").open("wb"),
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while not socket.exists():
-                assert service.poll() is None, (podman.state / "service.log").read_text()
-                assert time.monotonic() < deadline, "podman's API socket did not appear"
-                time.sleep(0.05)
-            monkeypatch.setenv("DOCKER_HOST", f"unix://{socket}")
-            yield podman
-        finally:
-            service.send_signal(signal.SIGTERM)
-            try:
-                service.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                service.kill()
-                service.wait()
+    with podman_store() as podman, podman_service(podman) as docker_host:
+        monkeypatch.setenv("DOCKER_HOST", docker_host)
+        yield podman
 
 
 def test_the_image_through_a_docker_api_engine(podman_api: Any, iris: Release,

@@ -4,16 +4,13 @@ Docker-compatible socket, started (and stopped) by this test on a private unix s
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from ml_image import engine
-from ml_image.podman import podman_store
+from ml_image.podman import podman_service, podman_store
 from ml_image.testing import free_port
 
 IMAGE_TAR = Path("models.iris/iris/image.tar")
@@ -22,27 +19,9 @@ IMAGE_TAR = Path("models.iris/iris/image.tar")
 @pytest.fixture
 def podman_socket(monkeypatch):
     """podman's Docker-compatible API on a private socket, for the length of one test."""
-    with podman_store() as podman:
-        socket = podman.state / "api.sock"
-        service = subprocess.Popen(
-            [*podman.argv, "system", "service", "--time=0", f"unix://{socket}"],
-            env=podman.env, stdout=subprocess.DEVNULL, stderr=(podman.state / "service.log").open("wb"),
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while not socket.exists():
-                assert service.poll() is None, (podman.state / "service.log").read_text()
-                assert time.monotonic() < deadline, "podman's API socket did not appear"
-                time.sleep(0.05)
-            monkeypatch.setenv("DOCKER_HOST", f"unix://{socket}")
-            yield f"unix://{socket}"
-        finally:
-            service.send_signal(signal.SIGTERM)
-            try:
-                service.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                service.kill()
-                service.wait()
+    with podman_store() as podman, podman_service(podman) as docker_host:
+        monkeypatch.setenv("DOCKER_HOST", docker_host)
+        yield docker_host
 
 
 def test_run_the_iris_image_through_the_docker_api(podman_socket: str) -> None:
