@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Local deploy figures, measured side by side in one run: how long a one-line commit takes to
-answer through the gateway, and how many requests fail while it is rolled out.
+"""Local deploy figures: commit-to-answer time and failed requests during a redeploy.
+
+Measured side by side in one run: how long a one-line commit takes to answer through the
+gateway, and how many requests fail while it is rolled out.
 
 Works in a scratch clone of the current commit, with a deploy environment of its own (written
 into the clone's platform/deploy.yaml: compute local, its own state directory and gateway port)

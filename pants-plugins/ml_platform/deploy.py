@@ -9,11 +9,10 @@ cached process may do), one model after another so the output reads as one log.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 
-from ml_platform.image import REGISTRY_ENV
+from ml_platform.image import REGISTRY_ENV, ToolPexRequest
 from ml_platform.package import MLModelFieldSet
 from ml_platform.subsystem import MLPlatform
 from ml_platform.target_types import (
@@ -29,9 +28,7 @@ from ml_platform.target_types import (
     MLModelVersionField,
 )
 from pants.backend.python.util_rules.pex import Pex, PexProcess
-from pants.backend.python.util_rules.pex_from_targets import PexFromTargetsRequest
 from pants.core.goals.package import BuiltPackage, PackageFieldSet
-from pants.engine.addresses import Addresses, UnparsedAddressInputs
 from pants.engine.console import Console
 from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
 from pants.engine.fs import (
@@ -142,15 +139,9 @@ class DeployToolsRequest:
 
 @rule(desc="Building the deploy tools")
 async def deploy_tools(_: DeployToolsRequest, ml_platform: MLPlatform) -> DeployTools:
-    addresses = await Get(
-        Addresses,
-        UnparsedAddressInputs(
-            [ml_platform.deploy_tools], owning_address=None,
-            description_of_origin="the option `[ml-platform].deploy_tools`",
-        ),
+    return DeployTools(
+        await Get(Pex, ToolPexRequest(ml_platform.deploy_tools, "deploy_tools", "ml_deploy.pex"))
     )
-    pex = await Get(Pex, PexFromTargetsRequest(addresses, output_filename="ml_deploy.pex", internal_only=True))
-    return DeployTools(pex)
 
 
 @dataclass(frozen=True)

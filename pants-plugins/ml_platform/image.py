@@ -45,6 +45,30 @@ _TOOL = "ml_image.model_image"
 
 
 @dataclass(frozen=True)
+class ToolPexRequest:
+    """The PEX of one of the platform's tools: the `pex_binary` an `[ml-platform]` option names."""
+
+    address: str
+    option: str
+    output_filename: str
+
+
+@rule(desc="Building a platform tool", level=LogLevel.DEBUG)
+async def tool_pex(request: ToolPexRequest) -> Pex:
+    addresses = await Get(
+        Addresses,
+        UnparsedAddressInputs(
+            [request.address], owning_address=None,
+            description_of_origin=f"the option `[ml-platform].{request.option}`",
+        ),
+    )
+    return await Get(
+        Pex,
+        PexFromTargetsRequest(addresses, output_filename=request.output_filename, internal_only=True),
+    )
+
+
+@dataclass(frozen=True)
 class ImageTools:
     pex: Pex
 
@@ -56,18 +80,9 @@ class ImageToolsRequest:
 
 @rule(desc="Building the image tools")
 async def image_tools(_: ImageToolsRequest, ml_platform: MLPlatform) -> ImageTools:
-    addresses = await Get(
-        Addresses,
-        UnparsedAddressInputs(
-            [ml_platform.image_tools], owning_address=None,
-            description_of_origin="the option `[ml-platform].image_tools`",
-        ),
+    return ImageTools(
+        await Get(Pex, ToolPexRequest(ml_platform.image_tools, "image_tools", "ml_image.pex"))
     )
-    pex = await Get(
-        Pex,
-        PexFromTargetsRequest(addresses, output_filename="ml_image.pex", internal_only=True),
-    )
-    return ImageTools(pex)
 
 
 @dataclass(frozen=True)
