@@ -10,7 +10,8 @@ and its own pantsd, both stopped at the end. Every model is deployed once first.
 repeat, a one-line commit to one model's code (iris), deployed with:
 
   changed only   ./pants --changed-since=HEAD~1 --changed-dependents=transitive deploy
-  all models     ./pants deploy models/::   (models that did not change are "already live")
+  all models     ./pants deploy models/::   (every model: each image carries the commit as a
+                 label, so a commit gives every model a new digest)
   shared code    after a one-line commit to platform/ml_runtime (every model changes):
                  ./pants deploy models/::   (every model rebuilt and redeployed)
 
