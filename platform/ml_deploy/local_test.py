@@ -31,7 +31,7 @@ from ml_deploy import local
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.plan import CREATE, DELETE, REPLACE, UNCHANGED, UPDATE, DeployFailed, Plan, execute
 from ml_deploy.release import Release
-from ml_deploy.testing import steady_load
+from ml_deploy.testing import steady_load, teardown_on_sigterm
 
 SERVER_PEX = Path("server.pex")  # //platform:server, put here by runtime_package_dependencies
 
@@ -117,6 +117,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def environment(tmp_path: Path) -> Iterator[Environment]:
+    teardown_on_sigterm()
     assert SERVER_PEX.is_file(), "needs runtime_package_dependencies=['//platform:server']"
     env = Environment(name="test", compute="local", gateway_port=free_port(),
                       state_dir=str(tmp_path / "state"), engine="process")

@@ -310,3 +310,15 @@ def steady_load(port: int, path: str, body: bytes, headers: Dict[str, str], *, c
         stop.set()
         for thread in threads:
             thread.join()
+
+
+def teardown_on_sigterm() -> None:
+    """Make SIGTERM a KeyboardInterrupt, on which pytest still tears fixtures down.
+
+    By default SIGTERM (a cancelled CI job) kills pytest before teardown, and the gateways and
+    servers a local deploy detached would outlive it. Fixtures that deploy locally call this
+    first. It cannot help against SIGKILL, which Pants sends soon after a test's timeout."""
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}: tearing down")
+
+    signal.signal(signal.SIGTERM, interrupt)

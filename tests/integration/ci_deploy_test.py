@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ml_deploy import config, local
+from ml_deploy.testing import teardown_on_sigterm
 from ml_image.testing import free_port
 
 from integration.scratch_repo import commit_change, scratch_repo
@@ -38,6 +39,7 @@ def run(repo: Path, *argv: str) -> str:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
+    teardown_on_sigterm()
     state = tmp_path_factory.mktemp("state")
     # //:repo puts the repository's files in the sandbox, but not the integration tests. The
     # plugin's own tests are left out too: they take minutes and are run by the suite anyway.

@@ -30,7 +30,7 @@ from ml_deploy import local
 from ml_deploy.config import Environment
 from ml_deploy.plan import UNCHANGED, DeployFailed, execute
 from ml_deploy.release import Release
-from ml_deploy.testing import steady_load
+from ml_deploy.testing import steady_load, teardown_on_sigterm
 from ml_image.podman import podman_service, podman_store
 from ml_image.testing import free_port
 
@@ -114,6 +114,7 @@ def iris() -> Release:
 
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Environment]:
+    teardown_on_sigterm()
     root = tmp_path_factory.mktemp("local")
     env = Environment(name="it", compute="local", gateway_port=free_port(), state_dir=str(root / "state"),
                       engine="process")
