@@ -50,7 +50,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.plan import CREATE, DELETE, REPLACE, UNCHANGED, UPDATE, Plan
-from ml_deploy.release import IMAGE_LAYOUT, READY_PATH, Release
+from ml_deploy.release import IMAGE_LAYOUT, READY_PATH, Release, short_digest
 from ml_image.layers import file_digest
 
 PROCESS, CONTAINER = "process", "container"
@@ -96,7 +96,7 @@ class Deployment:
 
     def describe(self) -> str:
         runner = f"pid {self.pid}" if self.kind == PROCESS else f"container {(self.container or '')[:12]}"
-        return f"{self.model} v{self.version} {short(self.digest)} on {self.backend} ({self.kind}, {runner})"
+        return f"{self.model} v{self.version} {short_digest(self.digest)} on {self.backend} ({self.kind}, {runner})"
 
 
 @dataclass
@@ -120,10 +120,6 @@ class State:
 
 def release_key(model: str, version: int) -> str:
     return f"{model}-v{version}"
-
-
-def short(digest: str) -> str:
-    return digest.split(":", 1)[-1][:12]
 
 
 def _now() -> str:
@@ -176,7 +172,7 @@ class Site:
         return f"{model.replace('_', '-')}.ml.{self.environment.domain}"
 
     def release_dir(self, model: str, version: int, digest: str) -> Path:
-        return self.releases / release_key(model, version) / short(digest)
+        return self.releases / release_key(model, version) / short_digest(digest)
 
     def read(self) -> State:
         try:
@@ -455,34 +451,19 @@ def _wait_idle(site: Site, backend: str, timeout: float) -> bool:
 # Container engine
 
 
-def _engine_urls() -> List[str]:
-    from ml_image.engine import DEFAULT_SOCKETS
-
-    host = os.environ.get("DOCKER_HOST")
-    return [host] if host else [f"unix://{path}" for path in DEFAULT_SOCKETS if os.path.exists(path)]
-
-
 def connect_engine(environment: Environment) -> Optional[Tuple[Any, str]]:
     """(docker client, engine URL) when models run as containers, None when as processes."""
     if environment.engine == PROCESS:
         return None
     from ml_image import engine
 
-    errors = []
-    for url in _engine_urls():
-        try:
-            return engine.connect(url), url
-        except engine.EngineUnavailable as e:
-            errors.append(str(e))
-    if environment.engine == "docker":
-        if not errors:
-            try:
-                engine.connect()
-            except engine.EngineUnavailable as e:
-                errors.append(str(e))
-        raise ConfigError(f"environment {environment.name!r} has engine: docker, but {' '.join(errors)} "
-                          f"(or set engine: process, or auto, to run the packaged server instead)")
-    return None
+    try:
+        return engine.connect_with_url()
+    except engine.EngineUnavailable as e:
+        if environment.engine == "docker":
+            raise ConfigError(f"environment {environment.name!r} has engine: docker, but {e} "
+                              f"(or set engine: process, or auto, to run the packaged server instead)") from None
+        return None
 
 
 def _engine_client(url: str) -> Any:
@@ -853,12 +834,12 @@ def _stale_copies(site: Site, state: State, release: Release) -> List[Path]:
     folder = site.releases / key
     if not folder.is_dir():
         return []
-    keep = {short(release.digest)}
+    keep = {short_digest(release.digest)}
     for digest in reversed(state.history.get(key, [])):
         if len(keep) >= KEEP_RELEASES:
             break
-        keep.add(short(digest))
-    keep.update(short(d.digest) for d in state.deployments.values() if d.key == key)
+        keep.add(short_digest(digest))
+    keep.update(short_digest(d.digest) for d in state.deployments.values() if d.key == key)
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in keep)
 
 
@@ -922,7 +903,7 @@ def _plan_image(rollout: Rollout) -> None:
     client, url = rollout.engine
     package = rollout.release.package_dir
     rollout.image = _image_id(rollout.release)
-    image = f"image {short(rollout.image)} in the engine ({url})"
+    image = f"image {short_digest(rollout.image)} in the engine ({url})"
     if _has_image(client, rollout.image):
         rollout.plan.add(UNCHANGED, image)
     elif (package / "image.tar").is_file():
@@ -964,7 +945,7 @@ def _plan_new_backend(rollout: Rollout, current: Optional[Deployment], state: St
         result.add(DELETE, f"backend {current.describe()}",
                    "once the gateway has no request in flight to it: SIGTERM, it drains and exits", rollout.retire)
     stale = [p for p in _stale_copies(rollout.site, state, rollout.release)
-             if current is None or p.name != short(current.digest)]
+             if current is None or p.name != short_digest(current.digest)]
     if stale:
         result.add(DELETE, f"old release copies {', '.join(p.name for p in stale)} of {rollout.key}",
                    f"keeping the last {KEEP_RELEASES}", lambda: rollout.prune(stale))
@@ -984,7 +965,7 @@ def plan_rollback(name: str, version: int, environment: Environment) -> Plan:
     try:
         record = json.loads((folder / "release.json").read_text())
     except (OSError, ValueError):
-        raise ConfigError(f"the copy of {name} v{version} {short(earlier[0])} is gone ({folder}); deploy it "
+        raise ConfigError(f"the copy of {name} v{version} {short_digest(earlier[0])} is gone ({folder}); deploy it "
                           f"again from its commit") from None
     return plan(_release_from_record(record, folder), environment)
 
@@ -1013,7 +994,7 @@ def status(environment: Environment) -> str:
         lines.append("nothing deployed")
     for key, d in sorted(state.deployments.items()):
         health = "ready" if healthy(d) else ("not ready" if alive(d) else "down")
-        lines.append(f"  {site.url(d.model, d.version):<44} {health:<9} {short(d.digest)}  "
+        lines.append(f"  {site.url(d.model, d.version):<44} {health:<9} {short_digest(d.digest)}  "
                      f"{d.kind} " + (f"pid {d.pid}" if d.kind == PROCESS else f"container {(d.container or '')[:12]}")
                      + f" on {d.backend}, since {d.started}")
     known = {d.pid for d in state.deployments.values() if d.pid} | ({gateway.pid} if gateway.pid else set())

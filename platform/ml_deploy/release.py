@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping
 
 from ml_image.registry import read_layout
 
@@ -15,6 +15,11 @@ from ml_deploy.config import Environment
 IMAGE_LAYOUT = "image"  # the package's OCI layout directory (ml_platform.image.IMAGE_LAYOUT)
 CONTAINER_PORT = 8080  # the image's server port (ML_PORT in the image config)
 READY_PATH = "/v2/health/ready"
+
+
+def short_digest(digest: str) -> str:
+    """The first 12 hex digits of a sha256 digest, as engines and logs show images."""
+    return digest.split(":", 1)[-1][:12]
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ class Release:
 
     @property
     def short_digest(self) -> str:
-        return self.digest.split(":", 1)[1][:12]
+        return short_digest(self.digest)
 
     @property
     def resource_name(self) -> str:

@@ -18,7 +18,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 # Where engines listen when DOCKER_HOST is not set, in the order tried.
 DEFAULT_SOCKETS = (
@@ -34,16 +34,23 @@ class EngineUnavailable(RuntimeError):
 
 def connect(docker_host: Optional[str] = None):
     """A docker SDK client for the first engine that answers a ping."""
+    return connect_with_url(docker_host)[0]
+
+
+def connect_with_url(docker_host: Optional[str] = None) -> Tuple[Any, str]:
+    """(docker SDK client, its engine URL) for the first engine that answers a ping: `docker_host`,
+    else DOCKER_HOST, else the default sockets that exist. The URL lets a later process reach the
+    same engine again."""
     import docker  # only here: the rest of ml_image needs nothing beyond the standard library
 
-    candidates = [docker_host or os.environ.get("DOCKER_HOST")] if (docker_host or os.environ.get("DOCKER_HOST")) \
-        else [f"unix://{path}" for path in DEFAULT_SOCKETS if os.path.exists(path)]
+    docker_host = docker_host or os.environ.get("DOCKER_HOST")
+    candidates = [docker_host] if docker_host else [f"unix://{path}" for path in DEFAULT_SOCKETS if os.path.exists(path)]
     errors = []
     for url in candidates:
         try:
             client = docker.DockerClient(base_url=url, timeout=30)
             client.ping()
-            return client
+            return client, url
         except Exception as e:  # the SDK raises several unrelated types for "not there"
             errors.append(f"{url}: {e}")
     tried = "; ".join(errors) or f"no socket at {', '.join(DEFAULT_SOCKETS)} and DOCKER_HOST is not set"
