@@ -128,23 +128,6 @@ class DeployMLModelFieldSet(FieldSet):
 
 
 @dataclass(frozen=True)
-class DeployTools:
-    pex: Pex
-
-
-@dataclass(frozen=True)
-class DeployToolsRequest:
-    pass
-
-
-@rule(desc="Building the deploy tools")
-async def deploy_tools(_: DeployToolsRequest, ml_platform: MLPlatform) -> DeployTools:
-    return DeployTools(
-        await Get(Pex, ToolPexRequest(ml_platform.deploy_tools, "deploy_tools", "ml_deploy.pex"))
-    )
-
-
-@dataclass(frozen=True)
 class ModelRollout:
     name: str
     process: InteractiveProcess
@@ -164,26 +147,26 @@ async def prepare_rollout(
         WrappedTarget,
         WrappedTargetRequest(field_set.address, description_of_origin="the `deploy` goal"),
     )
-    package, config, tools = await MultiGet(
+    package, config_digest, tools = await MultiGet(
         Get(BuiltPackage, PackageFieldSet, MLModelFieldSet.create(wrapped.target)),
         Get(
-            DigestContents,
+            Digest,
             PathGlobs(
                 [config_path],
                 glob_match_error_behavior=GlobMatchErrorBehavior.error,
                 description_of_origin="the option `[ml-platform].deploy_config`",
             ),
         ),
-        Get(DeployTools, DeployToolsRequest()),
+        Get(Pex, ToolPexRequest(ml_platform.deploy_tools, "deploy_tools", "ml_deploy.pex")),
     )
     (artifact,) = package.artifacts
     assert artifact.relpath is not None
+    config = await Get(DigestContents, Digest, config_digest)
     # The environments file may read `${VAR}`s: hand exactly those to the process.
     referenced = sorted(set(_CONFIG_VARIABLE.findall(config[0].content.decode())))
-    env, spec, config_digest = await MultiGet(
+    env, spec = await MultiGet(
         Get(EnvironmentVars, EnvironmentVarsRequest((*_DEPLOY_ENV, *referenced))),
         Get(Digest, CreateDigest([FileContent(_SPEC, json.dumps(field_set.release_spec()).encode())])),
-        Get(Digest, CreateDigest([FileContent(config_path, config[0].content)])),
     )
     input_digest = await Get(Digest, MergeDigests([package.digest, spec, config_digest]))
     argv = (
@@ -194,7 +177,7 @@ async def prepare_rollout(
     process = await Get(
         Process,
         PexProcess(
-            tools.pex,
+            tools,
             argv=argv,
             input_digest=input_digest,
             extra_env={**env, "PEX_MODULE": "ml_deploy"},
