@@ -47,6 +47,8 @@ from typing import Any, AsyncIterator, Deque, Dict, List, Mapping, Optional, Seq
 
 import httptools
 
+from ml_serving.http import write_ready_file
+
 logger = logging.getLogger("ml_serving.gateway")
 
 READ_SIZE = 256 * 1024
@@ -758,8 +760,7 @@ async def serve(args: argparse.Namespace) -> int:
     url = f"http://{args.host}:{port}"
     _log("listening", url=url, pid=os.getpid(), generation=gateway.table.generation)
     if args.ready_file:
-        Path(args.ready_file + ".tmp").write_text(url)
-        os.replace(args.ready_file + ".tmp", args.ready_file)
+        write_ready_file(args.ready_file, url)
     await stop.wait()
     watcher.cancel()
     await gateway.stop(args.shutdown_grace)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Awaitable, Callable, Optional
@@ -155,3 +156,11 @@ class HttpProtocol(asyncio.Protocol):
     def close_when_idle(self) -> None:
         if self.transport is not None and self.idle:
             self.transport.close()
+
+
+def write_ready_file(path: str, url: str) -> None:
+    """Announce that a server listens at `url`: whoever waits for `path` (the deploy tools, the
+    tests) sees no file or the whole URL, never a partial one."""
+    with open(path + ".tmp", "w") as f:
+        f.write(url)
+    os.replace(path + ".tmp", path)

@@ -18,7 +18,7 @@ import sys
 from typing import Optional, Sequence
 
 from ml_serving.app import ModelApp
-from ml_serving.http import HttpProtocol
+from ml_serving.http import HttpProtocol, write_ready_file
 from ml_serving.metrics import Metrics
 from ml_serving.workers import WorkerPool
 
@@ -113,9 +113,7 @@ async def serve(args: argparse.Namespace) -> int:
     print(json.dumps({"event": "serving", "model": manifest["address"], "url": url,
                       "predict": f"{url}/v{manifest['version']}/predict", "workers": args.workers}), flush=True)
     if args.ready_file:
-        with open(args.ready_file + ".tmp", "w") as f:
-            f.write(url)
-        os.replace(args.ready_file + ".tmp", args.ready_file)
+        write_ready_file(args.ready_file, url)
 
     await stop.wait()
     # Graceful stop: refuse new connections, finish what is in flight, then stop the workers.
