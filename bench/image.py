@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO / "platform"))
 
 from ml_image.engine import wait_for_200  # noqa: E402
 from ml_image.layers import tree_entries, write_layer  # noqa: E402
-from ml_image.model_image import venv_entries  # noqa: E402
+from ml_image.model_image import MODEL_ROOT, SERVER_ROOT, venv_entries  # noqa: E402
 from ml_image.podman import Podman, podman_store  # noqa: E402
 from ml_image.registry import push_layout  # noqa: E402
 
@@ -310,13 +310,13 @@ def profile(podman: Podman, image: str) -> dict:
     """Container + interpreter start (`python -c pass`, median of 3, podman run --rm wall time),
     the server's import (median of 3), and the model's import and load() under -X importtime
     (the second of two runs), each in a container of its own, one process at a time."""
-    py = "/opt/ml/model/bin/python3"
+    py = f"{MODEL_ROOT}/bin/python3"
     walls, server = [], []
     for _ in range(3):
         start = time.monotonic()
         podman("run", "--rm", "--entrypoint", py, image, "-c", "pass")
         walls.append(time.monotonic() - start)
-        server.append(float(podman("run", "--rm", "--entrypoint", "/opt/ml/server/bin/python3", image,
+        server.append(float(podman("run", "--rm", "--entrypoint", f"{SERVER_ROOT}/bin/python3", image,
                                    "-c", _SERVER_IMPORT).stdout.strip()))
     for _ in range(2):
         out = podman("run", "--rm", "--entrypoint", py, image, "-X", "importtime", "-c", _PROFILE).stderr
