@@ -7,12 +7,13 @@ package is checked end to end without any server.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import traceback
 from typing import Any, Mapping, Optional, Sequence
 
+from ml_runtime import wire
 from ml_runtime.codec import InputError
+from ml_runtime.errors import INVALID_REQUEST, MODEL_REJECTED_INPUT
 from ml_runtime.handler import HandlerError, LoadedModel
 
 EXIT_MODEL_ERROR = 1
@@ -37,11 +38,11 @@ def main(model: Mapping[str, Any], argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         if args.input == "-":
-            payload = json.load(sys.stdin)
+            payload = wire.loads(sys.stdin.read())
         else:
-            with open(args.input, encoding="utf-8") as f:
-                payload = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+            with open(args.input, "rb") as f:
+                payload = wire.loads(f.read())
+    except (OSError, UnicodeDecodeError, wire.MalformedJSON) as e:
         print(f"error: cannot read a JSON request from {args.input}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
@@ -49,16 +50,22 @@ def main(model: Mapping[str, Any], argv: Optional[Sequence[str]] = None) -> int:
         loaded = LoadedModel(model["handler"])
         result = loaded.call(args.endpoint, payload)
     except InputError as e:
-        print(f"error: invalid request: {e}", file=sys.stderr)
+        print(f"error: {INVALID_REQUEST}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except HandlerError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_MODEL_ERROR
+    except ValueError as e:  # as served: the model refuses this input (a 422)
+        print(f"error: {MODEL_REJECTED_INPUT}: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception:
         traceback.print_exc()
         print(f"error: the model {model['address']} raised an exception.", file=sys.stderr)
         return EXIT_MODEL_ERROR
-
-    json.dump(result, sys.stdout)
-    sys.stdout.write("\n")
+    try:
+        out = wire.dumps(result)
+    except wire.NonFiniteNumber as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_MODEL_ERROR
+    sys.stdout.write(out.decode() + "\n")
     return 0

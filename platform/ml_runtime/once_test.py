@@ -18,6 +18,10 @@ def echo_module(tmp_path, monkeypatch):
         "    def predict(self, value: int) -> dict:\n"
         "        if value < 0:\n"
         "            raise RuntimeError('negative')\n"
+        "        if value == 7:\n"
+        "            raise ValueError('seven is not served')\n"
+        "        if value == 9:\n"
+        "            return {'double': float('nan')}\n"
         "        return {'double': value * 2}\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -44,6 +48,9 @@ def test_reads_stdin(monkeypatch, capsys) -> None:
         ("{not json", once.EXIT_BAD_INPUT, "cannot read a JSON request"),
         ('{"value": "x"}', once.EXIT_BAD_INPUT, "invalid request: value: expected an integer"),
         ('{"value": -1}', once.EXIT_MODEL_ERROR, "models/echo:echo raised an exception"),
+        ('{"value": 1, "value": 2}', once.EXIT_BAD_INPUT, "has the key 'value' more than once"),
+        ('{"value": 7}', once.EXIT_BAD_INPUT, "the model rejected the input: seven is not served"),
+        ('{"value": 9}', once.EXIT_MODEL_ERROR, "non-finite number (NaN or Infinity) at double"),
     ],
 )
 def test_errors(monkeypatch, capsys, body: str, code: int, message: str) -> None:

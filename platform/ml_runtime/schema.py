@@ -11,6 +11,10 @@ from ml_runtime.codec import _dataclass_fields, _is_typeddict, _union_args
 from ml_runtime.handler import Endpoint
 
 
+# Standard base64 (RFC 4648, section 4) with padding: what the codec decodes.
+BASE64_PATTERN = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+
 def schema_for(tp: Any, definitions: dict[str, Any]) -> dict[str, Any]:
     """Schema of `tp`; named types (dataclasses, TypedDicts, enums) go into `definitions`."""
     if tp is Any or tp is object:
@@ -30,7 +34,8 @@ def schema_for(tp: Any, definitions: dict[str, Any]) -> dict[str, Any]:
     if tp is str:
         return {"type": "string"}
     if tp is bytes:
-        return {"type": "string", "contentEncoding": "base64"}
+        # contentEncoding only annotates (JSON Schema 2020-12); the pattern is what validates.
+        return {"type": "string", "contentEncoding": "base64", "pattern": BASE64_PATTERN}
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Literal:

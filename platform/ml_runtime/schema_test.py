@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional, TypedDict
 
 from ml_runtime.handler import discover_endpoints
-from ml_runtime.schema import describe_endpoints, schema_for
+from ml_runtime.schema import BASE64_PATTERN, describe_endpoints, schema_for
 
 
 class Mode(enum.Enum):
@@ -38,7 +38,8 @@ def test_schemas_of_basic_and_named_types() -> None:
     assert schema_for(list[int], definitions) == {"type": "array", "items": {"type": "integer"}}
     assert schema_for(dict[str, float], definitions) == {
         "type": "object", "additionalProperties": {"type": "number"}}
-    assert schema_for(bytes, definitions) == {"type": "string", "contentEncoding": "base64"}
+    assert schema_for(bytes, definitions) == {"type": "string", "contentEncoding": "base64",
+                                              "pattern": BASE64_PATTERN}
     assert schema_for(Point, definitions) == {"$ref": "#/components/schemas/Point"}
     point = definitions["Point"]
     assert point["required"] == ["x"] and point["additionalProperties"] is False

@@ -14,8 +14,9 @@ import time
 import traceback
 from typing import Any, Mapping
 
-from ml_runtime import protocol
+from ml_runtime import protocol, wire
 from ml_runtime.codec import InputError
+from ml_runtime.errors import INVALID_REQUEST, MALFORMED_JSON, MODEL_REJECTED_INPUT
 from ml_runtime.handler import LoadedModel
 from ml_runtime.schema import describe_endpoints
 
@@ -56,23 +57,38 @@ def main(model: Mapping[str, Any]) -> int:
 
 def handle(loaded: LoadedModel, header: dict[str, Any], body: bytes) -> bytes:
     request_id = header.get("id")
+    status, answer = _answer(loaded, header, body, request_id)
+    return protocol.encode_frame({"id": request_id, "status": status}, answer)
+
+
+def _answer(loaded: LoadedModel, header: dict[str, Any], body: bytes, request_id: Any) -> tuple[int, bytes]:
+    """The status and body of one request; errors become the JSON bodies the server relays."""
     try:
         endpoint = loaded.endpoints[header["endpoint"]]
         binary_parameter = header.get("binary_parameter")
-        if binary_parameter:
-            payload: Any = {binary_parameter: body}
-        else:
-            payload = json.loads(body) if body else {}
+        payload: Any = {binary_parameter: body} if binary_parameter else (wire.loads(body) if body else {})
         result = endpoint.call(payload)
-        out = json.dumps(result, separators=(",", ":")).encode()
-        return protocol.encode_frame({"id": request_id, "status": 200}, out)
     except InputError as e:
-        error = {"error": "invalid request", "field": e.path, "detail": e.message}
-        return protocol.encode_frame({"id": request_id, "status": 422}, json.dumps(error).encode())
-    except json.JSONDecodeError as e:
-        error = {"error": "malformed JSON", "detail": str(e)}
-        return protocol.encode_frame({"id": request_id, "status": 400}, json.dumps(error).encode())
+        return 422, wire.dumps({"error": INVALID_REQUEST, "field": e.path, "detail": e.message})
+    except wire.MalformedJSON as e:
+        return 400, wire.dumps({"error": MALFORMED_JSON, "detail": str(e)})
+    except ValueError as e:
+        # The documented way for a model to refuse an input its schema cannot rule out.
+        _log(request_id, f"the model rejected the input: {e}")
+        return 422, wire.dumps({"error": MODEL_REJECTED_INPUT, "detail": str(e)})
     except Exception:
         # The traceback goes to the log with the request id; the client only gets the id.
-        print(f"request {request_id}: the model raised\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-        return protocol.encode_frame({"id": request_id, "status": 500}, b"")
+        _log(request_id, f"the model raised\n{traceback.format_exc()}")
+        return 500, b""
+    try:
+        return 200, wire.dumps(result)
+    except wire.NonFiniteNumber as e:
+        _log(request_id, str(e))
+        return 500, wire.dumps({"error": str(e)})
+    except (TypeError, ValueError):
+        _log(request_id, f"the result cannot be sent as JSON\n{traceback.format_exc()}")
+        return 500, b""
+
+
+def _log(request_id: Any, message: str) -> None:
+    print(f"request {request_id}: {message}", file=sys.stderr, flush=True)

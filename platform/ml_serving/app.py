@@ -11,12 +11,12 @@ import time
 import uuid
 from typing import Any, Callable, Optional
 
-import fastjsonschema
-
+from ml_runtime import wire
+from ml_runtime.errors import MALFORMED_JSON
 from ml_serving import oip
 from ml_serving.http import Request, Response
 from ml_serving.metrics import Metrics
-from ml_serving.openapi import build_openapi
+from ml_serving.openapi import build_openapi, compile_schema, schema_error
 from ml_serving.workers import QueueFull, WorkerLost, WorkerPool, WorkerTimeout
 
 logger = logging.getLogger("ml_serving.app")
@@ -41,7 +41,7 @@ class ModelApp:
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.definitions: dict[str, Any] = {}
         self.validators: dict[str, Callable[[Any], Any]] = {}
-        self.openapi = b"{}"
+        self._publish(build_openapi(manifest, None))
         metrics.gauges["ml_queue_depth"] = lambda: pool.queue.qsize()
         metrics.gauges["ml_workers_ready"] = lambda: pool.ready_workers
 
@@ -50,9 +50,13 @@ class ModelApp:
         self.endpoints = description["endpoints"]
         self.definitions = definitions = description["definitions"]
         for name, endpoint in self.endpoints.items():
-            schema = {**endpoint["request"], "components": {"schemas": definitions}}
-            self.validators[name] = fastjsonschema.compile(schema)
-        self.openapi = json.dumps(build_openapi(self.manifest, description)).encode()
+            self.validators[name] = compile_schema(endpoint["request"], definitions)
+        self._publish(build_openapi(self.manifest, description))
+
+    def _publish(self, document: dict[str, Any]) -> None:
+        # The document is the route table: the server answers exactly what it lists.
+        self.openapi = json.dumps(document).encode()
+        self.methods = {path: ", ".join(m.upper() for m in item) for path, item in document["paths"].items()}
 
     @property
     def ready(self) -> bool:
@@ -87,56 +91,51 @@ class ModelApp:
 
     async def _route(self, request: Request, request_id: str) -> tuple[str, Response]:
         path = request.path.rstrip("/") or "/"
-        method = request.method
-        prefix = f"/v{self.version}/"
-        if path.startswith(prefix) and path.count("/") == 2:
-            endpoint = path[len(prefix):]
-            route = f"/v{self.version}/{endpoint}" if endpoint in self.endpoints else "other"
-            if endpoint not in self.endpoints:
-                return route, self._not_found(request)
-            if method != "POST":
-                return route, _method_not_allowed("POST")
-            return route, await self._call(endpoint, request, request_id)
-        if path.startswith("/v2/"):
+        allowed = self.methods.get(path)
+        if allowed is None:
+            return "other", self._not_found(request)
+        if request.method not in allowed.split(", "):
+            return path, Response.json(405, {"error": f"{request.method} is not allowed on {path}; use {allowed}",
+                                             "request_id": request_id}, headers={"allow": allowed})
+        if path.startswith("/v2"):
             return await oip.route(self, request, path, request_id)
-        if path == "/metrics" and method == "GET":
+        if path == "/metrics":
             return path, Response(200, self.metrics.render(), content_type="text/plain; version=0.0.4")
-        if path == "/openapi.json" and method == "GET":
+        if path == "/openapi.json":
             return path, Response(200, self.openapi)
-        return "other", self._not_found(request)
+        return path, await self._call(path.rsplit("/", 1)[1], request, request_id)
 
     def _not_found(self, request: Request) -> Response:
-        routes = [f"POST /v{self.version}/{e}" for e in sorted(self.endpoints)]
         return Response.json(404, {"error": f"no route for {request.method} {request.path}",
-                                   "routes": routes + ["GET /openapi.json", "GET /metrics", "GET /v2/health/ready"]})
+                                   "routes": [f"{m} {p}" for p, m in self.methods.items()]})
 
     async def _call(self, endpoint: str, request: Request, request_id: str) -> Response:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         binary_parameter = self.endpoints[endpoint]["binary_parameter"]
-        if content_type == BINARY_TYPE and binary_parameter:
+        if request_content_type(request) == BINARY_TYPE and binary_parameter:
             return await self.invoke(endpoint, request.body, request_id, binary_parameter)
-        if content_type not in JSON_TYPES:
-            accepted = "application/json" + (f" or {BINARY_TYPE}" if binary_parameter else "")
-            return Response.json(415, {"error": f"unsupported content type {content_type!r}; send {accepted}",
-                                       "request_id": request_id})
-        try:
-            payload = json.loads(request.body) if request.body else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return Response.json(400, {"error": "malformed JSON", "detail": str(e), "request_id": request_id})
+        payload = self.read_json(request, request_id, BINARY_TYPE if binary_parameter else None)
+        if isinstance(payload, Response):
+            return payload
         error = self.validate(endpoint, payload)
         if error is not None:
             return Response.json(422, {**error, "request_id": request_id})
         return await self.invoke(endpoint, request.body or b"{}", request_id)
 
-    def validate(self, endpoint: str, payload: Any) -> Optional[dict[str, Any]]:
+    def read_json(self, request: Request, request_id: str, also_accepted: Optional[str] = None) -> Any:
+        """The request's JSON body (an empty body is `{}`), or the 415 / 400 response to send."""
+        content_type = request_content_type(request)
+        if content_type not in JSON_TYPES:
+            accepted = "application/json" + (f" or {also_accepted}" if also_accepted else "")
+            return Response.json(415, {"error": f"unsupported content type {content_type!r}; send {accepted}",
+                                       "request_id": request_id})
         try:
-            self.validators[endpoint](payload)
-        except fastjsonschema.JsonSchemaValueException as e:
-            # fastjsonschema names the root `data`: "data.flowers[0].x must be number".
-            field = e.name[len("data."):] if e.name.startswith("data.") else "<body>"
-            detail = e.message[len("data."):] if e.message.startswith("data.") else e.message
-            return {"error": "invalid request", "field": field, "detail": detail}
-        return None
+            return wire.loads(request.body) if request.body else {}
+        except wire.MalformedJSON as e:
+            return Response.json(400, {"error": MALFORMED_JSON, "detail": str(e), "request_id": request_id})
+
+    def validate(self, endpoint: str, payload: Any) -> Optional[dict[str, Any]]:
+        """The 422 body for a payload the endpoint's request schema rejects, else None."""
+        return schema_error(self.validators[endpoint], payload)
 
     async def invoke(self, endpoint: str, body: bytes, request_id: str,
                      binary_parameter: Optional[str] = None) -> Response:
@@ -154,12 +153,16 @@ class ModelApp:
         except WorkerLost:
             return Response.json(503, {"error": "the model worker died while handling this request; it is being restarted",
                                        "request_id": request_id}, headers={"retry-after": "1"})
-        if result.status == 500:
+        if result.status == 500 and not result.body:
             return Response.json(500, {"error": "the model raised an exception; see the server log",
                                        "request_id": request_id})
         if result.status != 200:
             return Response(result.status, _with_request_id(result.body, request_id))
         return Response(200, result.body)
+
+
+def request_content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 def _with_request_id(body: bytes, request_id: str) -> bytes:
@@ -168,7 +171,3 @@ def _with_request_id(body: bytes, request_id: str) -> bytes:
     except ValueError:
         return body
     return json.dumps({**payload, "request_id": request_id}).encode()
-
-
-def _method_not_allowed(allowed: str) -> Response:
-    return Response.json(405, {"error": f"method not allowed; use {allowed}"}, headers={"allow": allowed})

@@ -1,9 +1,8 @@
-"""A small HTTP/1.1 server on asyncio + httptools: keep-alive, pipelining, body limits."""
+"""A small HTTP/1.1 server on asyncio + httptools: keep-alive, pipelining, limits and timeouts."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -11,6 +10,8 @@ from http import HTTPStatus
 from typing import Awaitable, Callable, Optional
 
 import httptools
+
+from ml_runtime import wire
 
 logger = logging.getLogger("ml_serving.http")
 
@@ -33,7 +34,7 @@ class Response:
 
     @classmethod
     def json(cls, status: int, payload: object, headers: Optional[dict[str, str]] = None) -> "Response":
-        return cls(status, json.dumps(payload, separators=(",", ":")).encode(), headers=headers)
+        return cls(status, wire.dumps(payload), headers=headers)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -53,16 +54,40 @@ def render(response: Response, keep_alive: bool) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one connection may send before the server answers it with an error and closes it."""
+
+    max_body_bytes: int = 32 * 2**20  # else 413
+    max_url_bytes: int = 8 * 2**10  # else 414
+    max_header_bytes: int = 16 * 2**10  # request line and header fields, else 431
+    read_timeout: float = 60.0  # seconds from a request's first byte to its last, else 408
+    # Seconds a kept-alive connection may sit idle before it is closed. Longer than the idle
+    # timeout of the load balancers in front (ALB: 60 s), so that they close first and never
+    # send a request on a connection this server is closing.
+    idle_timeout: float = 75.0
+
+
+# After an early error answer (413, 431, ...) a client may still be sending: reading and
+# dropping that a little longer, rather than closing at once, keeps the kernel from resetting
+# the connection before the client has read the answer.
+_LINGER_SECONDS = 1.0
+
+
 class HttpProtocol(asyncio.Protocol):
     """One connection. Requests are handled concurrently but answered in order."""
 
-    def __init__(self, handler: Handler, max_body_bytes: int, connections: set) -> None:
+    def __init__(self, handler: Handler, limits: HttpLimits, connections: set) -> None:
         self.handler = handler
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits
         self.connections = connections
         self.transport: Optional[asyncio.Transport] = None
         self.parser = httptools.HttpRequestParser(self)
         self._previous: Optional[asyncio.Future] = None
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._rejected = False
+        self._head_bytes = 0  # bytes received while the current request's head is incomplete
+        self._in_head = True
         self._reset()
 
     def _reset(self) -> None:
@@ -70,31 +95,43 @@ class HttpProtocol(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._body_size = 0
-        self._too_large = False
 
     # asyncio.Protocol
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.connections.add(self)
+        self._start_timer(self.limits.idle_timeout, self._close_idle)
 
     def connection_lost(self, exc) -> None:
         self.connections.discard(self)
+        self._cancel_timer()
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        if self._rejected:
+            return  # lingering after an error answer: drop what the client still sends
+        if self._in_head:
+            self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._send_and_close(Response.json(400, {"error": "protocol upgrades are not supported"}))
+            self._reject(400, "protocol upgrades are not supported")
         except httptools.HttpParserError:
-            self._send_and_close(Response.json(400, {"error": "malformed HTTP request"}))
+            if not self._rejected:
+                self._reject(400, "malformed HTTP request")
+        if self._in_head and self._head_bytes > self.limits.max_header_bytes + self.limits.max_url_bytes:
+            self._reject(431, f"the request's header fields are larger than {self.limits.max_header_bytes} bytes")
 
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._reset()
+        self._in_head = True
+        self._start_timer(self.limits.read_timeout, self._read_timed_out)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self.limits.max_url_bytes:
+            self._reject(414, f"the request target is longer than {self.limits.max_url_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         key, text = name.decode("latin-1").lower(), value.decode("latin-1")
@@ -102,25 +139,27 @@ class HttpProtocol(asyncio.Protocol):
         self._headers[key] = f"{self._headers[key]}, {text}" if key in self._headers else text
 
     def on_headers_complete(self) -> None:
+        # The whole head arrived: measure it exactly (data_received's count may include body bytes).
+        if sum(len(k) + len(v) + 4 for k, v in self._headers.items()) > self.limits.max_header_bytes:
+            self._reject(431, f"the request's header fields are larger than {self.limits.max_header_bytes} bytes")
+        self._in_head = False
         length = self._headers.get("content-length")
-        if length and length.isdigit() and int(length) > self.max_body_bytes:
-            self._too_large = True
+        if length and length.isdigit() and int(length) > self.limits.max_body_bytes:
+            self._reject_too_large()
 
     def on_body(self, body: bytes) -> None:
-        if self._too_large:
+        if self._rejected:
             return
         self._body_size += len(body)
-        if self._body_size > self.max_body_bytes:
-            self._too_large = True
-            self._body.clear()
+        if self._body_size > self.limits.max_body_bytes:
+            self._reject_too_large()
         else:
             self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self._too_large:
-            self._send_and_close(
-                Response.json(413, {"error": f"request body is larger than {self.max_body_bytes} bytes"})
-            )
+        self._cancel_timer()
+        self._in_head, self._head_bytes = True, 0
+        if self._rejected:
             return
         url = httptools.parse_url(self._url)
         request = Request(
@@ -138,16 +177,48 @@ class HttpProtocol(asyncio.Protocol):
         response = await self.handler(request)
         if previous is not None and not previous.done():
             await previous  # pipelined requests are answered in order
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing() or self._rejected:
             return
         self.transport.write(render(response, keep_alive))
         if not keep_alive:
             self.transport.close()
+        elif self._in_head and self._head_bytes == 0 and self._previous is asyncio.current_task():
+            self._start_timer(self.limits.idle_timeout, self._close_idle)  # nothing else pending
 
-    def _send_and_close(self, response: Response) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(render(response, keep_alive=False))
+    # limits and timers
+    def _reject_too_large(self) -> None:
+        self._reject(413, f"request body is larger than {self.limits.max_body_bytes} bytes")
+
+    def _reject(self, status: int, error: str) -> None:
+        """Answer an error the request's own route never sees, then close the connection."""
+        if self._rejected or self.transport is None or self.transport.is_closing():
+            return
+        self._rejected = True
+        self._cancel_timer()
+        self.transport.write(render(Response.json(status, {"error": error}), keep_alive=False))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._start_timer(_LINGER_SECONDS, self._close)
+
+    def _read_timed_out(self) -> None:
+        self._reject(408, f"the request was not received within {self.limits.read_timeout:g} s")
+
+    def _close_idle(self) -> None:
+        if self.idle:
+            self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None:
             self.transport.close()
+
+    def _start_timer(self, seconds: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(seconds, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     @property
     def idle(self) -> bool:

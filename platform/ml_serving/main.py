@@ -18,7 +18,7 @@ import sys
 from typing import Optional, Sequence
 
 from ml_serving.app import ModelApp
-from ml_serving.http import HttpProtocol, write_ready_file
+from ml_serving.http import HttpLimits, HttpProtocol, write_ready_file
 from ml_serving.metrics import Metrics
 from ml_serving.workers import WorkerPool
 
@@ -46,8 +46,17 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="Requests waiting for a worker before answering 503 (ML_MAX_QUEUE).")
     parser.add_argument("--timeout", type=float, default=float(env("ML_TIMEOUT", "0")) or None,
                         help="Seconds per request before 504 (ML_TIMEOUT); default: the model's `timeout`.")
-    parser.add_argument("--max-body-bytes", type=int, default=int(env("ML_MAX_BODY_BYTES", str(32 * 2**20))),
+    limits = HttpLimits()
+    parser.add_argument("--max-body-bytes", type=int, default=int(env("ML_MAX_BODY_BYTES", limits.max_body_bytes)),
                         help="Largest request body accepted, else 413 (ML_MAX_BODY_BYTES).")
+    parser.add_argument("--max-header-bytes", type=int,
+                        default=int(env("ML_MAX_HEADER_BYTES", limits.max_header_bytes)),
+                        help="Largest request head (header fields) accepted, else 431 (ML_MAX_HEADER_BYTES); "
+                             f"the request target may add {limits.max_url_bytes} bytes, else 414.")
+    parser.add_argument("--read-timeout", type=float, default=float(env("ML_READ_TIMEOUT", limits.read_timeout)),
+                        help="Seconds from a request's first byte to its last, else 408 (ML_READ_TIMEOUT).")
+    parser.add_argument("--idle-timeout", type=float, default=float(env("ML_IDLE_TIMEOUT", limits.idle_timeout)),
+                        help="Seconds a kept-alive connection may stay idle before it is closed (ML_IDLE_TIMEOUT).")
     parser.add_argument("--shutdown-grace", type=float, default=float(env("ML_SHUTDOWN_GRACE", "30")),
                         help="Seconds to finish in-flight requests after SIGTERM (ML_SHUTDOWN_GRACE).")
     parser.add_argument("--ready-file", default=env("ML_READY_FILE"),
@@ -104,8 +113,10 @@ async def serve(args: argparse.Namespace) -> int:
         return 0
 
     connections: set = set()
+    limits = HttpLimits(max_body_bytes=args.max_body_bytes, max_header_bytes=args.max_header_bytes,
+                        read_timeout=args.read_timeout, idle_timeout=args.idle_timeout)
     server = await loop.create_server(
-        lambda: HttpProtocol(app.handle, args.max_body_bytes, connections), args.host, args.port,
+        lambda: HttpProtocol(app.handle, limits, connections), args.host, args.port,
         reuse_address=True, backlog=1024,
     )
     host, port = server.sockets[0].getsockname()[:2]

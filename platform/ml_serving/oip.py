@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from ml_runtime.errors import TENSORS_DO_NOT_FIT
 from ml_serving.http import Request, Response
+from ml_serving.openapi import OIP, OIP_SCHEMAS, compile_schema, schema_error
 
 if TYPE_CHECKING:
     from ml_serving.app import ModelApp
@@ -24,30 +26,28 @@ class TensorError(ValueError):
     pass
 
 
+# Requests are checked against exactly the schema /openapi.json publishes for them.
+_VALID_REQUEST = compile_schema({"$ref": OIP + "InferenceRequest"}, OIP_SCHEMAS)
+
+
 async def route(app: "ModelApp", request: Request, path: str, request_id: str) -> tuple[str, Response]:
+    """Answer a /v2 route; the app has already checked that the path and method are served."""
     parts = path.split("/")[2:]  # after "/v2"
-    method = request.method
     if parts == ["health", "live"]:
         return "/v2/health/live", Response.json(200, {"live": True})
     if parts == ["health", "ready"]:
         return "/v2/health/ready", _ready(app)
     if parts == []:
         return "/v2", Response.json(200, {"name": "ml-platform", "version": "1", "extensions": []})
-    if len(parts) < 2 or parts[0] != "models" or parts[1] != app.name:
-        return "other", Response.json(404, {"error": f"no model {'/'.join(parts[1:2])!r}; this server serves {app.name!r}"})
-    rest = parts[2:]
+    rest = parts[2:]  # after "models/<name>"
     if rest[:1] == ["versions"]:
-        if len(rest) < 2 or rest[1] != str(app.version):
-            return "other", Response.json(404, {"error": f"{app.name} has only version {app.version}"})
         rest = rest[2:]
     template = "/v2/models/{model}" + ("/" + "/".join(rest) if rest else "")
-    if rest == [] and method == "GET":
-        return template, Response.json(200, metadata(app))
-    if rest == ["ready"] and method == "GET":
+    if rest == ["ready"]:
         return template, _ready(app)
-    if rest == ["infer"] and method == "POST":
+    if rest == ["infer"]:
         return template, await infer(app, request, request_id)
-    return "other", Response.json(404, {"error": f"no route for {method} {request.path}"})
+    return template, Response.json(200, metadata(app))
 
 
 def _ready(app: "ModelApp") -> Response:
@@ -65,17 +65,16 @@ def metadata(app: "ModelApp") -> dict[str, Any]:
 
 
 async def infer(app: "ModelApp", request: Request, request_id: str) -> Response:
+    body = app.read_json(request, request_id)
+    if isinstance(body, Response):
+        return body
+    error = schema_error(_VALID_REQUEST, body)
+    if error is not None:
+        return Response.json(400, {**error, "request_id": request_id})
     try:
-        body = json.loads(request.body)
-        if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
-            raise TensorError("an inference request needs an `inputs` list")
-        if not all(isinstance(tensor, dict) for tensor in body["inputs"]):
-            raise TensorError("each item of `inputs` must be an object (a tensor)")
         payload = _inputs_to_payload(app, body["inputs"])
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return Response.json(400, {"error": f"malformed JSON: {e}"})
     except TensorError as e:
-        return Response.json(400, {"error": str(e)})
+        return Response.json(400, {"error": TENSORS_DO_NOT_FIT, "detail": str(e), "request_id": request_id})
     error = app.validate("predict", payload)
     if error is not None:
         return Response.json(422, {**error, "request_id": request_id})
@@ -83,7 +82,7 @@ async def infer(app: "ModelApp", request: Request, request_id: str) -> Response:
     if response.status != 200:
         return response
     outputs = _result_to_outputs(json.loads(response.body))
-    requested = {o.get("name") for o in body.get("outputs") or [] if isinstance(o, dict)}
+    requested = {o["name"] for o in body.get("outputs") or []}
     if requested:
         outputs = [o for o in outputs if o["name"] in requested]
     return Response.json(200, {"model_name": app.name, "model_version": str(app.version),

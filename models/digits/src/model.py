@@ -9,6 +9,7 @@ import xgboost as xgb
 from ml_shared.artifacts import artifact_path
 
 PIXELS = 64  # 8x8 image, row-major
+MAX_GREY = 16.0  # the data set's darkest grey level
 
 
 @dataclass
@@ -35,12 +36,15 @@ class Model:
     def predict(self, images: list[list[float]]) -> list[Prediction]:
         # Validate before numpy: a ragged batch would otherwise surface as an
         # opaque numpy/scaler error without saying which image is wrong.
+        # A ValueError is the client's fault to the server: a 422 with this message.
         for i, image in enumerate(images):
             if len(image) != PIXELS:
                 raise ValueError(
                     f"image {i} has {len(image)} values; expected {PIXELS} "
                     "(an 8x8 image flattened row-major, values 0..16)"
                 )
+            if not all(0.0 <= v <= MAX_GREY for v in image):
+                raise ValueError(f"image {i} has a value outside 0..{MAX_GREY:g} (grey levels)")
         if not images:
             return []
         x = np.asarray(images, dtype=np.float64)

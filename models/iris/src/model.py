@@ -16,6 +16,11 @@ class Flower:
     petal_width: float  # cm
 
 
+# Measurements outside this range are not flowers; rejecting them (a ValueError is a 422 for
+# the client) also keeps the model from overflowing into NaN probabilities.
+MAX_CM = 100.0
+
+
 @dataclass
 class Prediction:
     species: str  # "setosa", "versicolor" or "virginica"
@@ -40,6 +45,10 @@ class Model:
     def predict(self, flowers: list[Flower]) -> list[Prediction]:
         if not flowers:
             return []
+        for i, f in enumerate(flowers):
+            for name, value in vars(f).items():
+                if not 0.0 <= value <= MAX_CM:
+                    raise ValueError(f"flowers[{i}].{name} is {value:g} cm; a measurement is 0 to {MAX_CM:g} cm")
         # One batched call: sklearn's per-call overhead dwarfs the math for 4 features.
         x = np.array(
             [[f.sepal_length, f.sepal_width, f.petal_length, f.petal_width] for f in flowers],

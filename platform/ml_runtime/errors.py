@@ -1,0 +1,13 @@
+"""The `error` values of the JSON error bodies a client can act on.
+
+The worker writes them and the server writes the same ones, and the API fuzzer's own check
+tells a model's legitimate refusal of a schema-valid input from a server bug by them: defined
+once, here. Standard library only (it is shipped in every model environment).
+"""
+
+MALFORMED_JSON = "malformed JSON"
+INVALID_REQUEST = "invalid request"  # valid JSON that does not match the request schema
+MODEL_REJECTED_INPUT = "the model rejected the input"  # the handler raised ValueError
+# An Open Inference Protocol request, valid as such, whose tensors cannot fill predict's
+# parameters (a shape that does not match its data, an input predict does not have).
+TENSORS_DO_NOT_FIT = "the tensors do not fit predict's parameters"
