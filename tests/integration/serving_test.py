@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import http.client
 import json
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,42 +19,15 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
+from integration.served_model import ServedModel
+
 PACKAGE = Path("tests.models.probe/probe")
 SERVING_LOCK = Path("platform/serving.lock")
 
 
-class Server:
+class Server(ServedModel):
     def __init__(self, tmp: Path, *args: str) -> None:
-        self.ready_file = tmp / "url"
-        self.stdout_path, self.stderr_path = tmp / "stdout.log", tmp / "stderr.log"
-        self.process = subprocess.Popen(
-            [str(PACKAGE / "model.pex" / "__main__.py"), "serve", "--port", "0",
-             "--ready-file", str(self.ready_file), *args],
-            stdout=self.stdout_path.open("wb"),
-            stderr=self.stderr_path.open("wb"),
-        )
-        deadline = time.monotonic() + 60
-        while not self.ready_file.exists():
-            assert self.process.poll() is None, self.stderr_path.read_text()
-            assert time.monotonic() < deadline, "server did not become ready in 60 s"
-            time.sleep(0.05)
-        self.host, port = self.ready_file.read_text().removeprefix("http://").split(":")
-        self.port = int(port)
-
-    def request(self, method: str, path: str, body: Any = None, headers: Optional[dict] = None,
-                raw: Optional[bytes] = None, timeout: float = 30) -> tuple[int, dict, Any]:
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        headers = dict(headers or {})
-        if raw is None and body is not None:
-            raw = json.dumps(body).encode()
-            headers.setdefault("content-type", "application/json")
-        connection.request(method, path, body=raw, headers=headers)
-        response = connection.getresponse()
-        data = response.read()
-        connection.close()
-        content_type = response.getheader("content-type", "")
-        payload = json.loads(data) if data and content_type.startswith("application/json") else data
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
+        super().__init__(PACKAGE, tmp, *args)
 
     def metric(self, name: str) -> float:
         _, _, text = self.request("GET", "/metrics")
@@ -71,17 +44,6 @@ class Server:
                 return
             time.sleep(0.05)
         raise AssertionError("server never became ready again")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise AssertionError("server ignored SIGTERM")
-        return self.process.returncode
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""A test model that misbehaves on request: crashes, hangs, raises, keeps state, takes bytes.
+"""A test model that misbehaves on request: crashes, hangs, raises, answers NaN, keeps state, takes bytes.
 
 Used by the serving tests to prove the server's fault handling with a real worker process.
 """
@@ -6,6 +6,7 @@ Used by the serving tests to prove the server's fault handling with a real worke
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import signal
 import time
@@ -62,6 +63,14 @@ class Model:
     def kill(self) -> None:
         # What the kernel's OOM killer does.
         os.kill(os.getpid(), signal.SIGKILL)
+
+    def nan(self) -> dict[str, float]:
+        """A result JSON cannot carry."""
+        return {"ok": 1.0, "bad": math.nan}
+
+    def refuse(self, reason: str) -> None:
+        """Reject the input the way a model may: with ValueError."""
+        raise ValueError(reason)
 
     def upload(self, data: bytes) -> dict[str, int]:
         return {"length": len(data), "first": data[0] if data else -1}

@@ -1,0 +1,45 @@
+"""The fuzzer's own check, on top of all of schemathesis' built-in ones.
+
+`positive_data_acceptance` expects schema-valid requests to be accepted. Two refusals of
+schema-valid input are part of the contract, because no JSON Schema can express them: a model
+may reject a value with a 422 (its handler raised ValueError: a pixel out of range, an image it
+cannot decode), and an Open Inference Protocol request may carry tensors whose shape does not
+match their data or predict's parameters. The fuzzer's configuration lets positive data get 400
+and 422; this check then fails every such answer that is not one of those two refusals, so a
+schema that promises more than the server accepts is still caught.
+"""
+
+from __future__ import annotations
+
+import schemathesis
+
+from ml_runtime.errors import INVALID_REQUEST, MODEL_REJECTED_INPUT, TENSORS_DO_NOT_FIT
+
+# Statuses the configuration adds to positive_data_acceptance's expected ones (fuzz_api.py).
+REFUSAL_STATUSES = (400, 422)
+
+
+def allowed_refusals(path: str) -> set[str]:
+    refusals = {MODEL_REJECTED_INPUT}
+    if path.endswith("/infer"):
+        # Tensors that parse as an inference request can still miss predict's schema.
+        refusals |= {TENSORS_DO_NOT_FIT, INVALID_REQUEST}
+    return refusals
+
+
+@schemathesis.check
+def refusals_the_schema_cannot_express(ctx, response, case) -> None:
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive or response.status_code not in REFUSAL_STATUSES:
+        return None
+    try:
+        error = response.json().get("error")
+    except Exception:
+        error = None
+    allowed = allowed_refusals(case.operation.path)
+    if error not in allowed:
+        raise AssertionError(
+            f"A request valid under the schema got {response.status_code} {error!r}; the schema "
+            f"promises more than the server accepts (only {sorted(allowed)} may refuse valid data)"
+        )
+    return None
