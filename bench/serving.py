@@ -19,7 +19,10 @@ The BentoML and MLServer venvs are built once under ~/.cache/ml-platform/bench/ 
 and reused while their pins are unchanged. wrk comes from Debian (installed with apt-get if
 missing and we are root).
 
-Usage: python3 bench/serving.py [--rounds N] [--duration S] [--warmup S] [--no-build]
+With `--baseline REF`, the iris model as built at git ref REF (in a scratch clone) is served
+too, under the same load: the ratio of ours to it is what a change to the server costs.
+
+Usage: python3 bench/serving.py [--rounds N] [--duration S] [--warmup S] [--no-build] [--baseline REF]
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
+
+import scratch
 
 REPO = Path(__file__).resolve().parent.parent
 IRIS = REPO / "models" / "iris"
@@ -470,16 +475,34 @@ def measure_floor(calls: int) -> dict[str, float]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def make_servers(tmp: Path, joblib: Path, bento_venv: Path, mls_venv: Path) -> list[Server]:
-    logs = tmp / "logs"
-    logs.mkdir()
+def build_baseline(ref: str, tmp: Path) -> Path:
+    """The iris package as built at git ref `ref`, in a scratch clone (sharing Pants' caches)."""
+    clone = scratch.clone(tmp / "baseline")
+    subprocess.run(["git", "-C", str(clone), "checkout", "-q", ref], check=True)
+    log(f"./pants package models/iris: at {ref} (scratch clone) ...")
+    result = subprocess.run(["./pants", "--no-dynamic-ui", "package", "models/iris:"], cwd=clone,
+                            env={**os.environ, "PANTS_CONCURRENT": "true"}, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"error: `./pants package models/iris:` failed at {ref}:\n{result.stderr[-3000:]}")
+    return clone / "dist" / "models.iris" / "iris"
 
+
+def our_server(name: str, dist: Path, tmp: Path, logs: Path) -> Server:
     port = free_port()
-    ours = Server(
-        "ours", [str(DIST / "model.pex" / "__main__.py"), "--port", str(port), "--workers", str(WORKERS),
-                 "--ready-file", str(tmp / "ours.ready")],
+    return Server(
+        name, [str(dist / "model.pex" / "__main__.py"), "--port", str(port), "--workers", str(WORKERS),
+               "--ready-file", str(tmp / f"{name.replace(' ', '_')}.ready")],
         f"http://127.0.0.1:{port}/v1/predict", JSON_BODY, ours_label, REPO, logs,
     )
+
+
+def make_servers(tmp: Path, joblib: Path, bento_venv: Path, mls_venv: Path,
+                 baseline: Optional[tuple[str, Path]]) -> list[Server]:
+    logs = tmp / "logs"
+    logs.mkdir()
+    ours = [our_server("ours", DIST, tmp, logs)]
+    if baseline is not None:
+        ours.append(our_server(f"ours @ {baseline[0]}", baseline[1], tmp, logs))
 
     bento_dir = tmp / "bentoml"
     bento_dir.mkdir()
@@ -509,7 +532,7 @@ def make_servers(tmp: Path, joblib: Path, bento_venv: Path, mls_venv: Path) -> l
         "MLServer", [str(mls_venv / "bin" / "mlserver"), "start", str(mls_dir)],
         f"http://127.0.0.1:{http}/v2/models/iris/infer", V2_BODY, mlserver_label, mls_dir, logs,
     )
-    return [ours, bento, mls]
+    return [*ours, bento, mls]
 
 
 def fmt(value: float, digits: int = 1) -> str:
@@ -524,6 +547,8 @@ def main() -> int:
     parser.add_argument("--floor-calls", type=int, default=5000, help="predict() calls timed for the floor.")
     parser.add_argument("--no-build", action="store_true", help="Use the existing dist/ instead of ./pants package.")
     parser.add_argument("--keep", action="store_true", help="Keep the temp dir (service files, server logs).")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="Also serve iris as built at this git ref (e.g. the commit before a server change).")
     args = parser.parse_args()
 
     # SIGTERM to this script must still run the finally block that stops the servers.
@@ -543,7 +568,8 @@ def main() -> int:
     packaged = DIST / "model.pex" / "artifacts" / joblib.name
     if packaged.read_bytes() != joblib.read_bytes():
         build_note += ("; " if build_note else "") + f"{packaged} differs from {joblib}, which the others serve"
-    servers = make_servers(tmp, joblib, bento_venv, mls_venv)
+    baseline = (args.baseline, build_baseline(args.baseline, tmp)) if args.baseline else None
+    servers = make_servers(tmp, joblib, bento_venv, mls_venv, baseline)
     loads = [(1, 1), (2, 32)]  # (wrk threads, connections)
     results: dict[tuple[str, int], list[WrkResult]] = {(s.name, c): [] for s in servers for _, c in loads}
     memory: dict[str, tuple[float, float, int]] = {}

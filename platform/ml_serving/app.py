@@ -56,7 +56,7 @@ class ModelApp:
     def _publish(self, document: dict[str, Any]) -> None:
         # The document is the route table: the server answers exactly what it lists.
         self.openapi = json.dumps(document).encode()
-        self.methods = {path: ", ".join(m.upper() for m in item) for path, item in document["paths"].items()}
+        self.methods = {path: tuple(m.upper() for m in item) for path, item in document["paths"].items()}
 
     @property
     def ready(self) -> bool:
@@ -91,10 +91,11 @@ class ModelApp:
 
     async def _route(self, request: Request, request_id: str) -> tuple[str, Response]:
         path = request.path.rstrip("/") or "/"
-        allowed = self.methods.get(path)
-        if allowed is None:
+        methods = self.methods.get(path)
+        if methods is None:
             return "other", self._not_found(request)
-        if request.method not in allowed.split(", "):
+        if request.method not in methods:
+            allowed = ", ".join(methods)
             return path, Response.json(405, {"error": f"{request.method} is not allowed on {path}; use {allowed}",
                                              "request_id": request_id}, headers={"allow": allowed})
         if path.startswith("/v2"):
@@ -107,7 +108,7 @@ class ModelApp:
 
     def _not_found(self, request: Request) -> Response:
         return Response.json(404, {"error": f"no route for {request.method} {request.path}",
-                                   "routes": [f"{m} {p}" for p, m in self.methods.items()]})
+                                   "routes": [f"{m} {p}" for p, ms in self.methods.items() for m in ms]})
 
     async def _call(self, endpoint: str, request: Request, request_id: str) -> Response:
         binary_parameter = self.endpoints[endpoint]["binary_parameter"]

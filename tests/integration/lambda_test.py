@@ -122,6 +122,19 @@ def test_invalid_request_is_a_422(server: LambdaServer) -> None:
     assert check_response(kind, payload, 422)["error"] == "invalid request"
 
 
+def test_the_same_json_rules_as_over_http(server: LambdaServer) -> None:
+    # Out of the model's domain: iris refuses it (ValueError) rather than answer NaN.
+    huge = json.dumps({"flowers": [{**FLOWER, "petal_length": 1.7976931348623157e308}]})
+    kind, payload, _, _ = server.invoke(function_url_event("POST", "/v1/predict", huge))
+    error = check_response(kind, payload, 422)
+    assert error["error"] == "the model rejected the input" and "petal_length" in error["detail"]
+    for body, fragment in [('{"flowers": [], "flowers": []}', "more than once"), ('{"flowers": NaN}', "NaN")]:
+        kind, payload, _, _ = server.invoke(function_url_event("POST", "/v1/predict", body))
+        assert fragment in check_response(kind, payload, 400)["detail"]
+    kind, payload, _, _ = server.invoke(function_url_event("TRACE", "/metrics"))
+    assert payload["statusCode"] == 405 and payload["headers"]["allow"] == "GET"
+
+
 def test_unknown_route_is_a_404(server: LambdaServer) -> None:
     kind, payload, _, _ = server.invoke(function_url_event("GET", "/nowhere"))
     assert "POST /v1/predict" in check_response(kind, payload, 404)["routes"]
