@@ -57,6 +57,7 @@ class ModelApp:
         # The document is the route table: the server answers exactly what it lists.
         self.openapi = json.dumps(document).encode()
         self.methods = {path: tuple(m.upper() for m in item) for path, item in document["paths"].items()}
+        self._endpoint_paths = {f"/v{self.version}/{name}": name for name in self.endpoints}
 
     @property
     def ready(self) -> bool:
@@ -98,13 +99,14 @@ class ModelApp:
             allowed = ", ".join(methods)
             return path, Response.json(405, {"error": f"{request.method} is not allowed on {path}; use {allowed}",
                                              "request_id": request_id}, headers={"allow": allowed})
-        if path.startswith("/v2"):
-            return await oip.route(self, request, path, request_id)
+        endpoint = self._endpoint_paths.get(path)
+        if endpoint is not None:  # first: a model at version 2 has its own routes under /v2/
+            return path, await self._call(endpoint, request, request_id)
         if path == "/metrics":
             return path, Response(200, self.metrics.render(), content_type="text/plain; version=0.0.4")
         if path == "/openapi.json":
             return path, Response(200, self.openapi)
-        return path, await self._call(path.rsplit("/", 1)[1], request, request_id)
+        return await oip.route(self, request, path, request_id)
 
     def _not_found(self, request: Request) -> Response:
         return Response.json(404, {"error": f"no route for {request.method} {request.path}",
