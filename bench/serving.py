@@ -22,7 +22,7 @@ missing and we are root).
 With `--baseline REF`, the iris model as built at git ref REF (in a scratch clone) is served
 too, under the same load: the ratio of ours to it is what a change to the server costs.
 
-Usage: python3 bench/serving.py [--rounds N] [--duration S] [--warmup S] [--no-build] [--baseline REF]
+Usage: python3 bench/serving.py [--rounds N] [--duration S] [--warmup S] [--no-build] [--baseline REF] [--no-peers]
 """
 
 from __future__ import annotations
@@ -496,13 +496,16 @@ def our_server(name: str, dist: Path, tmp: Path, logs: Path) -> Server:
     )
 
 
-def make_servers(tmp: Path, joblib: Path, bento_venv: Path, mls_venv: Path,
+def make_servers(tmp: Path, joblib: Path, peer_venvs: Optional[tuple[Path, Path]],
                  baseline: Optional[tuple[str, Path]]) -> list[Server]:
     logs = tmp / "logs"
     logs.mkdir()
     ours = [our_server("ours", DIST, tmp, logs)]
     if baseline is not None:
         ours.append(our_server(f"ours @ {baseline[0]}", baseline[1], tmp, logs))
+    if peer_venvs is None:
+        return ours
+    bento_venv, mls_venv = peer_venvs
 
     bento_dir = tmp / "bentoml"
     bento_dir.mkdir()
@@ -547,6 +550,8 @@ def main() -> int:
     parser.add_argument("--floor-calls", type=int, default=5000, help="predict() calls timed for the floor.")
     parser.add_argument("--no-build", action="store_true", help="Use the existing dist/ instead of ./pants package.")
     parser.add_argument("--keep", action="store_true", help="Keep the temp dir (service files, server logs).")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="Serve only ours (with --baseline: compare two builds of ours, more rounds in the time).")
     parser.add_argument("--baseline", metavar="REF",
                         help="Also serve iris as built at this git ref (e.g. the commit before a server change).")
     args = parser.parse_args()
@@ -556,8 +561,8 @@ def main() -> int:
 
     python = find_python311()
     wrk = ensure_wrk()
-    bento_venv = ensure_venv("bentoml", BENTOML_PINS + iris_requirements(), python)
-    mls_venv = ensure_venv("mlserver", MLSERVER_PINS + iris_requirements(), python)
+    peer_venvs = None if args.no_peers else (ensure_venv("bentoml", BENTOML_PINS + iris_requirements(), python),
+                                             ensure_venv("mlserver", MLSERVER_PINS + iris_requirements(), python))
     build_note = build_ours(args.no_build)
 
     log("floor: Model.predict in process ...")
@@ -569,7 +574,7 @@ def main() -> int:
     if packaged.read_bytes() != joblib.read_bytes():
         build_note += ("; " if build_note else "") + f"{packaged} differs from {joblib}, which the others serve"
     baseline = (args.baseline, build_baseline(args.baseline, tmp)) if args.baseline else None
-    servers = make_servers(tmp, joblib, bento_venv, mls_venv, baseline)
+    servers = make_servers(tmp, joblib, peer_venvs, baseline)
     loads = [(1, 1), (2, 32)]  # (wrk threads, connections)
     results: dict[tuple[str, int], list[WrkResult]] = {(s.name, c): [] for s in servers for _, c in loads}
     memory: dict[str, tuple[float, float, int]] = {}
@@ -647,10 +652,12 @@ def main() -> int:
     print("- RSS/PSS: summed over each server's whole process tree from /proc after the load, processes counted "
           "in the last column; RSS counts shared pages once per process, PSS shares them out.")
     print(f"- wrk runs on the same {os.cpu_count()} cores as the servers, so c=32 throughput is a shared-CPU figure.")
-    print(f"- Versions: CPython {python_version(python)} for BentoML and MLServer; "
-          f"bentoml {pip_version(bento_venv, 'bentoml')}; mlserver {pip_version(mls_venv, 'mlserver')}, "
-          f"mlserver-sklearn {pip_version(mls_venv, 'mlserver-sklearn')}; "
-          f"{', '.join(iris_requirements())} in every environment.")
+    if peer_venvs is not None:
+        bento_venv, mls_venv = peer_venvs
+        print(f"- Versions: CPython {python_version(python)} for BentoML and MLServer; "
+              f"bentoml {pip_version(bento_venv, 'bentoml')}; mlserver {pip_version(mls_venv, 'mlserver')}, "
+              f"mlserver-sklearn {pip_version(mls_venv, 'mlserver-sklearn')}; "
+              f"{', '.join(iris_requirements())} in every environment.")
     if build_note:
         print(f"- {build_note}.")
     return 0

@@ -84,7 +84,12 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: Optional[asyncio.Transport] = None
         self.parser = httptools.HttpRequestParser(self)
         self._previous: Optional[asyncio.Future] = None
+        self._loop = asyncio.get_running_loop()
+        # Timeouts cost no timer per request: requests note the time, and one check per
+        # connection, rescheduled to the next deadline, enforces both limits.
         self._timer: Optional[asyncio.TimerHandle] = None
+        self._last_activity = self._loop.time()
+        self._request_started: Optional[float] = None  # while a request is being received
         self._rejected = False
         self._head_bytes = 0  # bytes received while the current request's head is incomplete
         self._in_head = True
@@ -100,7 +105,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.connections.add(self)
-        self._start_timer(self.limits.idle_timeout, self._close_idle)
+        self._schedule_check(min(self.limits.read_timeout, self.limits.idle_timeout))
 
     def connection_lost(self, exc) -> None:
         self.connections.discard(self)
@@ -119,6 +124,13 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError:
             if not self._rejected:
                 self._reject(400, "malformed HTTP request")
+        started = self._request_started
+        if started is not None and not self._rejected:
+            # A request spans packets: make sure the check comes by its read deadline.
+            deadline = started + self.limits.read_timeout
+            if self._timer is None or self._timer.when() > deadline:
+                self._cancel_timer()
+                self._schedule_check(max(0.0, deadline - self._loop.time()))
         if self._in_head and self._head_bytes > self.limits.max_header_bytes + self.limits.max_url_bytes:
             self._reject(431, f"the request's header fields are larger than {self.limits.max_header_bytes} bytes")
 
@@ -126,7 +138,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._reset()
         self._in_head = True
-        self._start_timer(self.limits.read_timeout, self._read_timed_out)
+        self._request_started = self._loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -157,7 +169,7 @@ class HttpProtocol(asyncio.Protocol):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._cancel_timer()
+        self._request_started = None
         self._in_head, self._head_bytes = True, 0
         if self._rejected:
             return
@@ -180,10 +192,9 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing() or self._rejected:
             return
         self.transport.write(render(response, keep_alive))
+        self._last_activity = self._loop.time()
         if not keep_alive:
             self.transport.close()
-        elif self._in_head and self._head_bytes == 0 and self._previous is asyncio.current_task():
-            self._start_timer(self.limits.idle_timeout, self._close_idle)  # nothing else pending
 
     # limits and timers
     def _reject_too_large(self) -> None:
@@ -198,22 +209,32 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.write(render(Response.json(status, {"error": error}), keep_alive=False))
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self._start_timer(_LINGER_SECONDS, self._close)
+        self._timer = self._loop.call_later(_LINGER_SECONDS, self._close)
 
-    def _read_timed_out(self) -> None:
-        self._reject(408, f"the request was not received within {self.limits.read_timeout:g} s")
+    def _check_timeouts(self) -> None:
+        self._timer = None
+        if self.transport is None or self._rejected:
+            return
+        now, limits = self._loop.time(), self.limits
+        if self._request_started is not None:
+            late = now - self._request_started
+            if late >= limits.read_timeout:
+                return self._reject(408, f"the request was not received within {limits.read_timeout:g} s")
+            self._schedule_check(limits.read_timeout - late)
+        elif self.idle:
+            quiet = now - self._last_activity
+            if quiet >= limits.idle_timeout:
+                return self._close()
+            self._schedule_check(limits.idle_timeout - quiet)
+        else:  # a response is being computed: the model's own timeout applies, look again later
+            self._schedule_check(limits.idle_timeout)
 
-    def _close_idle(self) -> None:
-        if self.idle:
-            self._close()
+    def _schedule_check(self, seconds: float) -> None:
+        self._timer = self._loop.call_later(seconds, self._check_timeouts)
 
     def _close(self) -> None:
         if self.transport is not None:
             self.transport.close()
-
-    def _start_timer(self, seconds: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(seconds, callback)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
