@@ -8,25 +8,14 @@ cached process may do), one model after another so the output reads as one log.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
 from ml_platform.image import REGISTRY_ENV, ToolPexRequest
 from ml_platform.package import MLModelFieldSet
 from ml_platform.subsystem import MLPlatform
-from ml_platform.target_types import (
-    DEFAULT_CPU,
-    DEFAULT_MEMORY_MIB,
-    MLModelComputeField,
-    MLModelCpuField,
-    MLModelEntryPointField,
-    MLModelEnvField,
-    MLModelGpuField,
-    MLModelMemoryField,
-    MLModelTimeoutField,
-    MLModelVersionField,
-)
+from ml_platform.target_types import MLModelEntryPointField
+from ml_settings.model_settings import Compute
 from pants.backend.python.util_rules.pex import Pex, PexProcess
 from pants.core.goals.package import BuiltPackage, PackageFieldSet
 from pants.engine.console import Console
@@ -44,7 +33,6 @@ from pants.engine.goal import Goal, GoalSubsystem
 from pants.engine.process import InteractiveProcess, InteractiveProcessResult, Process
 from pants.engine.rules import Effect, Get, MultiGet, collect_rules, goal_rule, rule
 from pants.engine.target import (
-    DescriptionField,
     FieldSet,
     FilteredTargets,
     WrappedTarget,
@@ -64,9 +52,9 @@ _SPEC = "__ml_deploy/release.json"
 class DeploySubsystem(GoalSubsystem):
     name = "deploy"
     help = help_text(
-        """
+        f"""
         Package `ml_model` targets, push their images and deploy them, by digest, to the compute
-        each declares (`local`, `lambda`, `fargate`, `ecs`, `ec2`) in one environment of the
+        each declares ({", ".join(f"`{c.value}`" for c in Compute)}) in one environment of the
         deploy environments file. Deploying what is already live changes nothing.
         """
     )
@@ -102,29 +90,6 @@ class DeployMLModelFieldSet(FieldSet):
     required_fields = (MLModelEntryPointField,)
 
     entry_point: MLModelEntryPointField
-    version: MLModelVersionField
-    compute: MLModelComputeField
-    cpu: MLModelCpuField
-    memory: MLModelMemoryField
-    gpu: MLModelGpuField
-    timeout: MLModelTimeoutField
-    env: MLModelEnvField
-    description: DescriptionField
-
-    def release_spec(self) -> dict:
-        """The model's deploy settings, defaults filled in, as ml_deploy.release reads them."""
-        return {
-            "name": self.address.target_name,
-            "address": self.address.spec,
-            "version": self.version.value,
-            "compute": self.compute.value,
-            "cpu": self.cpu.value or DEFAULT_CPU,
-            "memory": self.memory.value or DEFAULT_MEMORY_MIB,
-            "gpu": self.gpu.value or 0,
-            "timeout": self.timeout.value,
-            "env": dict(self.env.value or {}),
-            "description": self.description.value or "",
-        }
 
 
 @dataclass(frozen=True)
@@ -166,7 +131,7 @@ async def prepare_rollout(
     referenced = sorted(set(_CONFIG_VARIABLE.findall(config[0].content.decode())))
     env, spec = await MultiGet(
         Get(EnvironmentVars, EnvironmentVarsRequest((*_DEPLOY_ENV, *referenced))),
-        Get(Digest, CreateDigest([FileContent(_SPEC, json.dumps(field_set.release_spec()).encode())])),
+        Get(Digest, CreateDigest([FileContent(_SPEC, wrapped.target.settings().to_json().encode())])),
     )
     input_digest = await Get(Digest, MergeDigests([package.digest, spec, config_digest]))
     argv = (

@@ -3,23 +3,25 @@ from __future__ import annotations
 import pytest
 
 from ml_platform.conftest import ENV_INHERIT, repo_options
-from ml_platform.deploy import Deploy, DeployMLModelFieldSet
+from ml_platform.deploy import Deploy
+from ml_settings.model_settings import ModelSettings
 from pants.engine.addresses import Address
 from pants.engine.internals.scheduler import ExecutionError
 from pants.testutil.rule_runner import RuleRunner
 
 
-def test_release_spec_carries_the_fields_with_defaults_filled_in(rule_runner: RuleRunner) -> None:
+def test_the_settings_handed_to_the_deploy_tools_carry_the_fields(rule_runner: RuleRunner) -> None:
     rule_runner.write_files({
         "models/m/BUILD": 'ml_model(entry_point="model.py:Model", version=2, compute="lambda", '
                           'memory=2048, timeout=30, env={"A": "1"}, description="d")\n',
         "models/m/model.py": "class Model: ...\n",
     })
     target = rule_runner.get_target(Address("models/m", target_name="m"))
-    assert DeployMLModelFieldSet.create(target).release_spec() == {
-        "name": "m", "address": "models/m:m", "version": 2, "compute": "lambda", "cpu": 0.5,
-        "memory": 2048, "gpu": 0, "timeout": 30, "env": {"A": "1"}, "description": "d",
-    }
+    # What `deploy` writes for the tools, read back as they read it.
+    settings = ModelSettings.from_json(target.settings().to_json())
+    assert settings == ModelSettings(name="m", address="models/m:m", version=2, compute="lambda",
+                                     memory=2048, timeout=30, env={"A": "1"}, description="d")
+    assert (settings.effective_cpu, settings.effective_memory, settings.gpu) == (0.5, 2048, 0)
 
 
 def test_nothing_to_deploy_is_not_an_error(rule_runner: RuleRunner) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from enum import Enum
 from typing import Optional
 
 from pants.backend.python.subsystems.setup import PythonSetup
@@ -18,6 +17,7 @@ from pants.engine.addresses import Address
 from pants.engine.target import (
     COMMON_TARGET_FIELDS,
     Dependencies,
+    DescriptionField,
     DictStringToStringField,
     FloatField,
     IntField,
@@ -30,40 +30,22 @@ from pants.engine.target import (
 )
 from pants.util.strutil import help_text, softwrap
 
-
-class Compute(Enum):
-    LOCAL = "local"
-    LAMBDA = "lambda"
-    FARGATE = "fargate"
-    ECS = "ecs"
-    EC2 = "ec2"
-
-
-# Lambda's documented limits.
-LAMBDA_MEMORY_RANGE_MIB = (128, 10240)
-LAMBDA_MAX_TIMEOUT_SECONDS = 900
-
-# Fargate task sizes: vCPU -> allowed memory (MiB). Fargate rejects every other pair.
-FARGATE_TASK_SIZES: dict[float, tuple[int, ...]] = {
-    0.25: (512, 1024, 2048),
-    0.5: tuple(range(1024, 4096 + 1, 1024)),
-    1: tuple(range(2048, 8192 + 1, 1024)),
-    2: tuple(range(4096, 16384 + 1, 1024)),
-    4: tuple(range(8192, 30720 + 1, 1024)),
-    8: tuple(range(16384, 61440 + 1, 4096)),
-    16: tuple(range(32768, 122880 + 1, 8192)),
-}
-
-# What a model gets when it leaves cpu/memory unset; each is a valid size for its compute.
-DEFAULT_CPU = 0.5
-DEFAULT_MEMORY_MIB = 1024
-
-
-def _describe_memory_choices(memories: tuple[int, ...]) -> str:
-    if len(memories) <= 3:
-        return ", ".join(str(m) for m in memories)
-    step = memories[1] - memories[0]
-    return f"{memories[0]}-{memories[-1]} in steps of {step}"
+# Computes, their limits and the defaults: one table, shared with the deploy tools.
+from ml_settings.model_settings import (
+    DEFAULT_COMPUTE,
+    DEFAULT_CPU,
+    DEFAULT_GPU,
+    DEFAULT_MEMORY_MIB,
+    DEFAULT_TIMEOUT_SECONDS,
+    DEFAULT_VERSION,
+    GPU_COMPUTES,
+    LAMBDA_MAX_TIMEOUT_SECONDS,
+    LAMBDA_MEMORY_RANGE_MIB,
+    Compute,
+    ModelSettings,
+    SettingError,
+    computes_help,
+)
 
 
 class MLModelEntryPointField(EntryPointField):
@@ -137,7 +119,7 @@ class MLModelResolveField(PythonResolveField):
 
 class MLModelVersionField(IntField):
     alias = "version"
-    default = 1
+    default = DEFAULT_VERSION
     help = help_text(
         """
         The model's API version, an integer >= 1: it appears in the model's URLs as
@@ -151,15 +133,9 @@ class MLModelVersionField(IntField):
 
 class MLModelComputeField(StringField):
     alias = "compute"
-    default = Compute.LOCAL.value
+    default = DEFAULT_COMPUTE.value
     valid_choices = Compute
-    help = help_text(
-        """
-        Where the model runs when deployed: `local` (a container or process on this machine),
-        `lambda` (AWS Lambda, container image), `fargate` (ECS on Fargate), `ecs` (ECS on EC2
-        capacity, the one that offers GPUs) or `ec2` (a plain EC2 instance).
-        """
-    )
+    help = help_text(f"Where the model runs when deployed: {computes_help()}.")
 
 
 class MLModelCpuField(FloatField):
@@ -199,11 +175,11 @@ class MLModelMemoryField(IntField):
 
 class MLModelGpuField(IntField):
     alias = "gpu"
-    default = 0
+    default = DEFAULT_GPU
     help = help_text(
-        """
-        Number of GPUs the model needs. Only `ecs`, `ec2` and `local` can provide GPUs: Lambda
-        and Fargate have none.
+        f"""
+        Number of GPUs the model needs. Only {", ".join(f"`{c.value}`" for c in Compute if c in GPU_COMPUTES)}
+        can provide GPUs; the other computes have none.
         """
     )
 
@@ -212,7 +188,7 @@ class MLModelGpuField(IntField):
 
 class MLModelTimeoutField(IntField):
     alias = "timeout"
-    default = 60
+    default = DEFAULT_TIMEOUT_SECONDS
     help = help_text(
         f"""
         Seconds one request may take before it is answered with a timeout error. On `lambda` it
@@ -320,56 +296,26 @@ class MLModelTarget(Target):
         """
     )
 
+    def settings(self) -> ModelSettings:
+        """The target's deploy settings, as the deploy tools read them."""
+        return ModelSettings(
+            name=self.address.target_name,
+            address=self.address.spec,
+            version=self[MLModelVersionField].value,
+            compute=self[MLModelComputeField].value,
+            cpu=self[MLModelCpuField].value,
+            memory=self[MLModelMemoryField].value,
+            gpu=self[MLModelGpuField].value,
+            timeout=self[MLModelTimeoutField].value,
+            env=dict(self[MLModelEnvField].value or {}),
+            description=self[DescriptionField].value or "",
+        )
+
     def validate(self) -> None:
-        compute = Compute(self[MLModelComputeField].value)
-        cpu = self[MLModelCpuField].value
-        memory = self[MLModelMemoryField].value
-        gpu = self[MLModelGpuField].value
-        timeout = self[MLModelTimeoutField].value
-
-        def invalid(field: str, message: str) -> InvalidTargetException:
-            return InvalidTargetException(
-                f"The `{field}` field in target {self.address} (compute={compute.value!r}) "
-                f"{message}"
-            )
-
-        if gpu and compute in (Compute.LAMBDA, Compute.FARGATE):
-            raise invalid(
-                MLModelGpuField.alias,
-                f"is {gpu}, but {compute.value} has no GPUs. Use compute='ecs' or 'ec2' for GPU "
-                "models, or remove `gpu`.",
-            )
-        if compute == Compute.LAMBDA:
-            if cpu is not None:
-                raise invalid(
-                    MLModelCpuField.alias,
-                    "cannot be set: Lambda allots CPU in proportion to `memory`. Remove `cpu`.",
-                )
-            low, high = LAMBDA_MEMORY_RANGE_MIB
-            if memory is not None and not low <= memory <= high:
-                raise invalid(
-                    MLModelMemoryField.alias,
-                    f"is {memory} MiB, but Lambda allows {low}-{high} MiB.",
-                )
-            if timeout > LAMBDA_MAX_TIMEOUT_SECONDS:
-                raise invalid(
-                    MLModelTimeoutField.alias,
-                    f"is {timeout} s, but Lambda allows at most {LAMBDA_MAX_TIMEOUT_SECONDS} s.",
-                )
-        if compute == Compute.FARGATE:
-            effective_cpu = DEFAULT_CPU if cpu is None else cpu
-            effective_memory = DEFAULT_MEMORY_MIB if memory is None else memory
-            allowed = FARGATE_TASK_SIZES.get(effective_cpu)
-            if allowed is None:
-                choices = ", ".join(f"{c:g}" for c in FARGATE_TASK_SIZES)
-                raise invalid(
-                    MLModelCpuField.alias,
-                    f"is {effective_cpu:g} vCPU, which Fargate does not offer. Allowed: {choices}.",
-                )
-            if effective_memory not in allowed:
-                raise invalid(
-                    MLModelMemoryField.alias,
-                    f"is {effective_memory} MiB, which Fargate does not offer with "
-                    f"{effective_cpu:g} vCPU. Allowed with {effective_cpu:g} vCPU: "
-                    f"{_describe_memory_choices(allowed)} MiB.",
-                )
+        try:
+            self.settings().check()
+        except SettingError as e:
+            raise InvalidTargetException(
+                f"The `{e.setting}` field in target {self.address} "
+                f"(compute={self[MLModelComputeField].value!r}) {e.message}"
+            ) from None

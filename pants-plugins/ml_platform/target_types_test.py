@@ -4,6 +4,7 @@ from textwrap import dedent
 
 import pytest
 
+from ml_settings.model_settings import COMPUTE_HELP, LAMBDA_MEMORY_RANGE_MIB, Compute
 from ml_platform.target_types import (
     MLModelComputeField,
     MLModelCpuField,
@@ -188,3 +189,12 @@ def test_fargate_defaults_and_valid_sizes(rule_runner: RuleRunner) -> None:
 def test_fargate_size_does_not_constrain_other_compute(rule_runner: RuleRunner) -> None:
     tgt = model_target(rule_runner, "entry_point='model.py:Model', compute='ec2', cpu=3, memory=1000")
     assert tgt[MLModelCpuField].value == 3.0
+
+
+def test_the_compute_choices_and_their_help_come_from_the_shared_table() -> None:
+    # The deploy tools read the same table (platform/ml_deploy/drivers_test.py).
+    assert MLModelComputeField.valid_choices is Compute
+    for compute in Compute:
+        assert f"`{compute.value}` ({COMPUTE_HELP[compute]})" in MLModelComputeField.help
+    assert f"within {LAMBDA_MEMORY_RANGE_MIB[0]}-{LAMBDA_MEMORY_RANGE_MIB[1]}" in MLModelMemoryField.help
+    assert set(COMPUTE_HELP) == set(Compute)

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-COMPUTE_TYPES = ("local", "lambda", "fargate", "ecs", "ec2")
+from ml_settings.model_settings import Compute
+
+COMPUTE_TYPES = tuple(c.value for c in Compute)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 

@@ -8,21 +8,24 @@ import dataclasses
 import importlib
 from types import ModuleType
 
+from ml_settings.model_settings import Compute
+
 from ml_deploy.config import Environment
 from ml_deploy.plan import Plan
 from ml_deploy.release import Release
 
+# One driver module per compute of ml_settings' table (drivers_test checks that none is missing).
 DRIVERS = {
-    "local": "ml_deploy.local",
-    "lambda": "ml_deploy.aws_lambda",
-    "fargate": "ml_deploy.ecs",
-    "ecs": "ml_deploy.ecs",
-    "ec2": "ml_deploy.ec2",
+    Compute.LOCAL: "ml_deploy.local",
+    Compute.LAMBDA: "ml_deploy.aws_lambda",
+    Compute.FARGATE: "ml_deploy.ecs",
+    Compute.ECS: "ml_deploy.ecs",
+    Compute.EC2: "ml_deploy.ec2",
 }
 
 
 def driver(compute: str) -> ModuleType:
-    return importlib.import_module(DRIVERS[compute])
+    return importlib.import_module(DRIVERS[Compute(compute)])
 
 
 def placed(release: Release, environment: Environment) -> Release:

@@ -3,12 +3,18 @@ packaged image, identified by the image's manifest digest."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
 from ml_image.registry import read_layout
+from ml_settings.model_settings import (
+    DEFAULT_CPU,
+    DEFAULT_GPU,
+    DEFAULT_MEMORY_MIB,
+    DEFAULT_TIMEOUT_SECONDS,
+    ModelSettings,
+)
 
 from ml_deploy.config import Environment
 
@@ -30,34 +36,40 @@ class Release:
     package_dir: Path
     digest: str  # the image manifest's sha256: what "the same release" means everywhere
     address: str = ""
-    cpu: float = 0.5  # vCPUs (the ml_model's default)
-    memory: int = 1024  # MiB (the ml_model's default)
-    gpu: int = 0
-    timeout: int = 60
+    cpu: float = DEFAULT_CPU  # vCPUs
+    memory: int = DEFAULT_MEMORY_MIB  # MiB
+    gpu: int = DEFAULT_GPU
+    timeout: int = DEFAULT_TIMEOUT_SECONDS
     env: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any], package_dir: Path) -> "Release":
+    def from_settings(cls, settings: ModelSettings, package_dir: Path) -> "Release":
         image = read_layout(package_dir / IMAGE_LAYOUT)
         return cls(
-            name=spec["name"],
-            version=int(spec["version"]),
-            compute=spec.get("compute") or "local",
+            name=settings.name,
+            version=settings.version,
+            compute=settings.compute,
             package_dir=package_dir,
             digest=image.manifest_digest,
-            address=spec.get("address", ""),
-            cpu=float(spec.get("cpu") or 0.5),
-            memory=int(spec.get("memory") or 1024),
-            gpu=int(spec.get("gpu") or 0),
-            timeout=int(spec.get("timeout") or 60),
-            env=dict(spec.get("env") or {}),
-            description=spec.get("description") or "",
+            address=settings.address,
+            cpu=settings.effective_cpu,
+            memory=settings.effective_memory,
+            gpu=settings.gpu,
+            timeout=settings.timeout,
+            env=dict(settings.env),
+            description=settings.description,
         )
 
     @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], package_dir: Path) -> "Release":
+        """From settings as a dict (the fields of ModelSettings; unset ones take the defaults)."""
+        return cls.from_settings(ModelSettings.from_dict(spec), package_dir)
+
+    @classmethod
     def from_files(cls, spec_file: Path, package_dir: Path) -> "Release":
-        return cls.from_spec(json.loads(spec_file.read_text()), package_dir)
+        """From the settings file `pants deploy` writes (ModelSettings.to_json)."""
+        return cls.from_settings(ModelSettings.from_json(spec_file.read_text()), package_dir)
 
     @property
     def short_digest(self) -> str:

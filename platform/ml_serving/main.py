@@ -17,6 +17,7 @@ import signal
 import sys
 from typing import Optional, Sequence
 
+from ml_settings.model_settings import DEFAULT_TIMEOUT_SECONDS
 from ml_serving.app import ModelApp
 from ml_serving.http import HttpLimits, HttpProtocol, write_ready_file
 from ml_serving.metrics import Metrics
@@ -71,7 +72,7 @@ async def serve(args: argparse.Namespace) -> int:
         json.loads(args.worker_command),
         count=args.workers,
         max_queue=args.max_queue,
-        timeout=args.timeout or float(manifest.get("timeout", 60)),
+        timeout=args.timeout or float(manifest.get("timeout", DEFAULT_TIMEOUT_SECONDS)),
         metrics=metrics,
     )
     app = ModelApp(manifest, pool, metrics)

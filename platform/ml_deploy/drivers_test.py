@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from ml_settings.model_settings import Compute
+
+from ml_deploy import config, drivers
+
+
+def test_every_compute_of_the_shared_table_has_a_driver_and_an_environment_choice() -> None:
+    # The ml_model target's `compute` choices and help come from the same table (target_types_test).
+    assert set(drivers.DRIVERS) == set(Compute)
+    assert config.COMPUTE_TYPES == tuple(c.value for c in Compute)
+    for compute in Compute:
+        assert callable(drivers.driver(compute.value).plan)

@@ -1,0 +1,146 @@
+"""A model's deploy settings, their defaults, and the rules each compute imposes on them.
+
+The plugin's `ml_model` fields take their defaults and help from here and check a target with
+`ModelSettings.check`; `pants deploy` hands the settings to the deploy tools as JSON
+(`to_json` / `from_json`), which check them again for the compute an environment may force.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+
+class Compute(Enum):
+    LOCAL = "local"
+    LAMBDA = "lambda"
+    FARGATE = "fargate"
+    ECS = "ecs"
+    EC2 = "ec2"
+
+
+# What each compute is, for help texts; one entry per Compute (a test checks).
+COMPUTE_HELP: Dict[Compute, str] = {
+    Compute.LOCAL: "a container or process on this machine",
+    Compute.LAMBDA: "AWS Lambda, container image",
+    Compute.FARGATE: "ECS on Fargate",
+    Compute.ECS: "ECS on EC2 capacity, the one that offers GPUs",
+    Compute.EC2: "a plain EC2 instance",
+}
+GPU_COMPUTES = frozenset({Compute.LOCAL, Compute.ECS, Compute.EC2})
+
+# Lambda's documented limits.
+LAMBDA_MEMORY_RANGE_MIB = (128, 10240)
+LAMBDA_MAX_TIMEOUT_SECONDS = 900
+
+# Fargate task sizes: vCPU -> allowed memory (MiB). Fargate rejects every other pair.
+FARGATE_TASK_SIZES: Dict[float, Tuple[int, ...]] = {
+    0.25: (512, 1024, 2048),
+    0.5: tuple(range(1024, 4096 + 1, 1024)),
+    1: tuple(range(2048, 8192 + 1, 1024)),
+    2: tuple(range(4096, 16384 + 1, 1024)),
+    4: tuple(range(8192, 30720 + 1, 1024)),
+    8: tuple(range(16384, 61440 + 1, 4096)),
+    16: tuple(range(32768, 122880 + 1, 8192)),
+}
+
+# What a model gets for a setting it leaves unset; each is valid on every compute.
+DEFAULT_VERSION = 1
+DEFAULT_COMPUTE = Compute.LOCAL
+DEFAULT_CPU = 0.5
+DEFAULT_MEMORY_MIB = 1024
+DEFAULT_GPU = 0
+DEFAULT_TIMEOUT_SECONDS = 60
+
+
+class SettingError(ValueError):
+    """One setting is invalid for the model's compute; `setting` names it."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"`{setting}` {message}")
+        self.setting = setting
+        self.message = message
+
+
+def describe_memory_choices(memories: Tuple[int, ...]) -> str:
+    if len(memories) <= 3:
+        return ", ".join(str(m) for m in memories)
+    step = memories[1] - memories[0]
+    return f"{memories[0]}-{memories[-1]} in steps of {step}"
+
+
+def computes_help() -> str:
+    return ", ".join(f"`{c.value}` ({COMPUTE_HELP[c]})" for c in Compute)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How one model version runs: what its `ml_model` target says, defaults filled in by
+    `effective_*`. The field names are the `ml_model` field names."""
+
+    name: str
+    address: str = ""
+    version: int = DEFAULT_VERSION
+    compute: str = DEFAULT_COMPUTE.value
+    cpu: Optional[float] = None  # vCPUs; None: DEFAULT_CPU (and on Lambda: whatever memory brings)
+    memory: Optional[int] = None  # MiB; None: DEFAULT_MEMORY_MIB
+    gpu: int = DEFAULT_GPU
+    timeout: int = DEFAULT_TIMEOUT_SECONDS  # seconds per request
+    env: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def effective_cpu(self) -> float:
+        return DEFAULT_CPU if self.cpu is None else float(self.cpu)
+
+    @property
+    def effective_memory(self) -> int:
+        return DEFAULT_MEMORY_MIB if self.memory is None else int(self.memory)
+
+    def check(self) -> None:
+        """Raise SettingError for the first setting the compute does not allow."""
+        try:
+            compute = Compute(self.compute)
+        except ValueError:
+            raise SettingError("compute", f"is {self.compute!r}; it must be one of "
+                               f"{', '.join(c.value for c in Compute)}.") from None
+        if self.gpu and compute not in GPU_COMPUTES:
+            raise SettingError("gpu", f"is {self.gpu}, but {compute.value} has no GPUs. Use compute='ecs' or "
+                               "'ec2' for GPU models, or remove `gpu`.")
+        if compute == Compute.LAMBDA:
+            if self.cpu is not None:
+                raise SettingError("cpu", "cannot be set: Lambda allots CPU in proportion to `memory`. "
+                                   "Remove `cpu`.")
+            low, high = LAMBDA_MEMORY_RANGE_MIB
+            if self.memory is not None and not low <= self.memory <= high:
+                raise SettingError("memory", f"is {self.memory} MiB, but Lambda allows {low}-{high} MiB.")
+            if self.timeout > LAMBDA_MAX_TIMEOUT_SECONDS:
+                raise SettingError("timeout", f"is {self.timeout} s, but Lambda allows at most "
+                                   f"{LAMBDA_MAX_TIMEOUT_SECONDS} s.")
+        if compute == Compute.FARGATE:
+            cpu, memory = self.effective_cpu, self.effective_memory
+            allowed = FARGATE_TASK_SIZES.get(cpu)
+            if allowed is None:
+                choices = ", ".join(f"{c:g}" for c in FARGATE_TASK_SIZES)
+                raise SettingError("cpu", f"is {cpu:g} vCPU, which Fargate does not offer. Allowed: {choices}.")
+            if memory not in allowed:
+                raise SettingError("memory", f"is {memory} MiB, which Fargate does not offer with {cpu:g} vCPU. "
+                                   f"Allowed with {cpu:g} vCPU: {describe_memory_choices(allowed)} MiB.")
+
+    def to_json(self) -> str:
+        return json.dumps({**dataclasses.asdict(self), "env": dict(self.env)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSettings":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelSettings":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:  # written by another version of the plugin than these tools
+            raise ValueError(f"unknown model settings {unknown}; rebuild with the same commit's plugin")
+        return cls(**data)
