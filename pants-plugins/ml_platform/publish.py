@@ -5,7 +5,6 @@ the code layer, the config and the manifest travel."""
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 from ml_platform.image import IMAGE_LAYOUT, REGISTRY_ENV, ImageTools, ImageToolsRequest
@@ -23,9 +22,6 @@ from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
 from pants.engine.process import InteractiveProcess, Process
 from pants.engine.rules import Get, collect_rules, rule
 from pants.util.logging import LogLevel
-
-_ECR_HOST = re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
-
 
 class PublishMLModelRequest(PublishRequest):
     pass
@@ -67,13 +63,12 @@ async def publish_ml_model(request: PublishMLModelRequest, ml_platform: MLPlatfo
     tools, env = await Get(ImageTools, ImageToolsRequest()), await Get(
         EnvironmentVars, EnvironmentVarsRequest(REGISTRY_ENV)
     )
-    ecr = bool(_ECR_HOST.match(ml_platform.registry.split("/")[0]))
     process = await Get(
         Process,
         PexProcess(
             tools.pex,
-            argv=("push", os.path.join(artifact.relpath, IMAGE_LAYOUT), reference,
-                  *(("--ecr", "--create-ecr-repository") if ecr else ())),
+            # The tool recognises ECR hosts itself (auth, creating the repository).
+            argv=("push", os.path.join(artifact.relpath, IMAGE_LAYOUT), reference),
             input_digest=package.digest,
             extra_env={**env, "PEX_MODULE": "ml_image.registry"},
             description=f"Pushing {reference}",

@@ -6,7 +6,6 @@ from ml_image.registry import (
     Auth,
     RegistryClient,
     RegistryError,
-    ecr_credentials,
     ensure_ecr_repository,
     is_ecr_host,
     push_layout,
@@ -20,18 +19,16 @@ from ml_deploy.release import IMAGE_LAYOUT, Release
 
 def registry_auth(environment: Environment) -> Auth:
     assert environment.registry
-    if environment.registry_auth == "ecr":
-        session = aws.session(environment)
-        return Auth(provider=lambda host: ecr_credentials(host, boto3_session=session))
-    return Auth.from_env(environment.registry, boto3_session=aws.session(environment)
-                         if is_ecr_host(environment.registry) else None)
+    ecr = environment.registry_auth == "ecr" or is_ecr_host(environment.registry)
+    return Auth.for_registry(environment.registry, environment.registry_auth,
+                             boto3_session=aws.session(environment) if ecr else None)
 
 
 def _has_manifest(client: RegistryClient, digest: str) -> bool:
     try:
         client.get_manifest(digest)
     except RegistryError as e:
-        if "404" in str(e) or "MANIFEST_UNKNOWN" in str(e) or "NAME_UNKNOWN" in str(e):
+        if e.not_found:
             return False
         raise
     return True

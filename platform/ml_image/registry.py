@@ -94,6 +94,13 @@ class RegistryError(Exception):
         self.errors = list(errors)  # the registry's {"code", "message", "detail"} entries
 
 
+    @property
+    def not_found(self) -> bool:
+        """The registry says the manifest, blob or repository does not exist."""
+        codes = {e.get("code") for e in self.errors}
+        return self.status == 404 or bool(codes & {"MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN"})
+
+
 class AuthenticationError(RegistryError):
     """The registry (or its token server) wants credentials, or refused the ones it was given."""
 
@@ -288,6 +295,16 @@ class Auth:
         if is_ecr_host(registry):
             return cls(provider=lambda host: ecr_credentials(host, boto3_session=boto3_session))
         return cls()
+
+    @classmethod
+    def for_registry(cls, registry: str, mode: str = "auto", boto3_session: Any = None) -> "Auth":
+        """The credentials every push and pull uses (`pants publish`, `pants deploy`, the CLI):
+        `auto` is `from_env`; `ecr` always asks ECR, for a registry fronted by ECR's auth."""
+        if mode == "ecr":
+            return cls(provider=lambda host: ecr_credentials(host, boto3_session=boto3_session))
+        if mode != "auto":
+            raise ValueError(f"registry auth mode {mode!r}: use `auto` or `ecr`")
+        return cls.from_env(registry, boto3_session=boto3_session)
 
     def credentials(self, registry: str) -> Optional[Tuple[str, str]]:
         if self.username is not None and self._password is not None:
@@ -1186,9 +1203,7 @@ def _cli_auth(args: argparse.Namespace, registry: str, parser: argparse.Argument
         else:
             parser.error(f"--username needs --password-stdin (or {PASSWORD_ENV})")
         return Auth(args.username, password)
-    if args.ecr:
-        return Auth(provider=ecr_credentials)
-    return Auth.from_env(registry)
+    return Auth.for_registry(registry, "ecr" if args.ecr else "auto")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -1200,7 +1215,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     push_p.add_argument("--mount-from", action="append", default=[], metavar="REPOSITORY",
                         help="a repository of the same registry to mount missing blobs from")
     push_p.add_argument("--create-ecr-repository", action="store_true",
-                        help="create the ECR repository first if it does not exist (boto3)")
+                        help="create the ECR repository first if it does not exist (boto3); always done "
+                             "for ECR hosts, this is for registries fronted by ECR")
     pull_p = sub.add_parser("pull", help="pull registry/repository:tag[@digest] into an OCI image layout")
     pull_p.add_argument("reference")
     pull_p.add_argument("dest", type=Path)
@@ -1223,8 +1239,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ref = Reference.parse(args.reference)
         auth = _cli_auth(args, ref.registry, parser)
         if args.command == "push":
-            if args.create_ecr_repository:
-                ensure_ecr_repository(ref.repository, ref.registry)
+            if args.create_ecr_repository or is_ecr_host(ref.registry):
+                ensure_ecr_repository(ref.repository, ref.registry if is_ecr_host(ref.registry) else None)
             result: Union[PushResult, PullResult] = push_layout(
                 args.layout, ref, auth, plain_http=args.plain_http, mount_from=args.mount_from,
                 timeout=args.timeout, quiet=args.quiet)

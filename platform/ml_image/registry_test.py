@@ -515,8 +515,12 @@ def test_pull_digest_mismatch_and_unknown(anon_registry: RunningRegistry, tmp_pa
         pull(f"{anon_registry.ref('base/pinned')}@{wrong}", tmp_path / "out")
     assert "HTTP 404" in str(unknown.value) and "MANIFEST_UNKNOWN" in str(unknown.value)
     assert anon_registry.host in str(unknown.value) and "base/pinned" in str(unknown.value)
-    with pytest.raises(RegistryError, match="HTTP 404.*NAME_UNKNOWN|HTTP 404.*MANIFEST_UNKNOWN"):
+    # Callers test the typed status and codes, never the message.
+    assert unknown.value.status == 404 and unknown.value.not_found
+    assert "MANIFEST_UNKNOWN" in {e["code"] for e in unknown.value.errors}
+    with pytest.raises(RegistryError, match="HTTP 404.*NAME_UNKNOWN|HTTP 404.*MANIFEST_UNKNOWN") as absent:
         pull(anon_registry.ref("base/absent"), tmp_path / "out")
+    assert absent.value.not_found
     # Pushing a layout to a reference that pins another digest fails before anything is sent.
     with pytest.raises(DigestMismatchError, match="holds manifest"):
         push_layout(layout.path, f"{anon_registry.ref('base/pinned', '2')}@{wrong}", quiet=True)
