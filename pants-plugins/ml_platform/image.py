@@ -27,7 +27,7 @@ from pants.engine.fs import (
     PathGlobs,
     RemovePrefix,
 )
-from pants.engine.process import Process, ProcessResult
+from pants.engine.process import Process, ProcessCacheScope, ProcessResult
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import InvalidFieldException
 from pants.util.frozendict import FrozenDict
@@ -39,6 +39,8 @@ REGISTRY_ENV = (
     "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
     "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "SSL_CERT_FILE", "HOME",
 )
+# Of those, the secrets: no persistently cached process may have them in its environment.
+SECRET_ENV = ("ML_REGISTRY_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 IMAGE_LAYOUT = "image"
 IMAGE_TAR = "image.tar"
 _TOOL = "ml_image.model_image"
@@ -106,7 +108,8 @@ class BuiltLayer:
 async def _run_tool(tools: ImageTools, argv: tuple[str, ...], digest: Digest, description: str,
                     output_directories: tuple[str, ...] = (), output_files: tuple[str, ...] = (),
                     extra_env: FrozenDict[str, str] = FrozenDict(),
-                    **process_overrides) -> ProcessResult:
+                    extra_caches: FrozenDict[str, str] = FrozenDict(),
+                    cache_scope: ProcessCacheScope = ProcessCacheScope.SUCCESSFUL) -> ProcessResult:
     process = await Get(
         Process,
         PexProcess(
@@ -121,8 +124,11 @@ async def _run_tool(tools: ImageTools, argv: tuple[str, ...], digest: Digest, de
             timeout_seconds=1800,
         ),
     )
-    if process_overrides:
-        process = dataclasses.replace(process, **process_overrides)
+    # Added to PexProcess' own caches (Pants' pex_root), never instead of them.
+    process = dataclasses.replace(
+        process, append_only_caches=FrozenDict({**process.append_only_caches, **extra_caches}),
+        cache_scope=cache_scope,
+    )
     return await Get(ProcessResult, Process, process)
 
 
@@ -152,7 +158,7 @@ async def build_base_layer(request: BaseLayerRequest) -> BuiltLayer:
         "Building the base image layer from pinned Debian packages",
         output_directories=("__layer",),
         # Downloaded .debs are verified by sha256 and kept across builds.
-        append_only_caches=FrozenDict({"ml_platform_debs": ".cache/debs"}),
+        extra_caches=FrozenDict({"ml_platform_debs": ".cache/debs"}),
     )
     return BuiltLayer(await Get(Digest, RemovePrefix(result.output_digest, "__layer")))
 
@@ -204,7 +210,12 @@ async def base_image(request: BaseImageRequest, ml_platform: MLPlatform) -> Base
         EMPTY_DIGEST, f"Pulling the base image {request.base_image}",
         output_directories=("__base",),
         extra_env=FrozenDict(env),
-        append_only_caches=FrozenDict({"ml_platform_blobs": ".cache/blobs"}),
+        extra_caches=FrozenDict({"ml_platform_blobs": ".cache/blobs"}),
+        # A process' environment is part of its cache key: with a secret in it, the pull is
+        # remembered for this run only and never written to a cache. The base is pinned by
+        # digest and its blobs are cached, so a later run repeats only the manifest request.
+        cache_scope=(ProcessCacheScope.PER_SESSION if any(env.get(k) for k in SECRET_ENV)
+                     else ProcessCacheScope.SUCCESSFUL),
     )
     base = json.loads(result.stdout.decode().strip().splitlines()[-1])
     if not base["python_path"]:
