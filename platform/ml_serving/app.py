@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import re
@@ -24,8 +23,6 @@ logger = logging.getLogger("ml_serving.app")
 JSON_TYPES = ("application/json", "")
 BINARY_TYPE = "application/octet-stream"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# A per-request limit below the model's timeout, set by `handle` for the call it makes.
-_request_timeout: contextvars.ContextVar[Optional[float]] = contextvars.ContextVar("timeout", default=None)
 
 
 class ModelApp:
@@ -39,8 +36,8 @@ class ModelApp:
         self.access_log = access_log
         self.accepting = True
         self.endpoints: dict[str, dict[str, Any]] = {}
-        self.definitions: dict[str, Any] = {}
         self.validators: dict[str, Callable[[Any], Any]] = {}
+        self.predict_inputs: dict[str, oip.PredictInput] = {}
         self._publish(build_openapi(manifest, None))
         metrics.gauges["ml_queue_depth"] = lambda: pool.queue.qsize()
         metrics.gauges["ml_workers_ready"] = lambda: pool.ready_workers
@@ -48,9 +45,10 @@ class ModelApp:
     def describe(self, description: dict[str, Any]) -> None:
         """Install the endpoints and schemas a worker reported after loading the model."""
         self.endpoints = description["endpoints"]
-        self.definitions = definitions = description["definitions"]
+        definitions = description["definitions"]
         for name, endpoint in self.endpoints.items():
             self.validators[name] = compile_schema(endpoint["request"], definitions)
+        self.predict_inputs = oip.predict_inputs(description)
         self._publish(build_openapi(self.manifest, description))
 
     def _publish(self, document: dict[str, Any]) -> None:
@@ -67,14 +65,13 @@ class ModelApp:
         """Answer one request; `timeout` (seconds) shortens the model's own, e.g. to fit a
         Lambda invocation's deadline."""
         started = time.perf_counter()
-        _request_timeout.set(timeout)
         request_id = request.headers.get("x-request-id", "")
         if not _REQUEST_ID.match(request_id):
             request_id = uuid.uuid4().hex
         self.metrics.in_flight += 1
         route = "other"
         try:
-            route, response = await self._route(request, request_id)
+            route, response = await self._route(request, request_id, timeout)
         except Exception:
             logger.exception("request %s failed inside the server", request_id)
             response = Response.json(500, {"error": "internal server error", "request_id": request_id})
@@ -90,7 +87,7 @@ class ModelApp:
         }, separators=(",", ":")) + "\n")
         return response
 
-    async def _route(self, request: Request, request_id: str) -> tuple[str, Response]:
+    async def _route(self, request: Request, request_id: str, timeout: Optional[float]) -> tuple[str, Response]:
         path = request.path.rstrip("/") or "/"
         methods = self.methods.get(path)
         if methods is None:
@@ -101,28 +98,28 @@ class ModelApp:
                                              "request_id": request_id}, headers={"allow": allowed})
         endpoint = self._endpoint_paths.get(path)
         if endpoint is not None:  # first: a model at version 2 has its own routes under /v2/
-            return path, await self._call(endpoint, request, request_id)
+            return path, await self._call(endpoint, request, request_id, timeout)
         if path == "/metrics":
             return path, Response(200, self.metrics.render(), content_type="text/plain; version=0.0.4")
         if path == "/openapi.json":
             return path, Response(200, self.openapi)
-        return await oip.route(self, request, path, request_id)
+        return await oip.route(self, request, path, request_id, timeout)
 
     def _not_found(self, request: Request) -> Response:
         return Response.json(404, {"error": f"no route for {request.method} {request.path}",
                                    "routes": [f"{m} {p}" for p, ms in self.methods.items() for m in ms]})
 
-    async def _call(self, endpoint: str, request: Request, request_id: str) -> Response:
+    async def _call(self, endpoint: str, request: Request, request_id: str, timeout: Optional[float]) -> Response:
         binary_parameter = self.endpoints[endpoint]["binary_parameter"]
         if request_content_type(request) == BINARY_TYPE and binary_parameter:
-            return await self.invoke(endpoint, request.body, request_id, binary_parameter)
+            return await self.invoke(endpoint, request.body, request_id, binary_parameter, timeout)
         payload = self.read_json(request, request_id, BINARY_TYPE if binary_parameter else None)
         if isinstance(payload, Response):
             return payload
         error = self.validate(endpoint, payload)
         if error is not None:
             return Response.json(422, {**error, "request_id": request_id})
-        return await self.invoke(endpoint, request.body or b"{}", request_id)
+        return await self.invoke(endpoint, request.body or b"{}", request_id, timeout=timeout)
 
     def read_json(self, request: Request, request_id: str, also_accepted: Optional[str] = None) -> Any:
         """The request's JSON body (an empty body is `{}`), or the 415 / 400 response to send."""
@@ -141,12 +138,13 @@ class ModelApp:
         return schema_error(self.validators[endpoint], payload)
 
     async def invoke(self, endpoint: str, body: bytes, request_id: str,
-                     binary_parameter: Optional[str] = None) -> Response:
+                     binary_parameter: Optional[str] = None, timeout: Optional[float] = None) -> Response:
+        """Run the endpoint in a worker; `timeout` (seconds) shortens the model's own."""
         if not self.accepting:
             return Response.json(503, {"error": "server is shutting down", "request_id": request_id})
         try:
             result = await self.pool.submit(endpoint, body, request_id, binary_parameter,
-                                            timeout=_request_timeout.get())
+                                            timeout=timeout)
         except QueueFull:
             return Response.json(503, {"error": "server is at capacity; retry later", "request_id": request_id},
                                  headers={"retry-after": "1"})

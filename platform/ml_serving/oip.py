@@ -9,7 +9,8 @@ Outputs: one tensor per field of the returned records, or one tensor `output` fo
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
 
 from ml_runtime.errors import TENSORS_DO_NOT_FIT
 from ml_serving.http import Request, Response
@@ -30,7 +31,8 @@ class TensorError(ValueError):
 _VALID_REQUEST = compile_schema({"$ref": OIP + "InferenceRequest"}, OIP_SCHEMAS)
 
 
-async def route(app: "ModelApp", request: Request, path: str, request_id: str) -> tuple[str, Response]:
+async def route(app: "ModelApp", request: Request, path: str, request_id: str,
+                timeout: Optional[float]) -> tuple[str, Response]:
     """Answer a /v2 route; the app has already checked that the path and method are served."""
     parts = path.split("/")[2:]  # after "/v2"
     if parts == ["health", "live"]:
@@ -46,7 +48,7 @@ async def route(app: "ModelApp", request: Request, path: str, request_id: str) -
     if rest == ["ready"]:
         return template, _ready(app)
     if rest == ["infer"]:
-        return template, await infer(app, request, request_id)
+        return template, await infer(app, request, request_id, timeout)
     return template, Response.json(200, metadata(app))
 
 
@@ -54,17 +56,38 @@ def _ready(app: "ModelApp") -> Response:
     return Response.json(200 if app.ready else 503, {"ready": app.ready})
 
 
+@dataclass(frozen=True)
+class PredictInput:
+    """How a tensor fills one of predict's parameters; worked out once, when the model is
+    described, not per request."""
+
+    schema: dict[str, Any]
+    record_fields: Optional[tuple[str, ...]]  # an all-numeric record type: [..., k] fills records
+    datatype: str  # what the model metadata advertises
+
+    @property
+    def base64(self) -> bool:
+        return self.schema.get("contentEncoding") == "base64"
+
+
+def predict_inputs(description: dict[str, Any]) -> dict[str, PredictInput]:
+    """predict's parameters as tensor inputs, by name, from what a worker reported."""
+    predict = description["endpoints"].get("predict", {})
+    definitions = description["definitions"]
+    inputs = {}
+    for name, schema in predict.get("request", {}).get("properties", {}).items():
+        fields = _record_fields(schema, definitions)
+        inputs[name] = PredictInput(schema, fields, _datatype_of_schema(schema, fields))
+    return inputs
+
+
 def metadata(app: "ModelApp") -> dict[str, Any]:
-    predict = app.endpoints.get("predict", {})
-    inputs = [
-        {"name": name, "datatype": _datatype_of_schema(schema, app), "shape": [-1]}
-        for name, schema in predict.get("request", {}).get("properties", {}).items()
-    ]
+    inputs = [{"name": name, "datatype": i.datatype, "shape": [-1]} for name, i in app.predict_inputs.items()]
     return {"name": app.name, "versions": [str(app.version)], "platform": "ml-platform",
             "inputs": inputs, "outputs": []}
 
 
-async def infer(app: "ModelApp", request: Request, request_id: str) -> Response:
+async def infer(app: "ModelApp", request: Request, request_id: str, timeout: Optional[float]) -> Response:
     body = app.read_json(request, request_id)
     if isinstance(body, Response):
         return body
@@ -72,13 +95,13 @@ async def infer(app: "ModelApp", request: Request, request_id: str) -> Response:
     if error is not None:
         return Response.json(400, {**error, "request_id": request_id})
     try:
-        payload = _inputs_to_payload(app, body["inputs"])
+        payload = _inputs_to_payload(app.predict_inputs, body["inputs"])
     except TensorError as e:
         return Response.json(400, {"error": TENSORS_DO_NOT_FIT, "detail": str(e), "request_id": request_id})
     error = app.validate("predict", payload)
     if error is not None:
         return Response.json(422, {**error, "request_id": request_id})
-    response = await app.invoke("predict", json.dumps(payload).encode(), request_id)
+    response = await app.invoke("predict", json.dumps(payload).encode(), request_id, timeout=timeout)
     if response.status != 200:
         return response
     outputs = _result_to_outputs(json.loads(response.body))
@@ -89,9 +112,7 @@ async def infer(app: "ModelApp", request: Request, request_id: str) -> Response:
                                "id": body.get("id", request_id), "outputs": outputs})
 
 
-def _inputs_to_payload(app: "ModelApp", inputs: list[dict[str, Any]]) -> dict[str, Any]:
-    request_schema = app.endpoints["predict"]["request"]
-    parameters = request_schema.get("properties", {})
+def _inputs_to_payload(parameters: dict[str, PredictInput], inputs: list[dict[str, Any]]) -> dict[str, Any]:
     payload = {}
     for tensor in inputs:
         name = tensor.get("name")
@@ -100,11 +121,11 @@ def _inputs_to_payload(app: "ModelApp", inputs: list[dict[str, Any]]) -> dict[st
                 name = next(iter(parameters))
             else:
                 raise TensorError(f"input {tensor.get('name')!r} matches no parameter of predict ({', '.join(parameters)})")
-        payload[name] = _tensor_to_value(tensor, parameters[name], app)
+        payload[name] = _tensor_to_value(tensor, parameters[name])
     return payload
 
 
-def _tensor_to_value(tensor: dict[str, Any], schema: dict[str, Any], app: "ModelApp") -> Any:
+def _tensor_to_value(tensor: dict[str, Any], parameter: PredictInput) -> Any:
     shape, data, datatype = tensor.get("shape"), tensor.get("data"), tensor.get("datatype")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise TensorError(f"input {tensor.get('name')!r}: `shape` must be a list of non-negative integers")
@@ -116,26 +137,26 @@ def _tensor_to_value(tensor: dict[str, Any], schema: dict[str, Any], app: "Model
         expected *= d
     if len(flat) != expected:
         raise TensorError(f"input {tensor.get('name')!r}: shape {shape} needs {expected} values, got {len(flat)}")
-    if datatype == "BYTES" and schema.get("contentEncoding") == "base64" and shape in ([1], []):
+    if datatype == "BYTES" and parameter.base64 and shape in ([1], []):
         return flat[0]
     value = _reshape(flat, shape) if shape else flat[0]
-    record = _record_schema(schema, app)
+    record = parameter.record_fields
     if record is not None and shape and shape[-1] == len(record):
-        value = _rows_to_records(value, record, len(shape) - 1)
+        value = _rows_to_records(value, list(record), len(shape) - 1)
     return value
 
 
-def _record_schema(schema: dict[str, Any], app: "ModelApp") -> list[str] | None:
+def _record_fields(schema: dict[str, Any], definitions: dict[str, Any]) -> Optional[tuple[str, ...]]:
     """Field names of an all-numeric record type reached through arrays, if any."""
     while schema.get("type") == "array":
         schema = schema.get("items", {})
     ref = schema.get("$ref", "")
     if not ref:
         return None
-    definition = app.definitions.get(ref.rsplit("/", 1)[-1], {})
+    definition = definitions.get(ref.rsplit("/", 1)[-1], {})
     properties = definition.get("properties", {})
     if properties and all(p.get("type") in ("number", "integer") for p in properties.values()):
-        return list(properties)
+        return tuple(properties)
     return None
 
 
@@ -199,10 +220,10 @@ def _shape(values: Any) -> list[int]:
     return shape
 
 
-def _datatype_of_schema(schema: dict[str, Any], app: "ModelApp") -> str:
+def _datatype_of_schema(schema: dict[str, Any], record_fields: Optional[tuple[str, ...]]) -> str:
     while schema.get("type") == "array":
         schema = schema.get("items", {})
-    if _record_schema(schema, app) is not None or schema.get("type") == "number":
+    if record_fields is not None or schema.get("type") == "number":
         return "FP64"
     if schema.get("type") == "integer":
         return "INT64"

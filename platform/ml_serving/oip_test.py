@@ -1,21 +1,19 @@
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from ml_serving import oip
 
 FLOWER = {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}
-APP = SimpleNamespace(
-    definitions={"Flower": FLOWER},
-    endpoints={"predict": {"request": {"properties": {
+INPUTS = oip.predict_inputs({
+    "definitions": {"Flower": FLOWER},
+    "endpoints": {"predict": {"request": {"properties": {
         "flowers": {"type": "array", "items": {"$ref": "#/components/schemas/Flower"}}}}}},
-)
+})
 
 
 def test_tensor_rows_fill_numeric_records_in_field_order() -> None:
-    payload = oip._inputs_to_payload(APP, [
+    payload = oip._inputs_to_payload(INPUTS, [
         {"name": "anything", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}])
     assert payload == {"flowers": [{"a": 1, "b": 2}, {"a": 3, "b": 4}]}
 
@@ -30,7 +28,7 @@ def test_tensor_rows_fill_numeric_records_in_field_order() -> None:
 )
 def test_bad_tensors(tensor: dict, message: str) -> None:
     with pytest.raises(oip.TensorError, match=message):
-        oip._inputs_to_payload(APP, [tensor])
+        oip._inputs_to_payload(INPUTS, [tensor])
 
 
 def test_outputs_one_tensor_per_record_field() -> None:
@@ -42,3 +40,8 @@ def test_outputs_one_tensor_per_record_field() -> None:
     ]
     assert oip._result_to_outputs([[1, 2], [3, 4]]) == [
         {"name": "output", "datatype": "INT64", "shape": [2, 2], "data": [1, 2, 3, 4]}]
+
+
+def test_record_layouts_are_worked_out_once_per_model() -> None:
+    assert INPUTS["flowers"] == oip.PredictInput(
+        {"type": "array", "items": {"$ref": "#/components/schemas/Flower"}}, ("a", "b"), "FP64")

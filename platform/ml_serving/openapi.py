@@ -60,6 +60,18 @@ _PARAMETERS = {
 }
 DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
              "FP16", "FP32", "FP64", "BYTES"]
+# A request's input and a response's output tensor have the same shape in the protocol.
+_TENSOR = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"enum": DATATYPES},
+        "parameters": {"$ref": OIP + "InferenceParameters"},
+        "data": {"$ref": OIP + "TensorData"},
+    },
+    "required": ["name", "shape", "datatype", "data"],
+}
 OIP_SCHEMAS: dict[str, Any] = {
     "oip.InferenceParameters": _PARAMETERS,
     "oip.TensorData": {
@@ -67,17 +79,7 @@ OIP_SCHEMAS: dict[str, Any] = {
         "description": "Tensor elements in row-major order, flat or nested.",
         "items": {"anyOf": [{"type": ["number", "string", "boolean"]}, {"$ref": OIP + "TensorData"}]},
     },
-    "oip.RequestInput": {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "datatype": {"enum": DATATYPES},
-            "parameters": {"$ref": OIP + "InferenceParameters"},
-            "data": {"$ref": OIP + "TensorData"},
-        },
-        "required": ["name", "shape", "datatype", "data"],
-    },
+    "oip.RequestInput": _TENSOR,
     "oip.RequestOutput": {
         "type": "object",
         "properties": {"name": {"type": "string"}, "parameters": {"$ref": OIP + "InferenceParameters"}},
@@ -93,17 +95,7 @@ OIP_SCHEMAS: dict[str, Any] = {
         },
         "required": ["inputs"],
     },
-    "oip.ResponseOutput": {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "datatype": {"enum": DATATYPES},
-            "parameters": {"$ref": OIP + "InferenceParameters"},
-            "data": {"$ref": OIP + "TensorData"},
-        },
-        "required": ["name", "shape", "datatype", "data"],
-    },
+    "oip.ResponseOutput": _TENSOR,
     "oip.InferenceResponse": {
         "type": "object",
         "properties": {
