@@ -357,7 +357,7 @@ def test_auth_never_shows_the_password() -> None:
 
 
 def test_challenge_parsing() -> None:
-    parsed = registry._parse_challenges([
+    parsed = registry.parse_challenges([
         'Bearer realm="https://auth.example.com/token",service="registry.example.com",'
         'scope="repository:models/iris:pull,push repository:base:pull",error="insufficient_scope"',
         'Basic realm="a \\"quoted\\" realm"',
