@@ -15,7 +15,7 @@ from ml_platform.image import REGISTRY_ENV, ToolPexRequest
 from ml_platform.package import MLModelFieldSet
 from ml_platform.subsystem import MLPlatform
 from ml_platform.target_types import MLModelEntryPointField
-from ml_settings.model_settings import Compute
+from ml_contract.model_settings import Compute
 from pants.backend.python.util_rules.pex import Pex, PexProcess
 from pants.core.goals.package import BuiltPackage, PackageFieldSet
 from pants.engine.console import Console

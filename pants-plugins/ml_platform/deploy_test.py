@@ -4,7 +4,7 @@ import pytest
 
 from ml_platform.conftest import ENV_INHERIT, repo_options
 from ml_platform.deploy import Deploy
-from ml_settings.model_settings import ModelSettings
+from ml_contract.model_settings import ModelSettings
 from pants.engine.addresses import Address
 from pants.engine.internals.scheduler import ExecutionError
 from pants.testutil.rule_runner import RuleRunner

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from typing import Any
 
+from ml_contract.package_layout import IMAGE_LAYOUT, IMAGE_TAR, OCI_INDEX, PULLED_BASE_INFO
 from ml_platform.subsystem import MLPlatform
 from pants.backend.python.util_rules.interpreter_constraints import InterpreterConstraints
 from pants.backend.python.util_rules.pex import Pex, PexProcess
@@ -41,8 +43,6 @@ REGISTRY_ENV = (
 )
 # Of those, the secrets: no persistently cached process may have them in its environment.
 SECRET_ENV = ("ML_REGISTRY_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-IMAGE_LAYOUT = "image"
-IMAGE_TAR = "image.tar"
 _TOOL = "ml_image.model_image"
 
 
@@ -132,6 +132,13 @@ async def _run_tool(tools: ImageTools, argv: tuple[str, ...], digest: Digest, de
     return await Get(ProcessResult, Process, process)
 
 
+async def _read_json(digest: Digest, path: str) -> Any:
+    """One small JSON file of a (possibly large) digest: a result a tool left for the plugin."""
+    subset = await Get(Digest, DigestSubset(digest, PathGlobs([path])))
+    (content,) = await Get(DigestContents, Digest, subset)
+    return json.loads(content.content)
+
+
 @rule(desc="Building an image layer")
 async def build_layer(request: LayerRequest) -> BuiltLayer:
     tools = await Get(ImageTools, ImageToolsRequest())
@@ -217,7 +224,8 @@ async def base_image(request: BaseImageRequest, ml_platform: MLPlatform) -> Base
         cache_scope=(ProcessCacheScope.PER_SESSION if any(env.get(k) for k in SECRET_ENV)
                      else ProcessCacheScope.SUCCESSFUL),
     )
-    base = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    base_dir = await Get(Digest, RemovePrefix(result.output_digest, "__base"))
+    base = await _read_json(base_dir, PULLED_BASE_INFO)
     if not base["python_path"]:
         raise ValueError(f"The base image {request.base_image} has no python3.11 in /usr/bin or "
                          "/usr/local/bin: model images need one.")
@@ -226,7 +234,7 @@ async def base_image(request: BaseImageRequest, ml_platform: MLPlatform) -> Base
                          "it a PYTHON_VERSION environment variable or an "
                          "`ml-platform.python.version` label.")
     request.check_python(base["python_version"])
-    return BaseImage(await Get(Digest, RemovePrefix(result.output_digest, "__base")),
+    return BaseImage(base_dir,
                      base["python_version"], base["python_path"], pulled=True)
 
 
@@ -289,7 +297,8 @@ async def build_model_image(request: ModelImageRequest, ml_platform: MLPlatform)
         output_directories=(f"{d}/{IMAGE_LAYOUT}",),
         output_files=(f"{d}/{IMAGE_TAR}",),
     )
-    return ModelImage(result.output_digest, result.stdout.decode().strip().splitlines()[-1])
+    index = await _read_json(result.output_digest, f"{d}/{IMAGE_LAYOUT}/{OCI_INDEX}")
+    return ModelImage(result.output_digest, index["manifests"][0]["digest"])
 
 
 def rules():

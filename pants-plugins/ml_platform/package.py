@@ -9,9 +9,8 @@ import os
 import pprint
 from dataclasses import dataclass
 
+from ml_contract.package_layout import IMAGE_LAYOUT, IMAGE_TAR, MODEL_PEX, SERVER_PEX
 from ml_platform.image import (
-    IMAGE_LAYOUT,
-    IMAGE_TAR,
     BaseImage,
     BaseImageRequest,
     ModelImage,
@@ -70,8 +69,6 @@ from pants.util.strutil import softwrap
 # cannot shadow a model's own modules.
 GENERATED_ENTRYPOINT_MODULE = "__ml_model_main__"
 # Names inside a model's package directory.
-MODEL_PEX = "model.pex"
-SERVER_PEX = "server.pex"
 
 
 @dataclass(frozen=True)

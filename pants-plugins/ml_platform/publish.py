@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ml_platform.image import IMAGE_LAYOUT, REGISTRY_ENV, ImageTools, ImageToolsRequest
+from ml_contract.package_layout import IMAGE_LAYOUT
+from ml_platform.image import REGISTRY_ENV, ImageTools, ImageToolsRequest
 from ml_platform.subsystem import MLPlatform
 from ml_platform.target_types import MLModelEntryPointField, MLModelVersionField
 from pants.backend.python.util_rules.pex import PexProcess

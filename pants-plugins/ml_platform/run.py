@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ml_platform.package import MODEL_PEX, MLModelFieldSet, ModelPexes
+from ml_contract.package_layout import MODEL_PEX
+from ml_platform.package import MLModelFieldSet, ModelPexes
 from ml_platform.target_types import MLModelEntryPointField
 from pants.core.goals.run import RunFieldSet, RunInSandboxBehavior, RunRequest
 from pants.engine.rules import Get, collect_rules, rule

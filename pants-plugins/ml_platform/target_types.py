@@ -31,7 +31,7 @@ from pants.engine.target import (
 from pants.util.strutil import help_text, softwrap
 
 # Computes, their limits and the defaults: one table, shared with the deploy tools.
-from ml_settings.model_settings import (
+from ml_contract.model_settings import (
     DEFAULT_COMPUTE,
     DEFAULT_CPU,
     DEFAULT_GPU,

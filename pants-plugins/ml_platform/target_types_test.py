@@ -4,7 +4,7 @@ from textwrap import dedent
 
 import pytest
 
-from ml_settings.model_settings import COMPUTE_HELP, LAMBDA_MEMORY_RANGE_MIB, Compute
+from ml_contract.model_settings import COMPUTE_HELP, LAMBDA_MEMORY_RANGE_MIB, Compute
 from ml_platform.target_types import (
     MLModelComputeField,
     MLModelCpuField,

@@ -44,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    help="print the plan; make no changes")
     parsers["rollback"].add_argument("--model", required=True)
     parsers["rollback"].add_argument("--model-version", type=int, required=True)
-    parsers["rollback"].add_argument("--compute", choices=sorted(drivers.DRIVERS), required=True)
+    parsers["rollback"].add_argument("--compute", choices=config.COMPUTE_TYPES, required=True)
     parsers["stop"].add_argument("--model", help="only this model (all versions)")
     args = parser.parse_args(argv)
 

@@ -18,7 +18,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 from ml_deploy import aws
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.plan import CREATE, UNCHANGED, UPDATE, Plan
-from ml_deploy.release import CONTAINER_PORT, READY_PATH, Release
+from ml_contract.package_layout import CONTAINER_PORT, READY_PATH
+
+from ml_deploy.release import Release
 
 NAME_LIMIT = 32  # ELBv2's limit on target group names
 # Listener rule priorities are 1-50000 and unique per listener. Ours start high so that rules

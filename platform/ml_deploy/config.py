@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ml_settings.model_settings import Compute
+from ml_contract.model_settings import Compute
 
 COMPUTE_TYPES = tuple(c.value for c in Compute)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -8,13 +8,13 @@ import dataclasses
 import importlib
 from types import ModuleType
 
-from ml_settings.model_settings import Compute
+from ml_contract.model_settings import Compute
 
 from ml_deploy.config import Environment
 from ml_deploy.plan import Plan
 from ml_deploy.release import Release
 
-# One driver module per compute of ml_settings' table (drivers_test checks that none is missing).
+# One driver module per compute of ml_contract' table (drivers_test checks that none is missing).
 DRIVERS = {
     Compute.LOCAL: "ml_deploy.local",
     Compute.LAMBDA: "ml_deploy.aws_lambda",

@@ -30,7 +30,9 @@ from ml_deploy import alb, aws, publish
 from ml_deploy.config import Environment
 from ml_deploy.ecs import log_group
 from ml_deploy.plan import CREATE, REPLACE, UNCHANGED, UPDATE, Plan
-from ml_deploy.release import CONTAINER_PORT, Release
+from ml_contract.package_layout import CONTAINER_PORT
+
+from ml_deploy.release import Release
 
 SPEC_TAG = "ml.spec"
 RESOURCE_TAG = "ml.resource"

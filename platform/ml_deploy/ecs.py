@@ -30,7 +30,9 @@ from typing import Any, Dict, List, Mapping, Optional
 from ml_deploy import alb, aws, publish
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.plan import CREATE, UNCHANGED, UPDATE, Plan
-from ml_deploy.release import CONTAINER_PORT, Release
+from ml_contract.package_layout import CONTAINER_PORT
+
+from ml_deploy.release import Release
 
 CONTAINER = "model"  # the container's name in every task definition
 LAUNCH_TYPES = {"fargate": "FARGATE", "ecs": "EC2"}

@@ -19,7 +19,9 @@ from ml_deploy import alb, aws, ecs
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.conftest import Deployer
 from ml_deploy.plan import CREATE, UNCHANGED, UPDATE, DeployFailed, execute
-from ml_deploy.release import READY_PATH, Release
+from ml_contract.package_layout import READY_PATH
+
+from ml_deploy.release import Release
 from ml_deploy.testing import (
     ECR_TOKEN_CREDENTIALS,
     REGION,

@@ -48,9 +48,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from ml_contract.package_layout import IMAGE_LAYOUT, IMAGE_TAR, MODEL_PEX, READY_PATH, SERVER_PEX
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.plan import CREATE, DELETE, REPLACE, UNCHANGED, UPDATE, Plan
-from ml_deploy.release import IMAGE_LAYOUT, READY_PATH, Release, short_digest
+from ml_deploy.release import Release, short_digest
 from ml_image.layers import file_digest
 
 PROCESS, CONTAINER = "process", "container"
@@ -575,7 +576,7 @@ class Rollout:
                 stop_gateway(site)
             if not site.routes_file.exists():
                 site.write(site.read())
-            return start_gateway(site, self.release.package_dir / "server.pex")
+            return start_gateway(site, self.release.package_dir / SERVER_PEX)
 
     # -- release files
 
@@ -587,8 +588,8 @@ class Rollout:
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        shutil.copytree(self.release.package_dir / "model.pex", tmp / "model.pex", symlinks=True)
-        shutil.copy2(self.release.package_dir / "server.pex", tmp / "server.pex")
+        shutil.copytree(self.release.package_dir / MODEL_PEX, tmp / MODEL_PEX, symlinks=True)
+        shutil.copy2(self.release.package_dir / SERVER_PEX, tmp / SERVER_PEX)
         _write_json(tmp / "release.json", _release_record(self.release, PROCESS, None))
         (tmp / ".complete").write_text("")
         shutil.rmtree(target, ignore_errors=True)  # an incomplete copy of an interrupted deploy
@@ -602,7 +603,7 @@ class Rollout:
         assert self.engine is not None
         client, _ = self.engine
         started = time.monotonic()
-        engine.load(client, self.release.package_dir / "image.tar")
+        engine.load(client, self.release.package_dir / IMAGE_TAR)
         if not _has_image(client, self.image or ""):
             raise RuntimeError(f"the engine loaded {self.release.package_dir / 'image.tar'} but has no image "
                                f"{self.image}: is image.tar the package's image?")
@@ -637,7 +638,7 @@ class Rollout:
             out.write(f"--- {_now()} deploy of {release.name} v{release.version} {release.digest}\n".encode())
             out.flush()
             process = subprocess.Popen(
-                [str(self.release_dir / "model.pex" / "__main__.py"), "serve",
+                [str(self.release_dir / MODEL_PEX / "__main__.py"), "serve",
                  "--host", "127.0.0.1", "--port", "0", "--ready-file", str(ready_file)],
                 cwd=self.release_dir, env=_child_env(site, self.key, dict(release.env)),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -781,7 +782,7 @@ def start_gateway(site: Site, server_pex: Path) -> str:
         raise RuntimeError(f"{server_pex} is missing: the package has no server.pex to run the gateway from")
     for path in (site.gateway_dir, site.logs):
         path.mkdir(parents=True, exist_ok=True)
-    copy = site.gateway_dir / "server.pex"
+    copy = site.gateway_dir / SERVER_PEX
     tmp = site.gateway_dir / f".server.pex.{os.getpid()}.tmp"
     shutil.copy2(server_pex, tmp)
     os.replace(tmp, copy)
@@ -879,7 +880,7 @@ def _plan_gateway(rollout: Rollout, gateway: Gateway) -> None:
         return
     # A running gateway is kept (restarting it would drop connections); say when packages now
     # carry another build of it.
-    server_pex = release.package_dir / "server.pex"
+    server_pex = release.package_dir / SERVER_PEX
     older = server_pex.is_file() and gateway.build not in (None, file_digest(server_pex))
     rollout.plan.add(UNCHANGED, where, f"pid {gateway.pid}" + (
         "; it runs an older server.pex than this package's (`stop`, then deploy, to update it)" if older else ""))
@@ -890,7 +891,7 @@ def _plan_files(rollout: Rollout) -> None:
     if (copy / ".complete").exists():
         rollout.plan.add(UNCHANGED, f"release files {copy}")
         return
-    for name in ("model.pex/__main__.py", "server.pex"):
+    for name in (f"{MODEL_PEX}/__main__.py", SERVER_PEX):
         if not (package / name).exists():
             raise ConfigError(f"{package} has no {name}: deploy a model's package "
                               f"(dist/models.<name>/<name>/, what `pants package` writes)")
@@ -906,7 +907,7 @@ def _plan_image(rollout: Rollout) -> None:
     image = f"image {short_digest(rollout.image)} in the engine ({url})"
     if _has_image(client, rollout.image):
         rollout.plan.add(UNCHANGED, image)
-    elif (package / "image.tar").is_file():
+    elif (package / IMAGE_TAR).is_file():
         rollout.plan.add(CREATE, image, "load image.tar", rollout.load_image)
     else:
         raise ConfigError(f"the engine has no image {rollout.image} and {package} has no image.tar to load")

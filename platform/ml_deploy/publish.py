@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ml_contract.package_layout import IMAGE_LAYOUT
 from ml_image.registry import (
     Auth,
     RegistryClient,
@@ -14,7 +15,7 @@ from ml_image.registry import (
 from ml_deploy import aws
 from ml_deploy.config import Environment
 from ml_deploy.plan import CREATE, UNCHANGED, Plan
-from ml_deploy.release import IMAGE_LAYOUT, Release
+from ml_deploy.release import Release
 
 
 def registry_auth(environment: Environment) -> Auth:

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
+from ml_contract.package_layout import IMAGE_LAYOUT
 from ml_image.registry import read_layout
-from ml_settings.model_settings import (
+from ml_contract.model_settings import (
     DEFAULT_CPU,
     DEFAULT_GPU,
     DEFAULT_MEMORY_MIB,
@@ -18,9 +19,6 @@ from ml_settings.model_settings import (
 
 from ml_deploy.config import Environment
 
-IMAGE_LAYOUT = "image"  # the package's OCI layout directory (ml_platform.image.IMAGE_LAYOUT)
-CONTAINER_PORT = 8080  # the image's server port (ML_PORT in the image config)
-READY_PATH = "/v2/health/ready"
 
 
 def short_digest(digest: str) -> str:

@@ -33,6 +33,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+from ml_contract.package_layout import CONTAINER_PORT, PULLED_BASE_INFO
 from ml_image.layers import (
     Entry,
     LayerInfo,
@@ -42,18 +43,21 @@ from ml_image.layers import (
     write_layer,
     write_tar,
 )
+from ml_image.media_types import (
+    MEDIA_TYPE_OCI_CONFIG,
+    MEDIA_TYPE_OCI_INDEX,
+    MEDIA_TYPE_OCI_LAYER_GZIP,
+    MEDIA_TYPE_OCI_MANIFEST,
+)
 
 PYTHON = "python3.11"
 SERVER_ROOT = "/opt/ml/server"
 MODEL_ROOT = "/opt/ml/model"
 NONROOT = (65532, 65532)
-PORT = 8080
+PORT = CONTAINER_PORT
 # PEX metadata and bootstrap files: not part of an installed environment.
 _PEX_INTERNALS = {".bootstrap", ".deps", "PEX-INFO", "__main__.py", "__pex__", ".layout.json"}
 
-MEDIA_TYPE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_TYPE_CONFIG = "application/vnd.oci.image.config.v1+json"
-MEDIA_TYPE_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def site_packages(root: str) -> str:
@@ -205,7 +209,8 @@ def _add_stdlib_pycs(tar_path: Path) -> None:
 
 def base_from_registry(reference: str, out: Path, cache: Path) -> dict:
     """Pull a base image by reference and lay it out as layer directories `out/<n>/` plus
-    `out/base.json`: the base's environment and where its Python is, for the other layers."""
+    `out/base.json` (PULLED_BASE_INFO): the base's environment and where its Python is, for
+    the other layers."""
     from ml_image.registry import Auth, Reference, pull
 
     ref = Reference.parse(reference)
@@ -240,7 +245,7 @@ def base_from_registry(reference: str, out: Path, cache: Path) -> dict:
         "python_version": version,
         "layers": len(diff_ids),
     }
-    (out / "base.json").write_text(json.dumps(base, indent=2, sort_keys=True) + "\n")
+    (out / PULLED_BASE_INFO).write_text(json.dumps(base, indent=2, sort_keys=True) + "\n")
     return base
 
 
@@ -306,10 +311,10 @@ def assemble(
     config_digest = _write_blob(blobs, config_bytes)
     manifest = {
         "schemaVersion": 2,
-        "mediaType": MEDIA_TYPE_MANIFEST,
-        "config": {"mediaType": MEDIA_TYPE_CONFIG, "digest": config_digest, "size": len(config_bytes)},
+        "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+        "config": {"mediaType": MEDIA_TYPE_OCI_CONFIG, "digest": config_digest, "size": len(config_bytes)},
         "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l.digest, "size": l.size}
+            {"mediaType": MEDIA_TYPE_OCI_LAYER_GZIP, "digest": l.digest, "size": l.size}
             for l in layers
         ],
         "annotations": {"org.opencontainers.image.title": config["config"]["Labels"]["org.opencontainers.image.title"]},
@@ -319,9 +324,9 @@ def assemble(
     (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     index = {
         "schemaVersion": 2,
-        "mediaType": MEDIA_TYPE_INDEX,
+        "mediaType": MEDIA_TYPE_OCI_INDEX,
         "manifests": [{
-            "mediaType": MEDIA_TYPE_MANIFEST, "digest": manifest_digest, "size": len(manifest_bytes),
+            "mediaType": MEDIA_TYPE_OCI_MANIFEST, "digest": manifest_digest, "size": len(manifest_bytes),
             "annotations": {"org.opencontainers.image.ref.name": tag.rsplit(":", 1)[-1],
                             "io.containerd.image.name": tag},
         }],
@@ -368,6 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.add_argument("out", type=Path)
         if command.startswith("base"):
             p.add_argument("--cache", type=Path, required=True, help="Downloaded blobs, by sha256.")
+
         else:
             p.add_argument("--base-python", default=DEFAULT_BASE_PYTHON,
                            help="The base image's python3.11, which the venvs point at.")
@@ -388,7 +394,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         layer_dirs = list(args.layer)
         base = {}
         if args.base is not None:
-            base = json.loads((args.base / "base.json").read_text())
+            base = json.loads((args.base / PULLED_BASE_INFO).read_text())
             layer_dirs = sorted(p.parent for p in args.base.glob("*/layer.json")) + layer_dirs
         layers = [LayerInfo.read(d / "layer.json") for d in layer_dirs]
         config = image_config(

@@ -17,7 +17,8 @@ import signal
 import sys
 from typing import Optional, Sequence
 
-from ml_settings.model_settings import DEFAULT_TIMEOUT_SECONDS
+from ml_contract.model_settings import DEFAULT_TIMEOUT_SECONDS
+from ml_contract.package_layout import CONTAINER_PORT
 from ml_serving.app import ModelApp
 from ml_serving.http import HttpLimits, HttpProtocol, write_ready_file
 from ml_serving.metrics import Metrics
@@ -37,7 +38,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--worker-command", required=True,
                         help="JSON list: the command that starts one worker in the model's environment.")
     parser.add_argument("--host", default=env("ML_HOST", "127.0.0.1"), help="Address to listen on (ML_HOST).")
-    parser.add_argument("--port", type=int, default=int(env("ML_PORT", env("PORT", "8080"))),
+    parser.add_argument("--port", type=int, default=int(env("ML_PORT", env("PORT", str(CONTAINER_PORT)))),
                         help="Port to listen on; 0 picks a free one (ML_PORT, PORT).")
     # Lambda sends an environment one invocation at a time: more workers only cost memory.
     default_workers = 1 if env("AWS_LAMBDA_RUNTIME_API") else (os.cpu_count() or 1)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ml_settings.model_settings import DEFAULT_CPU, ModelSettings, SettingError
+from ml_contract.model_settings import DEFAULT_CPU, ModelSettings, SettingError
 
 
 @pytest.mark.parametrize(

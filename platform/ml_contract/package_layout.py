@@ -1,0 +1,17 @@
+"""The layout of a packaged model (`dist/<path>/<name>/`) and how its image is reached."""
+
+from __future__ import annotations
+
+MODEL_PEX = "model.pex"  # the model's environment and generated entry point (worker side)
+SERVER_PEX = "server.pex"  # the model server, from its own locked environment
+IMAGE_LAYOUT = "image"  # the OCI image layout directory
+IMAGE_TAR = "image.tar"  # the same image as a `docker load` / `podman load` tarball
+
+CONTAINER_PORT = 8080  # what the server listens on in the image (ML_PORT)
+READY_PATH = "/v2/health/ready"  # 200 once a worker has loaded the model
+
+# Results the image tool leaves in files for the plugin, never on standard output (where any
+# library's print could displace them): a pulled base's description, in the directory it was
+# pulled to, and an image's manifest digest, in its layout's index.json (OCI's own file).
+PULLED_BASE_INFO = "base.json"
+OCI_INDEX = "index.json"
