@@ -33,7 +33,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,12 +45,14 @@ from typing import Optional
 from scratch import REPO, clone as scratch_clone, own_caches, stop_pantsd
 
 sys.path.insert(0, str(REPO / "platform"))
+sys.path.insert(0, str(REPO / "tests"))  # the test-support helpers (testutil)
 
 from ml_image.engine import wait_for_200  # noqa: E402
 from ml_image.layers import tree_entries, write_layer  # noqa: E402
 from ml_image.model_image import MODEL_ROOT, SERVER_ROOT, venv_entries  # noqa: E402
-from ml_image.podman import Podman, podman_store  # noqa: E402
 from ml_image.registry import push_layout  # noqa: E402
+from testutil.net import free_port  # noqa: E402
+from testutil.podman import Podman, podman_store  # noqa: E402
 
 MODELS = ("iris", "digits")
 TARGETS = [f"models/{m}:" for m in MODELS]
@@ -85,10 +86,6 @@ def run(argv: list, **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------

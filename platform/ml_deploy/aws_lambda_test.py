@@ -18,7 +18,7 @@ from ml_deploy.config import ConfigError, Environment
 from ml_deploy.conftest import Deployer
 from ml_deploy.plan import UNCHANGED, DeployFailed, execute
 from ml_deploy.release import Release
-from ml_deploy.testing import (
+from testutil.aws import (
     ECR_TOKEN_CREDENTIALS,
     create_lambda_role,
     mutating,
@@ -26,7 +26,7 @@ from ml_deploy.testing import (
     write_test_image,
 )
 from ml_image.registry import Auth, RegistryClient
-from ml_image.testing import RunningRegistry
+from testutil.registry import RunningRegistry
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from ml_deploy.config import Environment
 from ml_deploy.drivers import plan_deploy
 from ml_deploy.plan import Plan, execute
 from ml_deploy.release import Release
-from ml_deploy.testing import ECR_TOKEN_CREDENTIALS, REGION, MotoServer, moto_server, write_test_image
-from ml_image.testing import RunningRegistry, start_registry
+from testutil.aws import ECR_TOKEN_CREDENTIALS, REGION, MotoServer, moto_server, write_test_image
+from testutil.registry import RunningRegistry, start_registry
 
 
 @pytest.fixture(scope="module")

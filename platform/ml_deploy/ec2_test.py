@@ -22,14 +22,8 @@ from ml_deploy.config import ConfigError, Environment
 from ml_deploy.conftest import Deployer
 from ml_deploy.plan import CREATE, REPLACE, UNCHANGED, UPDATE, DeployFailed, execute
 from ml_deploy.release import Release
-from ml_deploy.testing import (
-    REGION,
-    mutating,
-    record_api_calls,
-    with_load_balancer,
-    write_test_image,
-)
-from ml_image.testing import RunningRegistry
+from testutil.aws import REGION, mutating, record_api_calls, with_load_balancer, write_test_image
+from testutil.registry import RunningRegistry
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from ml_deploy.plan import CREATE, UNCHANGED, UPDATE, DeployFailed, execute
 from ml_contract.package_layout import READY_PATH
 
 from ml_deploy.release import Release
-from ml_deploy.testing import (
+from testutil.aws import (
     ECR_TOKEN_CREDENTIALS,
     REGION,
     mutating,
@@ -31,7 +31,7 @@ from ml_deploy.testing import (
     with_load_balancer,
 )
 from ml_image.registry import Auth, RegistryClient
-from ml_image.testing import RunningRegistry
+from testutil.registry import RunningRegistry
 
 
 @pytest.fixture

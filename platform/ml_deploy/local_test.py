@@ -31,7 +31,8 @@ from ml_deploy import local
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.plan import CREATE, DELETE, REPLACE, UNCHANGED, UPDATE, DeployFailed, Plan, execute
 from ml_deploy.release import Release
-from ml_deploy.testing import steady_load, teardown_on_sigterm
+from testutil.load import steady_load, teardown_on_sigterm
+from testutil.net import free_port
 
 SERVER_PEX = Path("server.pex")  # //platform:server, put here by runtime_package_dependencies
 
@@ -109,10 +110,6 @@ print(json.dumps({"event": "stopped"}), flush=True)
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

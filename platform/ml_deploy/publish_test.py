@@ -13,7 +13,7 @@ from ml_deploy.config import Environment
 from ml_deploy.plan import CREATE, UNCHANGED, DeployFailed, Plan, execute
 from ml_deploy.publish import plan_push
 from ml_deploy.release import Release
-from ml_deploy.testing import (
+from testutil.aws import (
     ACCOUNT,
     ECR_TOKEN_CREDENTIALS,
     mutating,
@@ -21,7 +21,7 @@ from ml_deploy.testing import (
     write_test_image,
 )
 from ml_image.registry import Auth, AuthenticationError, RegistryClient, blob_path, ecr_credentials, read_layout
-from ml_image.testing import RunningRegistry, start_registry
+from testutil.registry import RunningRegistry, start_registry
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 from ml_image import model_image
 from ml_image.layers import Entry, LayerInfo, write_layer
 from ml_image.registry import Auth, push_layout
-from ml_image.testing import start_registry
+from testutil.registry import start_registry
 
 
 def _layer_dir(path: Path, entries: list[Entry]) -> Path:

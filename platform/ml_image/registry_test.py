@@ -47,7 +47,8 @@ from ml_image.registry import (
     push_layout,
 )
 from ml_image.layers import file_digest
-from ml_image.testing import RunningRegistry, free_port, require_tool, start_registry
+from testutil.net import free_port
+from testutil.registry import RunningRegistry, require_tool, start_registry
 
 USER, PASSWORD = "ci-user", "s3cret-Pa55word"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -80,7 +80,7 @@ def test_publish_pushes_only_what_changed(repo: Path, tmp_path: Path) -> None:
     """`./pants publish` pushes each image to the registry; after a commit that changes one line
     of one model, only that image's code layer and config travel."""
     from ml_image.registry import Auth, pull
-    from ml_image.testing import start_registry
+    from testutil.registry import start_registry
 
     with start_registry(tmp_path / "registry", auth="none") as registry:
         option = f"--ml-platform-registry={registry.host}"

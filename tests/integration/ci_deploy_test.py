@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from ml_deploy import config, local
-from ml_deploy.testing import teardown_on_sigterm
-from ml_image.testing import free_port
+from testutil.load import teardown_on_sigterm
+from testutil.net import free_port
 
 from integration.scratch_repo import commit_change, scratch_repo
 

@@ -18,15 +18,9 @@ from ml_deploy import aws, drivers
 from ml_deploy.config import Environment
 from ml_deploy.plan import execute
 from ml_deploy.release import Release
-from ml_deploy.testing import (
-    ECR_TOKEN_CREDENTIALS,
-    REGION,
-    MotoServer,
-    create_lambda_role,
-    moto_server,
-)
-from ml_image.podman import podman_store
-from ml_image.testing import REGISTRY_PACKAGES, require_tool, start_registry
+from testutil.aws import ECR_TOKEN_CREDENTIALS, REGION, MotoServer, create_lambda_role, moto_server
+from testutil.podman import podman_store
+from testutil.registry import REGISTRY_PACKAGES, require_tool, start_registry
 
 PACKAGE = Path("models.iris/iris")  # `pants package models/iris:iris`, put here by runtime_package_dependencies
 FLOWER = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}

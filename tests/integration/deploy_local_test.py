@@ -30,9 +30,9 @@ from ml_deploy import local
 from ml_deploy.config import Environment
 from ml_deploy.plan import UNCHANGED, DeployFailed, execute
 from ml_deploy.release import Release
-from ml_deploy.testing import steady_load, teardown_on_sigterm
-from ml_image.podman import podman_service, podman_store
-from ml_image.testing import free_port
+from testutil.load import steady_load, teardown_on_sigterm
+from testutil.podman import podman_service, podman_store
+from testutil.net import free_port
 
 PACKAGE = Path("models.iris/iris")
 FLOWER = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}

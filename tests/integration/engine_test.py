@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ml_image import engine
-from ml_image.podman import podman_service, podman_store
-from ml_image.testing import free_port
+from testutil.podman import podman_service, podman_store
+from testutil.net import free_port
 
 IMAGE_TAR = Path("models.iris/iris/image.tar")
 

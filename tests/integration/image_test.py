@@ -14,8 +14,9 @@ import pytest
 from ml_image import model_image
 from ml_image.engine import wait_for_200
 from ml_image.layers import LayerInfo
-from ml_image.podman import podman_store
-from ml_image.testing import free_port, require_tool
+from testutil.podman import podman_store
+from testutil.net import free_port
+from testutil.registry import require_tool
 
 PACKAGES = {"iris": Path("models.iris/iris"), "digits": Path("models.digits/digits")}
 def run(*argv: str, **kwargs) -> subprocess.CompletedProcess:

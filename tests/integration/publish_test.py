@@ -16,7 +16,7 @@ import pytest
 from ml_image import model_image
 from ml_image.layers import LayerInfo, file_digest
 from ml_image.registry import AuthenticationError, Auth, PushResult, pull, push_layout
-from ml_image.testing import RunningRegistry, require_tool, start_registry
+from testutil.registry import RunningRegistry, require_tool, start_registry
 
 PACKAGE = Path("models.iris/iris")
 LAYOUT = PACKAGE / "image"

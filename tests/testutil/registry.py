@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
 import pytest
+
+from testutil.net import free_port
 
 USERNAME, PASSWORD = "ci-user", "s3cret-Pa55word"
 REGISTRY_PACKAGES = "docker-registry apache2-utils"
@@ -37,13 +38,6 @@ def require_tool(tool: str, package: str) -> str:
     if path is None:
         pytest.fail(f"{tool} is not installed; install it with: apt-get install {package}", pytrace=False)
     return path
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listened on a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
