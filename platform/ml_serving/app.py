@@ -111,7 +111,7 @@ class ModelApp:
 
     async def _call(self, endpoint: str, request: Request, request_id: str, timeout: Optional[float]) -> Response:
         binary_parameter = self.endpoints[endpoint]["binary_parameter"]
-        if request_content_type(request) == BINARY_TYPE and binary_parameter:
+        if binary_parameter and request_content_type(request) == BINARY_TYPE:
             return await self.invoke(endpoint, request.body, request_id, binary_parameter, timeout)
         payload = self.read_json(request, request_id, BINARY_TYPE if binary_parameter else None)
         if isinstance(payload, Response):

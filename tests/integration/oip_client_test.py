@@ -4,38 +4,24 @@ model's generated server."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from integration.served_model import ServedModel
+
 PACKAGE = Path("models.iris/iris")
 
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("iris")
-    ready = tmp / "url"
-    process = subprocess.Popen(
-        [str(PACKAGE / "model.pex" / "__main__.py"), "--port", "0", "--workers", "1",
-         "--ready-file", str(ready)],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp / "stderr.log").open("wb"),
-    )
+    served = ServedModel(PACKAGE, tmp_path_factory.mktemp("iris"), "--workers", "1")
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert process.poll() is None, (tmp / "stderr.log").read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        yield ready.read_text().removeprefix("http://")
+        yield served.url.removeprefix("http://")
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
+        assert served.stop() == 0
 
 
 def test_health_and_metadata(url: str) -> None:
