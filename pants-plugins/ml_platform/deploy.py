@@ -12,15 +12,18 @@ import re
 from dataclasses import dataclass
 
 from ml_platform.image import REGISTRY_ENV, ToolPexRequest
-from ml_platform.package import MLModelFieldSet
+from ml_platform.package import MLModelFieldSet, NamedPexBinary, NamedPexBinaryRequest
 from ml_platform.subsystem import MLPlatform
 from ml_platform.target_types import MLModelEntryPointField
 from ml_contract.model_settings import Compute
+from ml_contract.package_layout import GATEWAY_PEX
 from pants.backend.python.util_rules.pex import Pex, PexProcess
 from pants.core.goals.package import BuiltPackage, PackageFieldSet
 from pants.engine.console import Console
 from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
+from pants.engine.addresses import UnparsedAddressInputs
 from pants.engine.fs import (
+    AddPrefix,
     CreateDigest,
     Digest,
     DigestContents,
@@ -47,6 +50,7 @@ from pants.util.strutil import help_text, pluralize
 _DEPLOY_ENV = (*REGISTRY_ENV, "DOCKER_HOST", "XDG_STATE_HOME", "XDG_RUNTIME_DIR", "PATH", "PYENV_ROOT")
 _CONFIG_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 _SPEC = "__ml_deploy/release.json"
+_GATEWAY_DIR = "__ml_deploy"
 
 
 class DeploySubsystem(GoalSubsystem):
@@ -112,7 +116,7 @@ async def prepare_rollout(
         WrappedTarget,
         WrappedTargetRequest(field_set.address, description_of_origin="the `deploy` goal"),
     )
-    package, config_digest, tools = await MultiGet(
+    package, config_digest, tools, gateway = await MultiGet(
         Get(BuiltPackage, PackageFieldSet, MLModelFieldSet.create(wrapped.target)),
         Get(
             Digest,
@@ -123,6 +127,16 @@ async def prepare_rollout(
             ),
         ),
         Get(Pex, ToolPexRequest(ml_platform.deploy_tools, "deploy_tools", "ml_deploy.pex")),
+        Get(
+            NamedPexBinary,
+            NamedPexBinaryRequest(
+                UnparsedAddressInputs(
+                    [ml_platform.gateway], owning_address=None,
+                    description_of_origin="the option `[ml-platform].gateway`",
+                ),
+                GATEWAY_PEX, "The option `[ml-platform].gateway`",
+            ),
+        ),
     )
     (artifact,) = package.artifacts
     assert artifact.relpath is not None
@@ -133,10 +147,12 @@ async def prepare_rollout(
         Get(EnvironmentVars, EnvironmentVarsRequest((*_DEPLOY_ENV, *referenced))),
         Get(Digest, CreateDigest([FileContent(_SPEC, wrapped.target.settings().to_json().encode())])),
     )
-    input_digest = await Get(Digest, MergeDigests([package.digest, spec, config_digest]))
+    gateway_digest = await Get(Digest, AddPrefix(gateway.digest, _GATEWAY_DIR))
+    input_digest = await Get(Digest, MergeDigests([package.digest, spec, config_digest, gateway_digest]))
     argv = (
         "deploy", "--config", config_path, "--env", deploy.env,
         "--spec", _SPEC, "--package", artifact.relpath,
+        "--gateway-pex", f"{_GATEWAY_DIR}/{GATEWAY_PEX}",
         *(("--dry-run",) if deploy.dry_run else ()),
     )
     process = await Get(

@@ -151,21 +151,28 @@ async def resolve_model_handler(field_set: MLModelFieldSet) -> ResolvedModelHand
 
 
 @dataclass(frozen=True)
-class BuiltServer:
-    """The model server's PEX, as `server.pex` at the root of `digest`."""
+class NamedPexBinaryRequest:
+    """The one `pex_binary` that `addresses` names, packaged and put at `filename`."""
+
+    addresses: UnparsedAddressInputs
+    filename: str
+    named_by: str  # for errors: "The `server` field of models/iris:iris"
+
+
+@dataclass(frozen=True)
+class NamedPexBinary:
+    """A packaged `pex_binary` at the root of `digest`, under the requested file name."""
 
     digest: Digest
 
 
-@rule(desc="Building the model server")
-async def build_server(server_field: MLModelServerField) -> BuiltServer:
-    targets = await Get(
-        Targets, UnparsedAddressInputs, server_field.to_unparsed_address_inputs()
-    )
+@rule(desc="Packaging a platform PEX", level=LogLevel.DEBUG)
+async def named_pex_binary(request: NamedPexBinaryRequest) -> NamedPexBinary:
+    targets = await Get(Targets, UnparsedAddressInputs, request.addresses)
     if len(targets) != 1 or not PexBinaryFieldSet.is_applicable(targets[0]):
         raise InvalidFieldException(
-            f"The `{server_field.alias}` field of {server_field.address} must name one "
-            f"`pex_binary` target, but it names {[t.address.spec for t in targets]}."
+            f"{request.named_by} must name one `pex_binary` target, but it names "
+            f"{[t.address.spec for t in targets]}."
         )
     built = await Get(
         BuiltPackage,
@@ -173,16 +180,16 @@ async def build_server(server_field: MLModelServerField) -> BuiltServer:
     )
     (artifact,) = built.artifacts
     assert artifact.relpath is not None
-    if artifact.relpath == SERVER_PEX:
-        return BuiltServer(built.digest)
-    # Put the server at a fixed name whatever the pex_binary's own output_path says.
+    if artifact.relpath == request.filename:
+        return NamedPexBinary(built.digest)
+    # A fixed name whatever the pex_binary's own output_path says.
     entries = await Get(DigestEntries, Digest, built.digest)
     renamed = [
-        dataclasses.replace(entry, path=SERVER_PEX + entry.path[len(artifact.relpath):])
+        dataclasses.replace(entry, path=request.filename + entry.path[len(artifact.relpath):])
         for entry in entries
         if entry.path == artifact.relpath or entry.path.startswith(artifact.relpath + "/")
     ]
-    return BuiltServer(await Get(Digest, CreateDigest(renamed)))
+    return NamedPexBinary(await Get(Digest, CreateDigest(renamed)))
 
 
 @dataclass(frozen=True)
@@ -237,7 +244,13 @@ async def build_model_pexes(field_set: MLModelFieldSet, python_setup: PythonSetu
                 description=f"Building the model package {model_pex_path}",
             ),
         ),
-        Get(BuiltServer, MLModelServerField, field_set.server),
+        Get(
+            NamedPexBinary,
+            NamedPexBinaryRequest(
+                field_set.server.to_unparsed_address_inputs(), SERVER_PEX,
+                f"The `{field_set.server.alias}` field of {field_set.address}",
+            ),
+        ),
     )
     server_digest = await Get(Digest, AddPrefix(server.digest, output_dir))
     pexes = await Get(Digest, MergeDigests([model_pex.digest, server_digest]))

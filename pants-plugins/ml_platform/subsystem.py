@@ -97,3 +97,13 @@ class MLPlatform(Subsystem):
             """
         ),
     )
+    gateway = StrOption(
+        default="//platform:gateway",
+        help=help_text(
+            """
+            Address of the `pex_binary` of the local gateway (`ml_gateway`), which
+            `pants deploy` to a local environment starts when none runs. It is its own PEX, in
+            no model's image: changing it changes no model's digest.
+            """
+        ),
+    )

@@ -6,6 +6,7 @@ MODEL_PEX = "model.pex"  # the model's environment and generated entry point (wo
 SERVER_PEX = "server.pex"  # the model server, from its own locked environment
 IMAGE_LAYOUT = "image"  # the OCI image layout directory
 IMAGE_TAR = "image.tar"  # the same image as a `docker load` / `podman load` tarball
+GATEWAY_PEX = "gateway.pex"  # the local gateway: in no package, handed to local deploys
 
 CONTAINER_PORT = 8080  # what the server listens on in the image (ML_PORT)
 READY_PATH = "/v2/health/ready"  # 200 once a worker has loaded the model

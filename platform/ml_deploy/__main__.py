@@ -1,6 +1,6 @@
 """Deploy tools, run by `pants deploy` (and usable by hand with the tools' PEX):
 
-    python -m ml_deploy deploy   --config platform/deploy.yaml --env dev --spec release.json --package DIR [--dry-run]
+    python -m ml_deploy deploy   --config platform/deploy.yaml --env dev --spec release.json --package DIR [--gateway-pex gateway.pex] [--dry-run]
     python -m ml_deploy rollback --config platform/deploy.yaml --env dev --model iris --model-version 1 --compute lambda [--dry-run]
     python -m ml_deploy status   --config platform/deploy.yaml --env local
     python -m ml_deploy stop     --config platform/deploy.yaml --env local [--model iris]
@@ -39,6 +39,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parsers["deploy"].add_argument("--spec", type=Path, required=True, help="the model's settings (JSON)")
     parsers["deploy"].add_argument("--package", type=Path, required=True,
                                    help="the model's package directory (with image/)")
+    parsers["deploy"].add_argument("--gateway-pex", type=Path,
+                                   help="local environments: the gateway to start if none runs "
+                                        "(`pants deploy` passes //platform:gateway)")
     for name in ("deploy", "rollback"):
         parsers[name].add_argument("--dry-run", action="store_true",
                                    help="print the plan; make no changes")
@@ -52,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         environment = config.load(args.config, args.env)
         if args.command == "deploy":
             release = Release.from_files(args.spec, args.package)
-            execute(drivers.plan_deploy(release, environment), dry_run=args.dry_run, say=_say)
+            execute(drivers.plan_deploy(release, environment, args.gateway_pex), dry_run=args.dry_run, say=_say)
         elif args.command == "rollback":
             compute = environment.compute or args.compute
             module = drivers.driver(compute)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from pathlib import Path
 from types import ModuleType
+from typing import Optional
 
 from ml_contract.model_settings import Compute
 
@@ -34,6 +36,9 @@ def placed(release: Release, environment: Environment) -> Release:
     return dataclasses.replace(release, compute=compute) if compute != release.compute else release
 
 
-def plan_deploy(release: Release, environment: Environment) -> Plan:
+def plan_deploy(release: Release, environment: Environment, gateway_pex: Optional[Path] = None) -> Plan:
+    """`gateway_pex`: the local gateway's build, which only the local driver runs."""
     release = placed(release, environment)
+    if release.compute == Compute.LOCAL:
+        return driver(release.compute).plan(release, environment, gateway_pex)
     return driver(release.compute).plan(release, environment)

@@ -8,10 +8,18 @@ reported with what was done before it and what still serves.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional, Union
 
 CREATE, UPDATE, REPLACE, DELETE, UNCHANGED = "create", "update", "replace", "delete", "unchanged"
 _SIGILS = {CREATE: "+", UPDATE: "~", REPLACE: "±", DELETE: "-", UNCHANGED: "="}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a step may return: its note for the log and a value for the steps after it."""
+
+    note: str
+    value: Any = None
 
 
 @dataclass
@@ -19,7 +27,9 @@ class Step:
     action: str  # CREATE, UPDATE, REPLACE, DELETE or UNCHANGED
     resource: str  # e.g. "Lambda alias ml-iris-v1:live"
     detail: str = ""
-    run: Optional[Callable[[], Optional[str]]] = None  # returns an optional note for the log
+    # Returns an optional note for the log, or an Outcome; later steps read `value`.
+    run: Optional[Callable[[], Union[None, str, Outcome]]] = None
+    value: Any = None  # the Outcome's value, once the step has run
 
     def describe(self) -> str:
         text = f"  {_SIGILS[self.action]} {self.action:9} {self.resource}"
@@ -35,7 +45,7 @@ class Plan:
     url: str = ""  # where the release answers once deployed
 
     def add(self, action: str, resource: str, detail: str = "",
-            run: Optional[Callable[[], Optional[str]]] = None) -> Step:
+            run: Optional[Callable[[], Union[None, str, Outcome]]] = None) -> Step:
         step = Step(action, resource, detail, run)
         self.steps.append(step)
         return step
@@ -80,6 +90,8 @@ def execute(plan: Plan, *, dry_run: bool = False, say: Callable[[str], None] = p
             note = step.run() if step.run else None
         except Exception as e:
             raise DeployFailed(plan, step, e, done) from e
+        if isinstance(note, Outcome):
+            note, step.value = note.note, note.value
         if note:
             say(f"      {note}")
         done.append(step)

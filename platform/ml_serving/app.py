@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
-import uuid
 from typing import Any, Callable, Optional
 
+from ml_http.messages import request_id as usable_request_id
+from ml_http.server import Request, Response
 from ml_runtime import wire
 from ml_runtime.errors import MALFORMED_JSON
 from ml_serving import oip
-from ml_serving.http import Request, Response
 from ml_serving.metrics import Metrics
 from ml_serving.openapi import build_openapi, compile_schema, schema_error
 from ml_serving.workers import QueueFull, WorkerLost, WorkerPool, WorkerTimeout
@@ -22,7 +21,6 @@ logger = logging.getLogger("ml_serving.app")
 
 JSON_TYPES = ("application/json", "")
 BINARY_TYPE = "application/octet-stream"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class ModelApp:
@@ -65,9 +63,7 @@ class ModelApp:
         """Answer one request; `timeout` (seconds) shortens the model's own, e.g. to fit a
         Lambda invocation's deadline."""
         started = time.perf_counter()
-        request_id = request.headers.get("x-request-id", "")
-        if not _REQUEST_ID.match(request_id):
-            request_id = uuid.uuid4().hex
+        request_id = usable_request_id(request.headers.get("x-request-id", ""))
         self.metrics.in_flight += 1
         route = "other"
         try:

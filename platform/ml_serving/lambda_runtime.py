@@ -24,7 +24,7 @@ from urllib.parse import urlencode, urlsplit
 
 import httptools
 
-from ml_serving.http import Request, Response
+from ml_http.server import Request, Response
 
 if TYPE_CHECKING:
     from ml_serving.app import ModelApp

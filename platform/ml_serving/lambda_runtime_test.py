@@ -10,7 +10,7 @@ import pytest
 from fakes.lambda_runtime_api import LambdaRuntimeApi
 
 from ml_serving import lambda_runtime
-from ml_serving.http import Request, Response
+from ml_http.server import Request, Response
 from ml_serving.lambda_runtime import UnsupportedEvent, event_to_request, to_lambda_response
 
 PREDICT = {"flowers": [{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}]}

@@ -19,8 +19,9 @@ from typing import Optional, Sequence
 
 from ml_contract.model_settings import DEFAULT_TIMEOUT_SECONDS
 from ml_contract.package_layout import CONTAINER_PORT
+from ml_http.ready import write_ready_file
+from ml_http.server import HttpLimits, HttpProtocol
 from ml_serving.app import ModelApp
-from ml_serving.http import HttpLimits, HttpProtocol, write_ready_file
 from ml_serving.metrics import Metrics
 from ml_serving.workers import WorkerPool
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 from ml_runtime.errors import TENSORS_DO_NOT_FIT
-from ml_serving.http import Request, Response
+from ml_http.server import Request, Response
 from ml_serving.openapi import OIP, OIP_SCHEMAS, compile_schema, schema_error
 
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
-"""`local` deploys of the real packaged iris model, end to end: the gateway (from the package's
-server.pex), backends run as processes from copies in the state directory, real HTTP through
+"""`local` deploys of the real packaged iris model, end to end: the gateway (its own
+gateway.pex), backends run as processes from copies in the state directory, real HTTP through
 the gateway by host name; and the same through podman's Docker API with the image.tar.
 
 Other releases are made from the one package (models.iris/iris):
@@ -27,6 +27,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from ml_deploy import local
+from ml_deploy.local.processes import marked_processes
+from ml_deploy.local.state import Site
 from ml_deploy.config import Environment
 from ml_deploy.plan import UNCHANGED, DeployFailed, execute
 from ml_deploy.release import Release
@@ -35,6 +37,7 @@ from testutil.podman import podman_service, podman_store
 from testutil.net import free_port
 
 PACKAGE = Path("models.iris/iris")
+GATEWAY_PEX = Path("gateway.pex")  # //platform:gateway
 FLOWER = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
 
@@ -71,7 +74,7 @@ def other_digest(release: Release, label: str) -> str:
 
 def deploy(release: Release, environment: Environment) -> str:
     out = io.StringIO()
-    execute(local.plan(release, environment), say=lambda line: print(line, file=out))
+    execute(local.plan(release, environment, GATEWAY_PEX), say=lambda line: print(line, file=out))
     print(out.getvalue())
     return out.getvalue()
 
@@ -104,7 +107,7 @@ def get(environment: Environment, path: str) -> Tuple[int, str]:
 
 
 def leftovers(environment: Environment) -> Dict[int, str]:
-    return local._marked_processes(local.Site(environment))
+    return marked_processes(Site(environment))
 
 
 @pytest.fixture(scope="module")
@@ -144,13 +147,13 @@ def test_deploy_then_predict_through_the_gateway(environment: Environment, iris:
     text = local.status(environment)
     assert url in text and "ready" in text and iris.short_digest in text
     # It runs from the state directory's copy, not from the package the deploy was given.
-    (deployment,) = local.Site(environment).read().deployments.values()
-    assert Path(f"/proc/{deployment.pid}/cwd").resolve() == local.Site(environment).root / deployment.release_dir
+    (deployment,) = Site(environment).read().deployments.values()
+    assert Path(f"/proc/{deployment.pid}/cwd").resolve() == Site(environment).root / deployment.release_dir
 
 
 def test_the_same_digest_again_is_no_change(environment: Environment, live_iris: Release) -> None:
     before = local.deployments(environment)
-    plan = local.plan(live_iris, environment)
+    plan = local.plan(live_iris, environment, GATEWAY_PEX)
     assert {s.action for s in plan.steps} == {UNCHANGED}
     assert "already live, no change" in deploy(live_iris, environment)
     assert local.deployments(environment) == before
@@ -226,18 +229,18 @@ def test_the_image_through_a_docker_api_engine(podman_api: Any, iris: Release,
         assert "create    image" in out and "(container)" in out
         status, digest, body = predict(environment)
         assert status == 200 and digest == iris.digest and body[0]["species"] == "setosa"
-        (first,) = local.Site(environment).read().deployments.values()
+        (first,) = Site(environment).read().deployments.values()
         assert first.kind == "container" and podman_api("ps", "-q").stdout.split() == [first.container[:12]]
 
         # A redeploy: the image is already there; the new container replaces the old one.
         new = dataclasses.replace(iris, digest=other_digest(iris, "engine"))
-        plan = local.plan(new, environment)
+        plan = local.plan(new, environment, GATEWAY_PEX)
         assert [(s.action, s.resource.split()[0]) for s in plan.steps] == [
             ("unchanged", "gateway"), ("unchanged", "image"), ("replace", "backend"), ("update", "route"),
             ("delete", "backend")]
         execute(plan)
         assert predict(environment)[1] == new.digest
-        (second,) = local.Site(environment).read().deployments.values()
+        (second,) = Site(environment).read().deployments.values()
         assert podman_api("ps", "-aq").stdout.split() == [second.container[:12]]
         assert "container" in local.status(environment)
     finally:

@@ -1,19 +1,16 @@
-"""A small HTTP/1.1 server on asyncio + httptools: keep-alive, pipelining, limits and timeouts."""
+"""A small HTTP/1.1 server on asyncio + httptools: whole requests to a handler, keep-alive,
+pipelining, limits and timeouts."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Awaitable, Callable, Optional
 
 import httptools
 
+from ml_http.messages import encode_head, status_line
 from ml_runtime import wire
-
-logger = logging.getLogger("ml_serving.http")
 
 
 @dataclass
@@ -38,20 +35,13 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
 def render(response: Response, keep_alive: bool) -> bytes:
-    head = [
-        f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}",
-        f"content-type: {response.content_type}",
-        f"content-length: {len(response.body)}",
-    ]
-    if not keep_alive:
-        head.append("connection: close")
+    fields = [f"content-type: {response.content_type}", f"content-length: {len(response.body)}"]
     if response.headers:
-        head.extend(f"{k}: {v}" for k, v in response.headers.items())
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
+        fields.extend(f"{k}: {v}" for k, v in response.headers.items())
+    return encode_head(status_line(response.status), fields, keep_alive) + response.body
 
 
 @dataclass(frozen=True)
@@ -249,10 +239,3 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is not None and self.idle:
             self.transport.close()
 
-
-def write_ready_file(path: str, url: str) -> None:
-    """Announce that a server listens at `url`: whoever waits for `path` (the deploy tools, the
-    tests) sees no file or the whole URL, never a partial one."""
-    with open(path + ".tmp", "w") as f:
-        f.write(url)
-    os.replace(path + ".tmp", path)

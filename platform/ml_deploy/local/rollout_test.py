@@ -1,4 +1,4 @@
-"""The `local` driver with the real gateway (run from the server.pex Pants builds) in front of
+"""The `local` driver with the real gateway (run from the gateway.pex Pants builds) in front of
 small fake model servers: plans, idempotency, dry runs, zero-downtime redeploys, failures that
 leave the previous version serving, versions side by side, rollback, status and stop.
 
@@ -28,13 +28,19 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 
 from ml_deploy import local
+from ml_deploy.local import backends
+from ml_deploy.local.gateway import gateway_state
+from ml_deploy.local.processes import child_env, marked_processes
+from ml_deploy.local.state import Deployment, Site
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.plan import CREATE, DELETE, REPLACE, UNCHANGED, UPDATE, DeployFailed, Plan, execute
 from ml_deploy.release import Release
 from testutil.load import steady_load, teardown_on_sigterm
 from testutil.net import free_port
 
-SERVER_PEX = Path("server.pex")  # //platform:server, put here by runtime_package_dependencies
+# Both put here by runtime_package_dependencies.
+GATEWAY_PEX = Path("gateway.pex")  # //platform:gateway
+SERVER_PEX = Path("server.pex")  # //platform:server
 
 FAKE_SERVER = r'''#!/usr/bin/env python3
 """A fake model server: `serve --host H --port 0 --ready-file F` like model.pex/__main__.py."""
@@ -115,12 +121,13 @@ print(json.dumps({"event": "stopped"}), flush=True)
 @pytest.fixture
 def environment(tmp_path: Path) -> Iterator[Environment]:
     teardown_on_sigterm()
-    assert SERVER_PEX.is_file(), "needs runtime_package_dependencies=['//platform:server']"
+    assert GATEWAY_PEX.is_file() and SERVER_PEX.is_file(), \
+        "needs runtime_package_dependencies=['//platform:gateway', '//platform:server']"
     env = Environment(name="test", compute="local", gateway_port=free_port(),
                       state_dir=str(tmp_path / "state"), engine="process")
     yield env
     local.stop(env, say=lambda _: None)
-    left = local._marked_processes(local.Site(env))
+    left = marked_processes(Site(env))
     for pid in left:  # leave nothing running, even when the assertion below fails
         os.kill(pid, signal.SIGKILL)
     assert not left, f"processes left running: {left}"
@@ -130,8 +137,8 @@ _digests = iter(range(1, 10**6))
 
 
 def fake_release(tmp_path: Path, name: str = "fake", version: int = 1, **env: str) -> Release:
-    """A package with the fake server as model.pex and the real server.pex (the gateway's code),
-    under a digest of its own."""
+    """A package with the fake server as model.pex and the real server.pex (only copied), under
+    a digest of its own."""
     package = tmp_path / f"package-{name}-{version}"
     if not package.exists():
         (package / "model.pex").mkdir(parents=True)
@@ -147,7 +154,7 @@ def fake_release(tmp_path: Path, name: str = "fake", version: int = 1, **env: st
 
 def deploy(release: Release, environment: Environment, dry_run: bool = False) -> Tuple[bool, str]:
     out = io.StringIO()
-    changed = execute(local.plan(release, environment), dry_run=dry_run, say=lambda line: print(line, file=out))
+    changed = execute(local.plan(release, environment, GATEWAY_PEX), dry_run=dry_run, say=lambda line: print(line, file=out))
     return changed, out.getvalue()
 
 
@@ -164,8 +171,8 @@ def call(environment: Environment, path: str, host: str = "fake.ml.localhost", m
         connection.close()
 
 
-def live(environment: Environment) -> Dict[str, local.Deployment]:
-    return local.Site(environment).read().deployments
+def live(environment: Environment) -> Dict[str, Deployment]:
+    return Site(environment).read().deployments
 
 
 def actions(plan: Plan) -> List[Tuple[str, str]]:
@@ -177,7 +184,7 @@ def actions(plan: Plan) -> List[Tuple[str, str]]:
 
 def test_first_deploy_starts_the_gateway_and_routes_by_host(environment: Environment, tmp_path: Path) -> None:
     release = fake_release(tmp_path)
-    plan = local.plan(release, environment)
+    plan = local.plan(release, environment, GATEWAY_PEX)
     assert actions(plan) == [(CREATE, "gateway"), (CREATE, "release"), (CREATE, "backend"), (CREATE, "route")]
     assert plan.url == f"http://fake.ml.localhost:{environment.gateway_port}/v1/"
     assert plan.serving.startswith("nothing")
@@ -189,7 +196,7 @@ def test_first_deploy_starts_the_gateway_and_routes_by_host(environment: Environ
     assert headers["x-ml-digest"] == release.digest
     # The backend runs from the state directory's copy, not from the (temporary) package.
     (deployment,) = live(environment).values()
-    copy = local.Site(environment).root / deployment.release_dir
+    copy = Site(environment).root / deployment.release_dir
     assert (copy / "model.pex" / "__main__.py").exists() and (copy / "server.pex").exists()
     assert Path(f"/proc/{deployment.pid}/cwd").resolve() == copy
     text = local.status(environment)
@@ -200,7 +207,7 @@ def test_deploying_what_is_live_changes_nothing(environment: Environment, tmp_pa
     release = fake_release(tmp_path)
     deploy(release, environment)
     before = live(environment)
-    plan = local.plan(release, environment)
+    plan = local.plan(release, environment, GATEWAY_PEX)
     assert [s.action for s in plan.steps] == [UNCHANGED] * 4
     changed, out = deploy(release, environment)
     assert not changed and "already live, no change" in out and plan.url in out
@@ -208,7 +215,7 @@ def test_deploying_what_is_live_changes_nothing(environment: Environment, tmp_pa
 
 
 def test_a_dry_run_changes_nothing(environment: Environment, tmp_path: Path) -> None:
-    site = local.Site(environment)
+    site = Site(environment)
     # Nothing deployed yet: not even the state directory is created.
     changed, out = deploy(fake_release(tmp_path), environment, dry_run=True)
     assert not changed and "plan (dry run, nothing was changed)" in out and "create    gateway" in out
@@ -217,11 +224,11 @@ def test_a_dry_run_changes_nothing(environment: Environment, tmp_path: Path) -> 
     release = fake_release(tmp_path)
     deploy(release, environment)
     files = {p: p.read_bytes() for p in site.root.rglob("*.json")}
-    processes = local._marked_processes(site)
+    processes = marked_processes(site)
     changed, out = deploy(fake_release(tmp_path), environment, dry_run=True)
     assert not changed and "replace   backend fake v1" in out and "delete    backend fake v1" in out
     assert {p: p.read_bytes() for p in site.root.rglob("*.json")} == files
-    assert local._marked_processes(site) == processes
+    assert marked_processes(site) == processes
     assert call(environment, "/v1/predict")[2]["id"] == release.env["FAKE_ID"]
 
 
@@ -231,7 +238,7 @@ def test_a_redeploy_under_load_fails_no_request(environment: Environment, tmp_pa
     old = live(environment)["fake-v1"]
     with steady_load(environment.gateway_port, "/v1/predict", b"{}", {"host": "fake.ml.localhost"},
                      timeout=10) as load:
-        plan = local.plan(second, environment)
+        plan = local.plan(second, environment, GATEWAY_PEX)
         assert actions(plan) == [(UNCHANGED, "gateway"), (CREATE, "release"), (REPLACE, "backend"),
                                  (UPDATE, "route"), (DELETE, "backend")]
         execute(plan, say=lambda _: None)
@@ -239,7 +246,7 @@ def test_a_redeploy_under_load_fails_no_request(environment: Environment, tmp_pa
     seen = Counter(json.loads(body)["id"] for status, _, body in load.answers if status == 200)
     assert seen.get(first.env["FAKE_ID"], 0) > 0 and seen.get(second.env["FAKE_ID"], 0) > 0
     assert call(environment, "/v1/predict")[2]["id"] == second.env["FAKE_ID"]
-    assert not local.alive(old)
+    assert not backends.of(old).alive(old)
 
 
 def test_a_release_that_fails_to_start_leaves_the_previous_one_serving(
@@ -256,13 +263,13 @@ def test_a_release_that_fails_to_start_leaves_the_previous_one_serving(
     assert live(environment) == before
     assert call(environment, "/v1/predict")[2]["id"] == good.env["FAKE_ID"]
 
-    monkeypatch.setattr(local, "READY_TIMEOUT", 1.0)
+    monkeypatch.setattr(backends, "READY_TIMEOUT", 1.0)
     with pytest.raises(DeployFailed, match="was not ready within 1 s"):
         deploy(fake_release(tmp_path, FAKE_HANG="1"), environment)
     assert live(environment) == before
     # Only the good backend (and the gateway) run.
-    groups = {os.getpgid(pid) for pid in local._marked_processes(local.Site(environment))}
-    assert groups == {before["fake-v1"].pid, local.gateway_state(local.Site(environment)).pid}
+    groups = {os.getpgid(pid) for pid in marked_processes(Site(environment))}
+    assert groups == {before["fake-v1"].pid, gateway_state(Site(environment)).pid}
 
 
 def test_two_versions_live_side_by_side(environment: Environment, tmp_path: Path) -> None:
@@ -286,20 +293,20 @@ def test_two_versions_live_side_by_side(environment: Environment, tmp_path: Path
 def test_what_died_is_started_again(environment: Environment, tmp_path: Path) -> None:
     release = fake_release(tmp_path)
     deploy(release, environment)
-    site = local.Site(environment)
+    site = Site(environment)
     os.killpg(live(environment)["fake-v1"].pid, signal.SIGKILL)
-    plan = local.plan(release, environment)
+    plan = local.plan(release, environment, GATEWAY_PEX)
     assert plan.serving.startswith("nothing healthy")
     assert [a for a, _ in actions(plan)] == [UNCHANGED, UNCHANGED, REPLACE, UPDATE, DELETE]
     deploy(release, environment)
     assert call(environment, "/v1/predict")[0] == 200
 
-    os.kill(local.gateway_state(site).pid, signal.SIGKILL)
+    os.kill(gateway_state(site).pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while local.gateway_state(site).alive:
+    while gateway_state(site).alive:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    plan = local.plan(release, environment)
+    plan = local.plan(release, environment, GATEWAY_PEX)
     assert [a for a, _ in actions(plan)] == [CREATE, UNCHANGED, UNCHANGED, UNCHANGED]
     deploy(release, environment)
     assert call(environment, "/v1/predict")[0] == 200
@@ -329,15 +336,15 @@ def test_stop_one_model_then_everything(environment: Environment, tmp_path: Path
     local.stop(environment, say=said.append)
     assert said[-1].startswith("stopped the gateway")
     assert "gateway http://127.0.0.1:%d: not running" % environment.gateway_port in local.status(environment)
-    assert local._marked_processes(local.Site(environment)) == {}
+    assert marked_processes(Site(environment)) == {}
 
 
 def test_stop_also_ends_what_a_crashed_deploy_left(environment: Environment, tmp_path: Path) -> None:
-    site = local.Site(environment)
+    site = Site(environment)
     release = fake_release(tmp_path)
     stray = subprocess.Popen(
         [str(release.package_dir / "model.pex" / "__main__.py"), "serve", "--ready-file", str(tmp_path / "url")],
-        env=local._child_env(site, "fake-v1", {}), start_new_session=True,
+        env=child_env(site, "fake-v1", {}), start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while not (tmp_path / "url").exists():
@@ -356,7 +363,7 @@ def test_a_port_taken_by_another_program_is_a_clear_error(environment: Environme
         other.listen()
         threading.Thread(target=lambda: other.accept()[0].sendall(b"SSH-2.0-not-http\r\n"), daemon=True).start()
         with pytest.raises(ConfigError, match=f"127.0.0.1:{environment.gateway_port} is taken by a program"):
-            local.plan(fake_release(tmp_path), environment)
+            local.plan(fake_release(tmp_path), environment, GATEWAY_PEX)
 
 
 def test_engine_docker_without_an_engine_is_a_clear_error(environment: Environment, tmp_path: Path,
@@ -364,18 +371,34 @@ def test_engine_docker_without_an_engine_is_a_clear_error(environment: Environme
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     docker_env = dataclasses.replace(environment, engine="docker")
     with pytest.raises(ConfigError, match="has engine: docker, but No Docker-API engine is reachable"):
-        local.plan(fake_release(tmp_path), docker_env)
+        local.plan(fake_release(tmp_path), docker_env, GATEWAY_PEX)
     # `auto` falls back to running the packaged server, and says so.
-    plan = local.plan(fake_release(tmp_path), dataclasses.replace(environment, engine="auto"))
+    plan = local.plan(fake_release(tmp_path), dataclasses.replace(environment, engine="auto"), GATEWAY_PEX)
     assert "no container engine answered" in plan.steps[2].detail
 
 
 def test_a_running_gateway_is_kept_and_an_older_build_of_it_is_pointed_out(
         environment: Environment, tmp_path: Path) -> None:
     deploy(fake_release(tmp_path), environment)
-    newer = fake_release(tmp_path, name="newer")
-    (newer.package_dir / "server.pex").unlink()
-    (newer.package_dir / "server.pex").write_bytes(SERVER_PEX.read_bytes() + b"\n# another build\n")
-    gateway = local.plan(newer, environment).steps[0]
-    assert gateway.action == UNCHANGED and "runs an older server.pex than this package's" in gateway.detail
-    assert "older" not in local.plan(fake_release(tmp_path), environment).steps[0].detail
+    newer = tmp_path / "newer" / "gateway.pex"
+    newer.parent.mkdir()
+    newer.write_bytes(GATEWAY_PEX.read_bytes() + b"\n# another build\n")
+    gateway = local.plan(fake_release(tmp_path, name="newer"), environment, newer).steps[0]
+    assert gateway.action == UNCHANGED and "runs an older gateway.pex than this deploy's" in gateway.detail
+    assert "older" not in local.plan(fake_release(tmp_path), environment, GATEWAY_PEX).steps[0].detail
+
+
+def test_a_rollback_restarts_the_gateway_from_the_kept_copy(environment: Environment, tmp_path: Path) -> None:
+    deploy(fake_release(tmp_path), environment)
+    deploy(fake_release(tmp_path), environment)
+    site = Site(environment)
+    os.kill(gateway_state(site).pid, signal.SIGKILL)
+    plan = local.plan_rollback("fake", 1, environment)  # handed no gateway.pex
+    assert plan.steps[0].action == CREATE and "gateway.pex" in plan.steps[0].detail
+    execute(plan, say=lambda _: None)
+    assert call(environment, "/v1/predict")[0] == 200
+
+
+def test_no_gateway_to_start_is_a_clear_error(environment: Environment, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no gateway to start in environment 'test'"):
+        local.plan(fake_release(tmp_path), environment)
