@@ -20,44 +20,35 @@ Each case is timed from the commit to the first response of the new version thro
 threads send iris predictions through the gateway throughout; every non-200 answer or error is
 a failed request (target: none).
 
-Usage: python3 bench/deploy_local.py [--repeats N] [--clients N] [--engine process|docker|auto]
-                                     [--include-uncommitted]
+Usage: ./pants run bench/deploy_local.py -- [--repeats N] [--clients N] [--engine process|docker|auto]
+                                                  [--include-uncommitted]
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
-from scratch import REPO, clone as scratch_clone, stop_pantsd
+from ml_deploy import local
+from ml_deploy.config import Environment
+from testutil.load import Load, steady_load
+from testutil.net import free_port
+from testutil.scratch import clone as scratch_clone, commit_change, git, repo_root, stop_pantsd
 
+REPO = repo_root()
 ENV_NAME = "bench"
 FLOWER = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 PANTS = ["bash", "pants", "--no-dynamic-ui"]
 CHANGED = ["--changed-since=HEAD~1", "--changed-dependents=transitive"]
-
-
-def git(clone: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com", *args],
-                          cwd=clone, check=True, capture_output=True, text=True).stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_clone(scratch: Path, include_uncommitted: bool) -> Path:
@@ -86,12 +77,6 @@ def add_environment(clone: Path, state: Path, port: int, engine: str) -> None:
     git(clone, "commit", "-q", "-am", "bench: a local deploy environment")
 
 
-def commit_one_line(clone: Path, path: str, label: str) -> None:
-    with (clone / path).open("a") as f:
-        f.write(f"# bench: {label}\n")
-    git(clone, "commit", "-q", "-am", f"bench: {label}")
-
-
 def pants(clone: Path, *args: str) -> float:
     started = time.perf_counter()
     result = subprocess.run([*PANTS, *args], cwd=clone, capture_output=True, text=True)
@@ -108,52 +93,6 @@ def live_digest(state: Path, key: str = "iris-v1") -> Optional[str]:
 
 
 @dataclass
-class Load:
-    """Client threads sending iris predictions through the gateway, recording what answered."""
-
-    port: int
-    clients: int
-    answers: List[Tuple[float, str]] = field(default_factory=list)  # (time, x-ml-digest)
-    failures: List[Tuple[float, str]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    threads: List[threading.Thread] = field(default_factory=list)
-
-    def start(self) -> None:
-        self.threads = [threading.Thread(target=self._client, args=(i % 2 == 0,), daemon=True)
-                        for i in range(self.clients)]
-        for thread in self.threads:
-            thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join()
-
-    def _client(self, keep_alive: bool) -> None:
-        body = json.dumps({"flowers": [FLOWER]})
-        headers = {"host": f"iris.ml.localhost:{self.port}", "content-type": "application/json"}
-        connection = None
-        while not self.stop.is_set():
-            try:
-                connection = connection or http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-                connection.request("POST", "/v1/predict", body=body, headers=headers)
-                response = connection.getresponse()
-                data = response.read()
-                now = time.perf_counter()
-                if response.status == 200:
-                    self.answers.append((now, response.getheader("x-ml-digest", "")))
-                else:
-                    self.failures.append((now, f"{response.status} {data[:200]!r}"))
-            except Exception as e:  # a dropped request, whatever the cause
-                self.failures.append((time.perf_counter(), repr(e)))
-                connection = None
-            if not keep_alive and connection is not None:
-                connection.close()
-                connection = None
-            time.sleep(0.002)  # leave the CPUs to the deploy being measured
-
-
-@dataclass
 class Result:
     to_answer: float  # commit -> the first answer of the new version
     command: float  # the deploy command's duration
@@ -161,33 +100,31 @@ class Result:
     failed: int
 
 
+def answered_by(load: Load, since: int, digest: Optional[str]) -> List[float]:
+    """When the answers after the first `since` came from `digest`."""
+    return [t for (_, headers, _), t in zip(load.answers[since:], load.answered_at[since:])
+            if headers.get("x-ml-digest") == digest]
+
+
 def measure(clone: Path, state: Path, load: Load, path: str, label: str, *args: str) -> Result:
     before = live_digest(state)
     answered, failed = len(load.answers), len(load.failures)
     started = time.perf_counter()
-    commit_one_line(clone, path, label)
+    commit_change(clone, path, f"# bench: {label}\n")
     command = pants(clone, *args)
     after = live_digest(state)
     if after == before:
         sys.exit(f"{label}: iris's live digest did not change ({before})")
     deadline = time.perf_counter() + 30
-    while not any(d == after for t, d in load.answers[answered:]):
+    while not answered_by(load, answered, after):
         if time.perf_counter() > deadline:
             sys.exit(f"{label}: iris {after} never answered through the gateway")
         time.sleep(0.01)
-    first = min(t for t, d in load.answers[answered:] if d == after)
+    first = min(answered_by(load, answered, after))
     time.sleep(0.5)  # requests still in flight to the old version finish
-    return Result(first - started, command, len(load.answers) - answered + len(load.failures) - failed,
-                  len(load.failures) - failed)
-
-
-def stop_everything(clone: Path, state: Path, port: int, engine: str) -> None:
-    sys.path.insert(0, str(clone / "platform"))
-    from ml_deploy import local
-    from ml_deploy.config import Environment
-
-    local.stop(Environment(name=ENV_NAME, compute="local", state_dir=str(state), gateway_port=port,
-                           engine=engine), say=lambda line: print(line, file=sys.stderr))
+    # A non-200 answer is in both lists: count each request once.
+    requests = len(load.answers) - answered + len(load.failures) - failed
+    return Result(first - started, command, requests, len(load.failures) - failed)
 
 
 def main() -> None:
@@ -206,21 +143,26 @@ def main() -> None:
     add_environment(clone, state, port, args.engine)
     deploy = ["deploy", f"--deploy-env={ENV_NAME}"]
     cases: Dict[str, List[Result]] = {"changed only": [], "all models": [], "shared code": []}
-    load = Load(port, args.clients)
+    body = json.dumps({"flowers": [FLOWER]}).encode()
+    headers = {"host": f"iris.ml.localhost:{port}", "content-type": "application/json"}
+    model = "models/iris/src/model.py"
     try:
         print("first deploy of every model ...", file=sys.stderr)
         first = pants(clone, *deploy, "models/::")
-        load.start()
-        for i in range(args.repeats):
-            print(f"round {i + 1} of {args.repeats} ...", file=sys.stderr)
-            model = "models/iris/src/model.py"
-            cases["changed only"].append(measure(clone, state, load, model, f"changed-only {i}", *CHANGED, *deploy))
-            cases["all models"].append(measure(clone, state, load, model, f"all models {i}", *deploy, "models/::"))
-            cases["shared code"].append(measure(clone, state, load, "platform/ml_runtime/codec.py",
-                                                f"shared code {i}", *deploy, "models/::"))
+        # Requests a little apart: the CPUs are left to the deploy being measured.
+        with steady_load(port, "/v1/predict", body, headers, clients=args.clients, pause=0.002) as load:
+            for i in range(args.repeats):
+                print(f"round {i + 1} of {args.repeats} ...", file=sys.stderr)
+                cases["changed only"].append(measure(clone, state, load, model, f"changed-only {i}",
+                                                     *CHANGED, *deploy))
+                cases["all models"].append(measure(clone, state, load, model, f"all models {i}",
+                                                   *deploy, "models/::"))
+                cases["shared code"].append(measure(clone, state, load, "platform/ml_runtime/codec.py",
+                                                    f"shared code {i}", *deploy, "models/::"))
+        failures = load.failures
     finally:
-        load.close()
-        stop_everything(clone, state, port, args.engine)
+        local.stop(Environment(name=ENV_NAME, compute="local", state_dir=str(state), gateway_port=port,
+                               engine=args.engine), say=lambda line: print(line, file=sys.stderr))
         stop_pantsd(clone)
 
     baseline = statistics.median(r.to_answer for r in cases["all models"])
@@ -231,7 +173,7 @@ def main() -> None:
         command = statistics.median(r.command for r in results)
         failed, requests = sum(r.failed for r in results), sum(r.requests for r in results)
         print(f"{name:<14}{to_answer:>12.2f}{command:>11.2f}{to_answer / baseline:>8.0%}{failed:>9}/{requests}")
-    for when, what in load.failures[:10]:
+    for what in failures[:10]:
         print(f"  failed: {what}")
     shutil.rmtree(scratch, ignore_errors=True)
 

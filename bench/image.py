@@ -42,17 +42,16 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-from scratch import REPO, clone as scratch_clone, own_caches, stop_pantsd
+from ml_image.layers import tree_entries, write_layer
+from ml_image.model_image import MODEL_ROOT, SERVER_ROOT, venv_entries
+from ml_image.engine import wait_for_200
+from ml_image.registry import push_layout
+from testutil.net import free_port
+from testutil.podman import Podman, podman_store
+from testutil.registry import RunningRegistry, start_registry
+from testutil.scratch import clone as scratch_clone, own_caches, repo_root, stop_pantsd
 
-sys.path.insert(0, str(REPO / "platform"))
-sys.path.insert(0, str(REPO / "tests"))  # the test-support helpers (testutil)
-
-from ml_image.engine import wait_for_200  # noqa: E402
-from ml_image.layers import tree_entries, write_layer  # noqa: E402
-from ml_image.model_image import MODEL_ROOT, SERVER_ROOT, venv_entries  # noqa: E402
-from ml_image.registry import push_layout  # noqa: E402
-from testutil.net import free_port  # noqa: E402
-from testutil.podman import Podman, podman_store  # noqa: E402
+REPO = repo_root()
 
 MODELS = ("iris", "digits")
 TARGETS = [f"models/{m}:" for m in MODELS]
@@ -396,64 +395,37 @@ def start_section(clone: Clone, starts: int) -> tuple[list[str], dict]:
 # 3. Bytes pushed after a one-line change
 
 
-class Registry:
-    def __init__(self, work: Path) -> None:
-        self.port = free_port()
-        config = work / "registry.yml"
-        config.write_text(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {work / 'registry'}\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n"
-        )
-        self.log = (work / "registry.log").open("w")
-        self.process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=self.log,
-                                        stderr=subprocess.STDOUT)
-        if not wait_for_200(f"http://127.0.0.1:{self.port}/v2/", 30, lambda: self.process.poll() is None):
-            self.close()
-            sys.exit(f"docker-registry did not start: see {work / 'registry.log'}")
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-
-
 def push_section(before: Clone, after: Clone, work: Path) -> tuple[list[str], dict[str, float]]:
-    registry = Registry(work)
+    with start_registry(work / "registry", auth="none") as registry:
+        return _push_section(before, after, registry)
+
+
+def _push_section(before: Clone, after: Clone, registry: RunningRegistry) -> tuple[list[str], dict[str, float]]:
     lines = ["## 3. Bytes pushed after a one-line code change (local docker-registry)", "",
              "| model | full image bytes | first push: uploaded + manifest | s | after the change: blobs "
              "uploaded | uploaded + manifest bytes | s | share of the image |",
              "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     shares = {}
-    try:
-        for model in MODELS:
-            reference = f"127.0.0.1:{registry.port}/ml/{model}:{TAG}"
-            old, new = before.package_dir(model) / "image", after.package_dir(model) / "image"
-            names = {l["digest"]: kind for l, kind in zip(manifest_of(new)["layers"], ("base", "server", "deps", "code"))}
-            names[manifest_of(new)["config"]["digest"]] = "config"
-            start = time.monotonic()
-            first = push_layout(old, reference, quiet=True)
-            first_s = time.monotonic() - start
-            start = time.monotonic()
-            second = push_layout(new, reference, quiet=True)
-            second_s = time.monotonic() - start
-            full = image_bytes(old)
-            sent = second.uploaded_bytes + second.manifest_size
-            shares[model] = sent / full
-            uploaded = ", ".join(f"{names.get(b.digest, b.digest[:19])} ({b.size:,} B)"
-                                 for b in second.blobs if b.action == "uploaded")
-            lines.append(f"| {model} | {full:,} | {first.uploaded_bytes + first.manifest_size:,} | {first_s:.2f} | "
-                         f"{uploaded} | {sent:,} | {second_s:.2f} | **{sent / full:.3%}** |")
-            if manifest_digest(old) == manifest_digest(new):
-                lines.append(f"| {model} | (the change did not change the image!) | | | | | | |")
-    finally:
-        registry.close()
+    for model in MODELS:
+        reference = f"127.0.0.1:{registry.port}/ml/{model}:{TAG}"
+        old, new = before.package_dir(model) / "image", after.package_dir(model) / "image"
+        names = {l["digest"]: kind for l, kind in zip(manifest_of(new)["layers"], ("base", "server", "deps", "code"))}
+        names[manifest_of(new)["config"]["digest"]] = "config"
+        start = time.monotonic()
+        first = push_layout(old, reference, quiet=True)
+        first_s = time.monotonic() - start
+        start = time.monotonic()
+        second = push_layout(new, reference, quiet=True)
+        second_s = time.monotonic() - start
+        full = image_bytes(old)
+        sent = second.uploaded_bytes + second.manifest_size
+        shares[model] = sent / full
+        uploaded = ", ".join(f"{names.get(b.digest, b.digest[:19])} ({b.size:,} B)"
+                             for b in second.blobs if b.action == "uploaded")
+        lines.append(f"| {model} | {full:,} | {first.uploaded_bytes + first.manifest_size:,} | {first_s:.2f} | "
+                     f"{uploaded} | {sent:,} | {second_s:.2f} | **{sent / full:.3%}** |")
+        if manifest_digest(old) == manifest_digest(new):
+            lines.append(f"| {model} | (the change did not change the image!) | | | | | | |")
     return lines, shares
 
 

@@ -9,7 +9,7 @@ the end. Prints each case's median wall time and its ratio to the cold build:
   no-op       the same command again, nothing changed
   one model   after appending a line to one model's code
 
-Usage: python3 bench/package_build.py [--repeats N]
+Usage: ./pants run bench/package_build.py -- [--repeats N]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scratch import clone as scratch_clone, own_caches, stop_pantsd
+from testutil.scratch import clone as scratch_clone, own_caches, stop_pantsd
 
 COMMAND = ["bash", "pants", "--no-dynamic-ui", "package", "models/::"]
 

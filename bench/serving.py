@@ -22,7 +22,7 @@ missing and we are root).
 With `--baseline REF`, the iris model as built at git ref REF (in a scratch clone) is served
 too, under the same load: the ratio of ours to it is what a change to the server costs.
 
-Usage: python3 bench/serving.py [--rounds N] [--duration S] [--warmup S] [--no-build] [--baseline REF] [--no-peers]
+Usage: ./pants run bench/serving.py -- [--rounds N] [--duration S] [--warmup S] [--no-build] [--baseline REF] [--no-peers]
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,9 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import scratch
+from testutil import scratch
+from testutil.net import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = scratch.repo_root()
 IRIS = REPO / "models" / "iris"
 DIST = REPO / "dist" / "models.iris" / "iris"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ml-platform" / "bench"
@@ -240,12 +240,6 @@ def pip_version(venv: Path, package: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Servers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: str, timeout: float = 5.0) -> object:

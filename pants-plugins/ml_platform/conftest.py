@@ -6,6 +6,7 @@ import re
 from textwrap import dedent
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,10 +103,11 @@ def repo_options(*extra: str) -> list[str]:
     ] + list(extra)
 
 
-@pytest.fixture
-def rule_runner() -> RuleRunner:
+def make_rule_runner(*extra_rules: Any) -> RuleRunner:
+    """The plugin's rules (and `extra_rules`) over a scratch repository with a stub server."""
     rule_runner = RuleRunner(
         rules=[
+            *extra_rules,
             *pex_from_targets.rules(),
             *package_pex_binary.rules(),
             *python_sources.rules(),
@@ -146,3 +148,8 @@ def rule_runner() -> RuleRunner:
         }
     )
     return rule_runner
+
+
+@pytest.fixture
+def rule_runner() -> RuleRunner:
+    return make_rule_runner()

@@ -1,6 +1,11 @@
 """`pants deploy` for `ml_model`: package the model, push its image, and roll it out by digest to
 the compute it declares, in the environment chosen with `--deploy-env`.
 
+Pants' own `experimental-deploy` goal works too (the same rollout, through its `DeployFieldSet`):
+it is what a repository that deploys other target types as well would run. `deploy` stays the
+platform's goal because it says what it did per model, and says "nothing to deploy" rather than
+failing when CI's changed targets hold no model.
+
 The rollout itself is `python -m ml_deploy` from the deploy tools' PEX, run as an interactive
 process (it talks to AWS, a container engine or the local gateway, none of which a sandboxed,
 cached process may do), one model after another so the output reads as one log.
@@ -18,6 +23,7 @@ from ml_platform.target_types import MLModelEntryPointField
 from ml_contract.model_settings import Compute
 from ml_contract.package_layout import GATEWAY_PEX
 from pants.backend.python.util_rules.pex import Pex, PexProcess
+from pants.core.goals.deploy import DeployFieldSet, DeployProcess
 from pants.core.goals.package import BuiltPackage, PackageFieldSet
 from pants.engine.console import Console
 from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
@@ -35,6 +41,7 @@ from pants.engine.fs import (
 from pants.engine.goal import Goal, GoalSubsystem
 from pants.engine.process import InteractiveProcess, InteractiveProcessResult, Process
 from pants.engine.rules import Effect, Get, MultiGet, collect_rules, goal_rule, rule
+from pants.engine.unions import UnionRule
 from pants.engine.target import (
     FieldSet,
     FilteredTargets,
@@ -168,6 +175,23 @@ async def prepare_rollout(
     return ModelRollout(field_set.address.spec, InteractiveProcess.from_process(process))
 
 
+@dataclass(frozen=True)
+class ExperimentalDeployMLModelFieldSet(DeployFieldSet):
+    """An `ml_model` for Pants' `experimental-deploy` goal."""
+
+    required_fields = (MLModelEntryPointField,)
+
+    entry_point: MLModelEntryPointField
+
+
+@rule(desc="Preparing to deploy an ml_model (experimental-deploy)", level=LogLevel.DEBUG)
+async def experimental_deploy_process(field_set: ExperimentalDeployMLModelFieldSet) -> DeployProcess:
+    # The push is part of the rollout (it runs only where the registry lacks the digest), so
+    # there is nothing for the goal to publish first.
+    rollout = await Get(ModelRollout, DeployMLModelFieldSet(field_set.address, field_set.entry_point))
+    return DeployProcess(name=rollout.name, process=rollout.process)
+
+
 @goal_rule
 async def run_deploy(console: Console, deploy: DeploySubsystem, targets: FilteredTargets) -> Deploy:
     field_sets = [
@@ -194,4 +218,4 @@ async def run_deploy(console: Console, deploy: DeploySubsystem, targets: Filtere
 
 
 def rules():
-    return collect_rules()
+    return [*collect_rules(), UnionRule(DeployFieldSet, ExperimentalDeployMLModelFieldSet)]

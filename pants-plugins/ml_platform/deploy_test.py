@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from ml_platform.conftest import ENV_INHERIT, repo_options
+from ml_platform.conftest import ENV_INHERIT, make_rule_runner, repo_options
 from ml_platform.deploy import Deploy
+from pants.core.goals import publish
+from pants.core.goals.deploy import Deploy as ExperimentalDeploy, rules as experimental_deploy_rules
 from ml_contract.model_settings import ModelSettings
 from pants.engine.addresses import Address
 from pants.engine.internals.scheduler import ExecutionError
@@ -38,3 +40,15 @@ def test_deploy_refuses_to_run_without_images(rule_runner: RuleRunner) -> None:
     with pytest.raises(ExecutionError, match=r"models/m:m: `deploy` rolls out images by digest"):
         rule_runner.run_goal_rule(Deploy, global_args=repo_options(), args=["models/m:m"],
                                   env_inherit=ENV_INHERIT)
+
+
+def test_experimental_deploy_runs_the_same_rollout() -> None:
+    # Pants' own goal reaches the ml_model rollout through the DeployFieldSet union: here its
+    # first check, which needs no images built.
+    rule_runner = make_rule_runner(*experimental_deploy_rules(), *publish.rules())
+    rule_runner.write_files({"models/m/BUILD": 'ml_model(entry_point="model.py:Model")\n',
+                             "models/m/model.py": "class Model: ...\n"})
+    with pytest.raises(ExecutionError, match=r"models/m:m: `deploy` rolls out images by digest"):
+        rule_runner.run_goal_rule(ExperimentalDeploy, global_args=repo_options(), args=["models/m:m"],
+                                  env_inherit=ENV_INHERIT)
+

@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 from ml_contract.package_layout import IMAGE_LAYOUT
-from ml_image.registry import (
-    Auth,
-    RegistryClient,
-    RegistryError,
-    ensure_ecr_repository,
-    is_ecr_host,
-    push_layout,
-)
+from ml_image.registry import Auth, RegistryClient, RegistryError, is_ecr_host
+from ml_image.registry.publish import publish
 
 from ml_deploy import aws
 from ml_deploy.config import Environment
@@ -42,16 +36,15 @@ def plan_push(plan: Plan, release: Release, environment: Environment) -> None:
     repository = release.repository(environment)
     auth = registry_auth(environment)
     tag_ref = f"{registry}/{repository}:v{release.version}"
-    ecr = is_ecr_host(registry) or environment.registry_auth == "ecr"
     if _has_manifest(RegistryClient(registry, repository, auth), release.digest):
         plan.add(UNCHANGED, f"image {registry}/{repository}@{release.digest}", "already in the registry")
         return
 
     def push() -> str:
-        if ecr:
-            ensure_ecr_repository(repository, registry if is_ecr_host(registry) else None,
-                                  boto3_session=aws.session(environment))
-        result = push_layout(release.package_dir / IMAGE_LAYOUT, tag_ref, auth, quiet=True)
+        ecr = environment.registry_auth == "ecr" or is_ecr_host(registry)
+        result = publish(release.package_dir / IMAGE_LAYOUT, tag_ref, auth,
+                         create_ecr_repository=environment.registry_auth == "ecr",
+                         boto3_session=aws.session(environment) if ecr else None, quiet=True)
         return (f"pushed {result.uploaded_count} blobs ({result.uploaded_bytes:,} bytes), "
                 f"{result.skipped_count} already there")
 

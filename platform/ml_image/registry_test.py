@@ -835,9 +835,11 @@ def test_cli_push_and_pull(basic_registry: RunningRegistry, tmp_path: Path) -> N
                               capture_output=True, text=True, timeout=60)
 
     ref = basic_registry.ref("models/cli", "7")
-    done = run("push", str(layout.path), ref, "--username", USER, "--password-stdin", stdin=PASSWORD + "\n")
+    done = run("push", str(layout.path), ref, "--username", USER, "--password-stdin",
+               "--result-file", str(tmp_path / "pushed.json"), stdin=PASSWORD + "\n")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
+    assert json.loads((tmp_path / "pushed.json").read_text()) == summary
     assert summary["digest"] == layout.manifest_digest and summary["uploaded"] == 2
     assert PASSWORD not in done.stdout + done.stderr
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.scratch_repo import commit_change, scratch_repo
+from testutil.scratch import commit_change, scratch_repo
 
 ALL_MODELS = {"models/digits:digits", "models/iris:iris"}
 

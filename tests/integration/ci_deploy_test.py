@@ -21,7 +21,7 @@ from ml_deploy import config, local
 from testutil.load import teardown_on_sigterm
 from testutil.net import free_port
 
-from integration.scratch_repo import commit_change, scratch_repo
+from testutil.scratch import commit_change, scratch_repo
 
 MODELS = {"iris", "digits"}
 DEPLOYED = re.compile(r"^✓ models/(\w+):\w+ deployed \(ci\)$", re.MULTILINE)

@@ -20,15 +20,17 @@ class Load:
 
     answers: List[Tuple[int, Dict[str, str], bytes]]
     failures: List[str]
+    answered_at: List[float]  # time.perf_counter() of each answer, in the order of `answers`
 
 
 @contextlib.contextmanager
 def steady_load(port: int, path: str, body: bytes, headers: Dict[str, str], *, clients: int = 6,
-                settle: float = 0.5, timeout: float = 30) -> Iterator[Load]:
-    """`clients` threads POST `body` to `path` on 127.0.0.1:`port` back to back for as long as
-    the block runs: half keep one connection alive, half open a new one for each request. They
-    start `settle` seconds before the block's body runs and stop `settle` seconds after it."""
-    load = Load([], [])
+                settle: float = 0.5, timeout: float = 30, pause: float = 0.0) -> Iterator[Load]:
+    """`clients` threads POST `body` to `path` on 127.0.0.1:`port` back to back (or `pause`
+    seconds apart, to leave the CPUs to what is measured) for as long as the block runs: half
+    keep one connection alive, half open a new one for each request. They start `settle` seconds
+    before the block's body runs and stop `settle` seconds after it."""
+    load = Load([], [], [])
     stop = threading.Event()
 
     def client(keep_alive: bool) -> None:
@@ -40,6 +42,7 @@ def steady_load(port: int, path: str, body: bytes, headers: Dict[str, str], *, c
                 response = connection.getresponse()
                 answer = response.read()
                 load.answers.append((response.status, {k.lower(): v for k, v in response.getheaders()}, answer))
+                load.answered_at.append(time.perf_counter())
                 if response.status != 200:
                     load.failures.append(f"{response.status}: {answer[:200]!r}")
             except Exception as e:  # any error is a dropped request
@@ -48,6 +51,8 @@ def steady_load(port: int, path: str, body: bytes, headers: Dict[str, str], *, c
             if connection is not None and (not keep_alive or stop.is_set()):
                 connection.close()
                 connection = None
+            if pause:
+                time.sleep(pause)
 
     threads = [threading.Thread(target=client, args=(i % 2 == 0,), daemon=True) for i in range(clients)]
     for thread in threads:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ml_image.registry.auth import Auth, PASSWORD_ENV, USERNAME_ENV
-from ml_image.registry.ecr import ensure_ecr_repository, is_ecr_host
 from ml_image.registry.errors import RegistryError
 from ml_image.registry.reference import Reference
-from ml_image.registry.remote import pull, PullResult, push_layout, PushResult
+from ml_image.registry.publish import publish
+from ml_image.registry.remote import pull, PullResult, PushResult
 
 
 def _cli_auth(args: argparse.Namespace, registry: str, parser: argparse.ArgumentParser) -> Auth:
@@ -58,23 +58,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                help="HTTPS even for a loopback registry")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds per network operation")
         p.add_argument("--quiet", action="store_true", help="no progress lines")
+        p.add_argument("--result-file", type=Path,
+                       help="also write the result (digest, blobs uploaded, bytes) to this JSON file: "
+                            "what programs should read, rather than standard output")
     args = parser.parse_args(argv)
     try:
         ref = Reference.parse(args.reference)
         auth = _cli_auth(args, ref.registry, parser)
         if args.command == "push":
-            if args.create_ecr_repository or is_ecr_host(ref.registry):
-                ensure_ecr_repository(ref.repository, ref.registry if is_ecr_host(ref.registry) else None)
-            result: Union[PushResult, PullResult] = push_layout(
-                args.layout, ref, auth, plain_http=args.plain_http, mount_from=args.mount_from,
-                timeout=args.timeout, quiet=args.quiet)
+            result: Union[PushResult, PullResult] = publish(
+                args.layout, ref, auth, create_ecr_repository=args.create_ecr_repository,
+                plain_http=args.plain_http, mount_from=args.mount_from, timeout=args.timeout, quiet=args.quiet)
         else:
             result = pull(ref, args.dest, auth, cache_dir=args.cache_dir, platform=args.platform,
                           plain_http=args.plain_http, timeout=args.timeout, quiet=args.quiet)
     except RegistryError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(result.summary(), sort_keys=True))
+    summary = json.dumps(result.summary(), sort_keys=True)
+    if args.result_file:
+        args.result_file.write_text(summary + "\n")
+    print(summary)
     return 0
 
 
