@@ -130,8 +130,11 @@ class ModelSettings:
                 raise SettingError("memory", f"is {memory} MiB, which Fargate does not offer with {cpu:g} vCPU. "
                                    f"Allowed with {cpu:g} vCPU: {describe_memory_choices(allowed)} MiB.")
 
+    def to_dict(self) -> Dict[str, Any]:
+        return {**dataclasses.asdict(self), "env": dict(self.env)}
+
     def to_json(self) -> str:
-        return json.dumps({**dataclasses.asdict(self), "env": dict(self.env)}, sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelSettings":

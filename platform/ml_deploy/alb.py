@@ -249,6 +249,6 @@ def _health_check_drift(current: Mapping[str, Any]) -> List[str]:
 def _set_deregistration_delay(elb: Any, arn: str, release: Release) -> None:
     # Draining lasts as long as a request may (the model's timeout), not ELB's default 300 s:
     # replacing a task or an instance then takes seconds longer than the slowest request.
-    seconds = max(5, min(3600, release.timeout + 5))
+    seconds = max(5, min(3600, release.settings.timeout + 5))
     elb.modify_target_group_attributes(TargetGroupArn=arn, Attributes=[
         {"Key": "deregistration_delay.timeout_seconds", "Value": str(seconds)}])

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from ml_contract.model_settings import ModelSettings
 from ml_deploy import aws, publish
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.plan import CREATE, DELETE, UNCHANGED, UPDATE, Plan
@@ -114,7 +115,7 @@ def plan(release: Release, environment: Environment) -> Plan:
     lam = aws.client(environment, "lambda")
     function = release.resource_name
     state = read_state(lam, function)
-    wanted = Settings(release.digest, release.memory, release.timeout, tuple(sorted(release.env.items())),
+    wanted = Settings(release.digest, release.settings.effective_memory, release.settings.timeout, tuple(sorted(release.settings.env.items())),
                       environment.lambda_role or "")
     result = Plan(target=f"{release.name} v{release.version} -> lambda ({environment.name})",
                   digest=release.digest, serving=state.serving(), url=state.url)
@@ -129,8 +130,7 @@ def plan_rollback(name: str, version: int, environment: Environment) -> Plan:
     """Move alias `live` back to the version it served before the last deploy (a second rollback
     moves it forward again: the alias always remembers the version it left)."""
     # One naming rule for the function, Release's (the other fields do not matter here).
-    function = Release(name=name, version=version, compute="lambda", package_dir=Path("."),
-                       digest="").resource_name
+    function = Release(ModelSettings(name=name, version=version, compute="lambda"), Path("."), "").resource_name
     lam = aws.client(environment, "lambda")
     state = read_state(lam, function)
     where = f"{name} v{version} in environment {environment.name!r}"
@@ -206,14 +206,14 @@ def read_state(lam: Any, function: str) -> FunctionState:
 def _check(release: Release, environment: Environment) -> None:
     why = f"deploying {release.name} v{release.version} to lambda"
     environment.require("lambda_role", "registry", why=why)
-    if release.gpu:
-        raise ConfigError(f"{release.address or release.name}: Lambda has no GPUs, but the model asks "
-                          f"for gpu={release.gpu}; deploy it to compute='ec2' instead")
-    if not MEMORY_RANGE[0] <= release.memory <= MEMORY_RANGE[1]:
-        raise ConfigError(f"{release.address or release.name}: memory={release.memory} MiB is outside "
+    if release.settings.gpu:
+        raise ConfigError(f"{release.settings.address or release.name}: Lambda has no GPUs, but the model asks "
+                          f"for gpu={release.settings.gpu}; deploy it to compute='ec2' instead")
+    if not MEMORY_RANGE[0] <= release.settings.effective_memory <= MEMORY_RANGE[1]:
+        raise ConfigError(f"{release.settings.address or release.name}: memory={release.settings.effective_memory} MiB is outside "
                           f"Lambda's {MEMORY_RANGE[0]}-{MEMORY_RANGE[1]} MiB")
-    if not TIMEOUT_RANGE[0] <= release.timeout <= TIMEOUT_RANGE[1]:
-        raise ConfigError(f"{release.address or release.name}: timeout={release.timeout} s is outside "
+    if not TIMEOUT_RANGE[0] <= release.settings.timeout <= TIMEOUT_RANGE[1]:
+        raise ConfigError(f"{release.settings.address or release.name}: timeout={release.settings.timeout} s is outside "
                           f"Lambda's {TIMEOUT_RANGE[0]}-{TIMEOUT_RANGE[1]} s")
 
 
@@ -230,7 +230,7 @@ def _plan_function_and_version(result: Plan, lam: Any, release: Release, environ
     def configuration() -> Dict[str, Any]:
         return dict(Role=wanted.role, MemorySize=wanted.memory, Timeout=wanted.timeout,
                     Environment={"Variables": dict(wanted.env)},
-                    Description=f"{release.name} v{release.version} ({release.address or 'ml_model'})")
+                    Description=f"{release.name} v{release.version} ({release.settings.address or 'ml_model'})")
 
     if state.live == wanted:
         assert state.alias_version is not None

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from pathlib import Path
 from types import ModuleType
@@ -33,7 +32,7 @@ def driver(compute: str) -> ModuleType:
 def placed(release: Release, environment: Environment) -> Release:
     """The release with the compute it runs on in `environment` (which may force one)."""
     compute = environment.compute or release.compute
-    return dataclasses.replace(release, compute=compute) if compute != release.compute else release
+    return release.placed(compute) if compute != release.compute else release
 
 
 def plan_deploy(release: Release, environment: Environment, gateway_pex: Optional[Path] = None) -> Plan:

@@ -85,7 +85,7 @@ def plan(release: Release, environment: Environment) -> Plan:
 
 
 def instance_type(release: Release, environment: Environment) -> str:
-    return environment.gpu_instance_type if release.gpu else environment.instance_type
+    return environment.gpu_instance_type if release.settings.gpu else environment.instance_type
 
 
 def instance_tags(release: Release, spec: str) -> Dict[str, str]:
@@ -119,8 +119,8 @@ def user_data(release: Release, environment: Environment) -> str:
     q = shlex.quote
     image = release.image_uri(environment)
     region = environment.region or ""
-    gpu_docker = f"  gpus=(--gpus {release.gpu})\n" if release.gpu else ""
-    gpu_podman = "  gpus=(--device nvidia.com/gpu=all)\n" if release.gpu else ""
+    gpu_docker = f"  gpus=(--gpus {release.settings.gpu})\n" if release.settings.gpu else ""
+    gpu_podman = "  gpus=(--device nvidia.com/gpu=all)\n" if release.settings.gpu else ""
     login = ""
     if _ecr_login(environment):
         registry = environment.registry or ""
@@ -130,8 +130,8 @@ def user_data(release: Release, environment: Environment) -> str:
         login = (f"ecr_login() {{ aws ecr get-login-password --region {q(ecr_region)} | "
                  f"\"$engine\" login --username AWS --password-stdin {q(registry)}; }}\n"
                  f"retry ecr_login\n")
-    env_args = "".join(f" \\\n  -e {q(f'{k}={v}')}" for k, v in sorted(release.env.items()))
-    gpu_args = ' "${gpus[@]}"' if release.gpu else ""
+    env_args = "".join(f" \\\n  -e {q(f'{k}={v}')}" for k, v in sorted(release.settings.env.items()))
+    gpu_args = ' "${gpus[@]}"' if release.settings.gpu else ""
     return f"""#!/bin/bash
 # ml-platform: {release.name} v{release.version}, image {release.digest} (written by ml_deploy.ec2).
 # Runs once, at first boot; the engine's restart policy keeps the model up after that.
@@ -154,7 +154,7 @@ if command -v docker >/dev/null 2>&1; then
 {login}retry "$engine" pull "$image"
 "$engine" rm -f "$name" >/dev/null 2>&1 || true
 "$engine" run -d --name "$name" --restart=always -p {CONTAINER_PORT}:{CONTAINER_PORT} \\
-  --memory {release.memory}m --cpus {release.cpu:g} "${{logging[@]}}"{gpu_args}{env_args} \\
+  --memory {release.settings.effective_memory}m --cpus {release.settings.effective_cpu:g} "${{logging[@]}}"{gpu_args}{env_args} \\
   "$image"
 """
 
@@ -340,7 +340,7 @@ class _Replacer:
         group = self.outputs[alb.TARGET_GROUP_ARN]
         self.elb.deregister_targets(TargetGroupArn=group, Targets=[self.target(instance_id)])
         # Let requests in flight finish (the group's deregistration delay) before terminating.
-        delay = max(5, self.release.timeout + 5)
+        delay = max(5, self.release.settings.timeout + 5)
         try:
             self.elb.get_waiter("target_deregistered").wait(
                 TargetGroupArn=group, Targets=[self.target(instance_id)],

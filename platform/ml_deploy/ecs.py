@@ -64,7 +64,7 @@ def log_group(release: Release) -> str:
 
 
 def cpu_units(release: Release) -> int:
-    return int(round(release.cpu * 1024))
+    return int(round(release.settings.effective_cpu * 1024))
 
 
 @dataclass
@@ -114,7 +114,7 @@ def task_definition(release: Release, environment: Environment) -> Dict[str, Any
         "image": release.image_uri(environment),
         "essential": True,
         "portMappings": [{"containerPort": CONTAINER_PORT, "hostPort": CONTAINER_PORT, "protocol": "tcp"}],
-        "environment": [{"name": k, "value": v} for k, v in sorted(release.env.items())],
+        "environment": [{"name": k, "value": v} for k, v in sorted(release.settings.env.items())],
         "dockerLabels": release.labels(),
         "logConfiguration": {"logDriver": "awslogs", "options": {
             "awslogs-group": log_group(release),
@@ -122,14 +122,14 @@ def task_definition(release: Release, environment: Environment) -> Dict[str, Any
             "awslogs-stream-prefix": f"v{release.version}",
         }},
     }
-    if release.gpu:
-        container["resourceRequirements"] = [{"type": "GPU", "value": str(release.gpu)}]
+    if release.settings.gpu:
+        container["resourceRequirements"] = [{"type": "GPU", "value": str(release.settings.gpu)}]
     spec: Dict[str, Any] = {
         "family": release.resource_name,
         "requiresCompatibilities": [LAUNCH_TYPES[release.compute]],
         "networkMode": "awsvpc",
         "cpu": str(cpu_units(release)),
-        "memory": str(release.memory),
+        "memory": str(release.settings.effective_memory),
         "executionRoleArn": environment.execution_role,
         "containerDefinitions": [container],
     }
@@ -173,20 +173,20 @@ def _check(release: Release, environment: Environment) -> None:
     why = f"deploying {release.name} v{release.version} to {release.compute}"
     environment.require("registry", "region", "cluster", "vpc", "subnets", "security_groups", "listener",
                         "execution_role", why=why)
-    where = release.address or release.name
+    where = release.settings.address or release.name
     if release.compute == "fargate":
-        if release.gpu:
-            raise ConfigError(f"{where}: Fargate has no GPUs, but the model asks for gpu={release.gpu}; "
+        if release.settings.gpu:
+            raise ConfigError(f"{where}: Fargate has no GPUs, but the model asks for gpu={release.settings.gpu}; "
                               f"deploy it to compute='ecs' (GPU container instances) or 'ec2'")
         memories = FARGATE_SIZES.get(cpu_units(release))
-        if memories is None or release.memory not in memories:
+        if memories is None or release.settings.effective_memory not in memories:
             sizes = "; ".join(f"cpu={units / 1024:g}: memory {', '.join(map(str, m[:3]))}"
                               f"{' ... ' + str(m[-1]) if len(m) > 3 else ''}" for units, m in FARGATE_SIZES.items())
-            raise ConfigError(f"{where}: cpu={release.cpu:g} with memory={release.memory} MiB is not a "
+            raise ConfigError(f"{where}: cpu={release.settings.effective_cpu:g} with memory={release.settings.effective_memory} MiB is not a "
                               f"Fargate task size; Fargate allows {sizes}")
-    elif release.cpu <= 0 or release.memory <= 0:
-        raise ConfigError(f"{where}: cpu and memory must be positive for ECS (cpu={release.cpu}, "
-                          f"memory={release.memory})")
+    elif release.settings.effective_cpu <= 0 or release.settings.effective_memory <= 0:
+        raise ConfigError(f"{where}: cpu and memory must be positive for ECS (cpu={release.settings.effective_cpu}, "
+                          f"memory={release.settings.effective_memory})")
 
 
 def _plan_cluster(result: Plan, ecs: Any, environment: Environment, state: State) -> None:
@@ -225,7 +225,7 @@ def _plan_task_definition(result: Plan, ecs: Any, release: Release, environment:
         outputs[TASK_DEFINITION_ARN] = registered["taskDefinitionArn"]
         return _revision(registered["taskDefinitionArn"])
 
-    size = f"{release.cpu:g} vCPU, {release.memory} MiB" + (f", {release.gpu} GPU" if release.gpu else "")
+    size = f"{release.settings.effective_cpu:g} vCPU, {release.settings.effective_memory} MiB" + (f", {release.settings.gpu} GPU" if release.settings.gpu else "")
     if state.latest is None:
         result.add(CREATE, resource, f"image {release.image_uri(environment)}, {size}", register)
         return
@@ -247,7 +247,7 @@ def _plan_service(result: Plan, ecs: Any, release: Release, environment: Environ
 
     warning = ""
     if release.compute == "ecs" and state.container_instances == 0:
-        gpu = " with GPUs" if release.gpu else ""
+        gpu = " with GPUs" if release.settings.gpu else ""
         warning = (f" (cluster {cluster} has no EC2 container instances: its tasks wait, PENDING, "
                    f"until instances{gpu} join it)")
 

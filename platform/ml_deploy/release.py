@@ -3,22 +3,15 @@ packaged image, identified by the image's manifest digest."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
+from ml_contract.model_settings import ModelSettings
 from ml_contract.package_layout import IMAGE_LAYOUT
-from ml_image.registry import read_layout
-from ml_contract.model_settings import (
-    DEFAULT_CPU,
-    DEFAULT_GPU,
-    DEFAULT_MEMORY_MIB,
-    DEFAULT_TIMEOUT_SECONDS,
-    ModelSettings,
-)
-
 from ml_deploy.config import Environment
-
+from ml_image.registry import read_layout
 
 
 def short_digest(digest: str) -> str:
@@ -28,36 +21,16 @@ def short_digest(digest: str) -> str:
 
 @dataclass(frozen=True)
 class Release:
-    name: str
-    version: int
-    compute: str
+    """A model version's settings (what its `ml_model` target says, `ModelSettings`: the one
+    place a per-model setting is declared), where its package is, and its image's digest."""
+
+    settings: ModelSettings
     package_dir: Path
     digest: str  # the image manifest's sha256: what "the same release" means everywhere
-    address: str = ""
-    cpu: float = DEFAULT_CPU  # vCPUs
-    memory: int = DEFAULT_MEMORY_MIB  # MiB
-    gpu: int = DEFAULT_GPU
-    timeout: int = DEFAULT_TIMEOUT_SECONDS
-    env: Mapping[str, str] = field(default_factory=dict)
-    description: str = ""
 
     @classmethod
     def from_settings(cls, settings: ModelSettings, package_dir: Path) -> "Release":
-        image = read_layout(package_dir / IMAGE_LAYOUT)
-        return cls(
-            name=settings.name,
-            version=settings.version,
-            compute=settings.compute,
-            package_dir=package_dir,
-            digest=image.manifest_digest,
-            address=settings.address,
-            cpu=settings.effective_cpu,
-            memory=settings.effective_memory,
-            gpu=settings.gpu,
-            timeout=settings.timeout,
-            env=dict(settings.env),
-            description=settings.description,
-        )
+        return cls(settings, package_dir, read_layout(package_dir / IMAGE_LAYOUT).manifest_digest)
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], package_dir: Path) -> "Release":
@@ -68,6 +41,23 @@ class Release:
     def from_files(cls, spec_file: Path, package_dir: Path) -> "Release":
         """From the settings file `pants deploy` writes (ModelSettings.to_json)."""
         return cls.from_settings(ModelSettings.from_json(spec_file.read_text()), package_dir)
+
+    # What identifies a release besides its digest, used by every driver.
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def version(self) -> int:
+        return self.settings.version
+
+    @property
+    def compute(self) -> str:
+        return self.settings.compute
+
+    def placed(self, compute: str) -> "Release":
+        """This release run on `compute` (an environment may force one)."""
+        return dataclasses.replace(self, settings=dataclasses.replace(self.settings, compute=compute))
 
     @property
     def short_digest(self) -> str:

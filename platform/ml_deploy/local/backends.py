@@ -54,9 +54,7 @@ def _free_port() -> int:
 
 def release_record(release: Release, kind: str, image: Optional[str]) -> Dict[str, Any]:
     """What a release copy keeps about its release (release.json), to roll back to it."""
-    fields = ("name", "version", "compute", "digest", "address", "cpu", "memory", "gpu", "timeout",
-              "description")
-    return {**{f: getattr(release, f) for f in fields}, "env": dict(release.env), "kind": kind, "image": image}
+    return {"settings": release.settings.to_dict(), "digest": release.digest, "kind": kind, "image": image}
 
 
 def _tag(release: Release) -> str:
@@ -158,7 +156,7 @@ class ProcessBackend(Backend):
             [str(release_dir / MODEL_PEX / "__main__.py"), "serve",
              "--host", "127.0.0.1", "--port", "0", "--ready-file", str(ready_file)],
             cwd=release_dir, log=log, banner=f"deploy of {release.name} v{release.version} {release.digest}",
-            extra_env=dict(release.env))
+            extra_env=dict(release.settings.env))
 
         def fail(why: str) -> BackendFailed:
             stop_process(process.pid, pid_start, timeout=10)
@@ -258,7 +256,7 @@ class ContainerBackend(Backend):
             self.image_of(release), detach=True, name=name,
             # Host networking keeps the server on 127.0.0.1 (no bridge network, no private addresses).
             network_mode="host",
-            environment={**release.env, "ML_PORT": str(port), "ML_HOST": "127.0.0.1"},
+            environment={**release.settings.env, "ML_PORT": str(port), "ML_HOST": "127.0.0.1"},
             labels={**release.labels(), "ml.state": str(site.root), "ml.environment": site.environment.name},
         )
         deployment = self._deployment(site, release, f"127.0.0.1:{port}", container=container.id, engine=self.url)

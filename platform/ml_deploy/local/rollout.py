@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from ml_contract.model_settings import ModelSettings
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.local import backends, probe
 from ml_deploy.local.backends import Backend
@@ -139,7 +140,7 @@ class Rollout:
     def retire(self, old: Optional[Deployment]) -> str:
         if old is None:
             return "nothing to stop"
-        drained = wait_idle(self.site, old.backend, timeout=self.release.timeout + 5)
+        drained = wait_idle(self.site, old.backend, timeout=self.release.settings.timeout + 5)
         note = "" if drained else " (requests were still in flight through the gateway)"
         return f"{backends.of(old).stop(old)}{note}"
 
@@ -253,8 +254,7 @@ def _plan_new_backend(rollout: Rollout, current: Optional[Deployment], state: St
 
 
 def _release_from_record(record: dict, package_dir: Path) -> Release:
-    names = {f.name for f in dataclasses.fields(Release)} - {"package_dir"}
-    return Release(package_dir=package_dir, **{k: v for k, v in record.items() if k in names})
+    return Release(ModelSettings.from_dict(record["settings"]), package_dir, record["digest"])
 
 
 def plan_rollback(name: str, version: int, environment: Environment) -> Plan:
@@ -269,8 +269,8 @@ def plan_rollback(name: str, version: int, environment: Environment) -> Plan:
                           f"to roll back to")
     folder = site.release_dir(name, version, earlier[0])
     try:
-        record = json.loads((folder / RELEASE_RECORD).read_text())
-    except (OSError, ValueError):
-        raise ConfigError(f"the copy of {name} v{version} {short_digest(earlier[0])} is gone ({folder}); deploy it "
-                          f"again from its commit") from None
-    return plan(_release_from_record(record, folder), environment)
+        release = _release_from_record(json.loads((folder / RELEASE_RECORD).read_text()), folder)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"the copy of {name} v{version} {short_digest(earlier[0])} is gone or unreadable "
+                          f"({folder}); deploy it again from its commit") from None
+    return plan(release, environment)

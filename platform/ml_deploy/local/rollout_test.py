@@ -34,6 +34,7 @@ from ml_deploy.local.processes import child_env, marked_processes
 from ml_deploy.local.state import Deployment, Site
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.plan import CREATE, DELETE, REPLACE, UNCHANGED, UPDATE, DeployFailed, Plan, execute
+from ml_contract.model_settings import ModelSettings
 from ml_deploy.release import Release
 from testutil.load import steady_load, teardown_on_sigterm
 from testutil.net import free_port
@@ -148,8 +149,8 @@ def fake_release(tmp_path: Path, name: str = "fake", version: int = 1, **env: st
         (package / "model.pex" / "manifest.json").write_text(json.dumps({"name": name, "version": version}))
         os.link(SERVER_PEX.resolve(), package / "server.pex")
     digest = "sha256:" + hashlib.sha256(f"{name}{version}{next(_digests)}{tmp_path}".encode()).hexdigest()
-    return Release(name=name, version=version, compute="local", package_dir=package, digest=digest,
-                   env={"FAKE_ID": digest[7:19], **env})
+    settings = ModelSettings(name=name, version=version, compute="local", env={"FAKE_ID": digest[7:19], **env})
+    return Release(settings, package, digest)
 
 
 def deploy(release: Release, environment: Environment, dry_run: bool = False) -> Tuple[bool, str]:
@@ -192,7 +193,7 @@ def test_first_deploy_starts_the_gateway_and_routes_by_host(environment: Environ
     assert changed and f"deployed {release.digest}: {plan.url}" in out
 
     status, headers, body = call(environment, "/v1/predict")
-    assert status == 200 and body["id"] == release.env["FAKE_ID"]
+    assert status == 200 and body["id"] == release.settings.env["FAKE_ID"]
     assert headers["x-ml-digest"] == release.digest
     # The backend runs from the state directory's copy, not from the (temporary) package.
     (deployment,) = live(environment).values()
@@ -229,7 +230,7 @@ def test_a_dry_run_changes_nothing(environment: Environment, tmp_path: Path) -> 
     assert not changed and "replace   backend fake v1" in out and "delete    backend fake v1" in out
     assert {p: p.read_bytes() for p in site.root.rglob("*.json")} == files
     assert marked_processes(site) == processes
-    assert call(environment, "/v1/predict")[2]["id"] == release.env["FAKE_ID"]
+    assert call(environment, "/v1/predict")[2]["id"] == release.settings.env["FAKE_ID"]
 
 
 def test_a_redeploy_under_load_fails_no_request(environment: Environment, tmp_path: Path) -> None:
@@ -244,8 +245,8 @@ def test_a_redeploy_under_load_fails_no_request(environment: Environment, tmp_pa
         execute(plan, say=lambda _: None)
     assert load.failures == []
     seen = Counter(json.loads(body)["id"] for status, _, body in load.answers if status == 200)
-    assert seen.get(first.env["FAKE_ID"], 0) > 0 and seen.get(second.env["FAKE_ID"], 0) > 0
-    assert call(environment, "/v1/predict")[2]["id"] == second.env["FAKE_ID"]
+    assert seen.get(first.settings.env["FAKE_ID"], 0) > 0 and seen.get(second.settings.env["FAKE_ID"], 0) > 0
+    assert call(environment, "/v1/predict")[2]["id"] == second.settings.env["FAKE_ID"]
     assert not backends.of(old).alive(old)
 
 
@@ -261,7 +262,7 @@ def test_a_release_that_fails_to_start_leaves_the_previous_one_serving(
     assert "fake: the model could not be loaded" in message  # the end of its log
     assert f"left in place: {before['fake-v1'].describe()}" in message and "keeps serving" in message
     assert live(environment) == before
-    assert call(environment, "/v1/predict")[2]["id"] == good.env["FAKE_ID"]
+    assert call(environment, "/v1/predict")[2]["id"] == good.settings.env["FAKE_ID"]
 
     monkeypatch.setattr(backends, "READY_TIMEOUT", 1.0)
     with pytest.raises(DeployFailed, match="was not ready within 1 s"):
@@ -319,7 +320,7 @@ def test_rollback_serves_the_previous_release_again(environment: Environment, tm
     plan = local.plan_rollback("fake", 1, environment)
     assert plan.digest == first.digest
     execute(plan, say=lambda _: None)
-    assert call(environment, "/v1/predict")[2]["id"] == first.env["FAKE_ID"]
+    assert call(environment, "/v1/predict")[2]["id"] == first.settings.env["FAKE_ID"]
     with pytest.raises(ConfigError, match="fake v7 has no earlier release"):
         local.plan_rollback("fake", 7, environment)
 
