@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from ml_contract.package_layout import IMAGE_LAYOUT, IMAGE_TAR, OCI_INDEX, PULLED_BASE_INFO
 from ml_platform.subsystem import MLPlatform
@@ -103,6 +103,12 @@ class BuiltLayer:
     """A directory digest holding layer.tar.gz and layer.json at its root."""
 
     digest: Digest
+
+
+def cache_scope_for(env: Mapping[str, str]) -> ProcessCacheScope:
+    """How long a process that gets `env` may be cached: never beyond this run when it holds a
+    secret, since the cache key of a persistently cached process holds its environment."""
+    return ProcessCacheScope.PER_SESSION if any(env.get(k) for k in SECRET_ENV) else ProcessCacheScope.SUCCESSFUL
 
 
 async def _run_tool(tools: ImageTools, argv: tuple[str, ...], digest: Digest, description: str,
@@ -221,8 +227,7 @@ async def base_image(request: BaseImageRequest, ml_platform: MLPlatform) -> Base
         # A process' environment is part of its cache key: with a secret in it, the pull is
         # remembered for this run only and never written to a cache. The base is pinned by
         # digest and its blobs are cached, so a later run repeats only the manifest request.
-        cache_scope=(ProcessCacheScope.PER_SESSION if any(env.get(k) for k in SECRET_ENV)
-                     else ProcessCacheScope.SUCCESSFUL),
+        cache_scope=cache_scope_for(env),
     )
     base_dir = await Get(Digest, RemovePrefix(result.output_digest, "__base"))
     base = await _read_json(base_dir, PULLED_BASE_INFO)
