@@ -38,6 +38,6 @@ def placed(release: Release, environment: Environment) -> Release:
 def plan_deploy(release: Release, environment: Environment, gateway_pex: Optional[Path] = None) -> Plan:
     """`gateway_pex`: the local gateway's build, which only the local driver runs."""
     release = placed(release, environment)
-    if release.compute == Compute.LOCAL:
+    if Compute(release.compute) == Compute.LOCAL:
         return driver(release.compute).plan(release, environment, gateway_pex)
     return driver(release.compute).plan(release, environment)

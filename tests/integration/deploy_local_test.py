@@ -176,8 +176,8 @@ def test_a_redeploy_under_load_drops_no_request(environment: Environment, live_i
 
 
 def test_v1_and_v2_side_by_side(environment: Environment, live_iris: Release, tmp_path: Path) -> None:
-    v2 = dataclasses.replace(live_iris, version=2, package_dir=variant(tmp_path / "v2", version=2),
-                             digest=other_digest(live_iris, "v2"))
+    v2 = Release(dataclasses.replace(live_iris.settings, version=2), variant(tmp_path / "v2", version=2),
+                 other_digest(live_iris, "v2"))
     deploy(v2, environment)
     status, digest, body = predict(environment, version=2)
     assert status == 200 and digest == v2.digest and body[0]["species"] == "setosa"

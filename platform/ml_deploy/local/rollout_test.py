@@ -394,6 +394,10 @@ def test_a_rollback_restarts_the_gateway_from_the_kept_copy(environment: Environ
     deploy(fake_release(tmp_path), environment)
     site = Site(environment)
     os.kill(gateway_state(site).pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while gateway_state(site).alive:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     plan = local.plan_rollback("fake", 1, environment)  # handed no gateway.pex
     assert plan.steps[0].action == CREATE and "gateway.pex" in plan.steps[0].detail
     execute(plan, say=lambda _: None)
