@@ -14,7 +14,7 @@ import enum
 import functools
 import types
 import typing
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 
 class InputError(ValueError):
@@ -121,14 +121,21 @@ def decode(value: Any, tp: Any, path: str = "") -> Any:
             raise InputError(path, f"expected an object, got {_json_kind(value)}")
         value_tp = args[1] if len(args) == 2 else Any
         return {k: decode(v, value_tp, _join(path, k)) for k, v in value.items()}
+    fields = record_fields(tp)
+    if fields is not None:
+        return _decode_fields(value, tp, path, fields, construct=tp if dataclasses.is_dataclass(tp) else dict)
+    raise TypeError(f"unsupported type in a handler signature at {path or '<body>'}: {tp!r}")
+
+
+def record_fields(tp: Any) -> Optional[dict[str, tuple[Any, bool]]]:
+    """A dataclass's or TypedDict's fields, name -> (type hint, optional); None for other types."""
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return _decode_fields(value, tp, path, _dataclass_fields(tp), construct=tp)
+        return _dataclass_fields(tp)
     if _is_typeddict(tp):
         hints = typing.get_type_hints(tp)
         required = getattr(tp, "__required_keys__", frozenset(hints))
-        fields = {name: (hint, name not in required) for name, hint in hints.items()}
-        return _decode_fields(value, tp, path, fields, construct=dict)
-    raise TypeError(f"unsupported type in a handler signature at {path or '<body>'}: {tp!r}")
+        return {name: (hint, name not in required) for name, hint in hints.items()}
+    return None
 
 
 @functools.lru_cache(maxsize=None)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
-from ml_runtime.codec import InputError, decode, encode
+from ml_runtime.batching import BATCHED_ENDPOINTS_ATTRIBUTE, BatchDeclarationError, BatchPolicy, declared_policies
+from ml_runtime.codec import InputError, decode, encode, record_fields
 
 # Methods of a handler class that are lifecycle hooks, not endpoints.
 LIFECYCLE_METHODS = frozenset({"load"})
@@ -22,11 +24,14 @@ class HandlerError(Exception):
 class Endpoint:
     name: str
     method: Callable[..., Any]
-    parameters: dict[str, tuple[Any, bool]]  # name -> (type hint, has a default)
-    returns: Any
+    # The fields of one request: name -> (type hint, has a default). For a batchable endpoint,
+    # the fields of its item type.
+    parameters: dict[str, tuple[Any, bool]]
+    returns: Any  # the result of one request
+    batch: Optional[BatchPolicy] = None
+    item_type: Any = None  # batchable endpoints: the type one request decodes to
 
-    def call(self, payload: Any) -> Any:
-        """Call the endpoint with a JSON body (an object keyed by parameter name)."""
+    def _decode(self, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, dict):
             raise InputError("", f"expected a JSON object with the fields {sorted(self.parameters)}")
         unknown = sorted(set(payload) - set(self.parameters))
@@ -38,7 +43,65 @@ class Endpoint:
                 kwargs[name] = decode(payload[name], hint, name)
             elif not has_default:
                 raise InputError(name, "required field is missing")
-        return encode(self.method(**kwargs))
+        return kwargs
+
+    def call(self, payload: Any) -> Any:
+        """Call the endpoint with a JSON body (an object keyed by parameter name)."""
+        if self.batch is not None:
+            (outcome,) = self.call_batch([payload])
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        return encode(self.method(**self._decode(payload)))
+
+    def call_batch(self, payloads: Sequence[Any]) -> list[Any]:
+        """A batchable endpoint called once for `payloads`: per request, its encoded result or
+        the exception that is its answer. A request that does not decode fails alone; when the
+        model raises for the batch, each request is tried alone, so that the one it cannot
+        answer gets the error and the others their results."""
+        outcomes: list[Any] = [None] * len(payloads)
+        items, positions = [], []
+        for position, payload in enumerate(payloads):
+            try:
+                items.append(self._item(payload))
+                positions.append(position)
+            except InputError as e:
+                outcomes[position] = e
+        if not items:
+            return outcomes
+        try:
+            results = self._call_items(items)
+        except Exception as e:  # noqa: BLE001 - whose request it is, the calls one by one tell
+            if len(items) == 1:
+                outcomes[positions[0]] = e
+                return outcomes
+            for position, item in zip(positions, items):
+                outcomes[position] = _outcome(lambda item=item: self._call_items([item]))
+            return outcomes
+        for position, result in zip(positions, results):
+            outcomes[position] = result
+        return outcomes
+
+    def _item(self, payload: Any) -> Any:
+        kwargs = self._decode(payload)
+        return self.item_type(**kwargs)
+
+    def _call_items(self, items: list[Any]) -> list[Any]:
+        results = self.method(items)
+        if not isinstance(results, (list, tuple)) or len(results) != len(items):
+            got = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
+            raise TypeError(f"batchable endpoint {self.name}() returned {got} results for {len(items)} requests: "
+                            f"it must return a list with one result per request, in order")
+        return [encode(result) for result in results]
+
+
+def _outcome(call: Callable[[], list[Any]]) -> Any:
+    """The one encoded result `call` returns, or the exception it raised."""
+    try:
+        (result,) = call()
+        return result
+    except Exception as e:  # noqa: BLE001 - the request's own answer (422, 500, ...)
+        return e
 
 
 class LoadedModel:
@@ -77,11 +140,19 @@ def load_handler_class(spec: str) -> type:
 
 
 def discover_endpoints(instance: object) -> dict[str, Endpoint]:
+    try:
+        policies = declared_policies(instance)
+    except BatchDeclarationError as e:
+        raise HandlerError(str(e)) from None
     endpoints = {}
     for name, method in inspect.getmembers(instance, inspect.ismethod):
         if name.startswith("_") or name in LIFECYCLE_METHODS:
             continue
         hints = typing.get_type_hints(method)
+        policy = policies.pop(name, None)
+        if policy is not None:
+            endpoints[name] = _batchable_endpoint(name, method, hints, policy)
+            continue
         parameters = {}
         for param in inspect.signature(method).parameters.values():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -91,4 +162,28 @@ def discover_endpoints(instance: object) -> dict[str, Endpoint]:
                 param.default is not inspect.Parameter.empty,
             )
         endpoints[name] = Endpoint(name, method, parameters, hints.get("return", Any))
+    if policies:
+        raise HandlerError(f"{type(instance).__name__}.{BATCHED_ENDPOINTS_ATTRIBUTE} names "
+                           f"{sorted(policies)}, which are not endpoint methods of it")
     return endpoints
+
+
+def _batchable_endpoint(name: str, method: Callable[..., Any], hints: dict[str, Any],
+                        policy: BatchPolicy) -> Endpoint:
+    """`def name(self, requests: list[Item]) -> list[Result]`, Item a dataclass or TypedDict."""
+    parameters = list(inspect.signature(method).parameters.values())
+    usage = (f"batchable endpoint {name}() must take one parameter annotated `list[Item]` (Item a "
+             f"dataclass or TypedDict: the fields of one request) and return `list[Result]`")
+    if len(parameters) != 1:
+        raise HandlerError(usage)
+    item_hint = hints.get(parameters[0].name)
+    return_hint = hints.get("return")
+    if typing.get_origin(item_hint) is not list or typing.get_origin(return_hint) is not list:
+        raise HandlerError(usage)
+    (item_type,), (result_type,) = typing.get_args(item_hint), typing.get_args(return_hint)
+    fields = record_fields(item_type)
+    if fields is None:
+        raise HandlerError(f"{usage}; {item_type!r} is neither")
+    construct = item_type if dataclasses.is_dataclass(item_type) else dict  # a TypedDict is a dict
+    return Endpoint(name, method, fields, result_type, batch=policy, item_type=construct)
+

@@ -86,3 +86,71 @@ def test_bad_payloads(counter_module: str) -> None:
 def test_handler_errors(counter_module: str, spec: str, message: str) -> None:
     with pytest.raises(HandlerError, match=message):
         LoadedModel(spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batchable endpoints
+
+
+class Batched:
+    batched_endpoints = {"shout": {"max_batch_size": 4}}
+
+    def load(self) -> None:
+        self.calls: list[int] = []
+
+    def shout(self, requests: list[Query]) -> list[str]:
+        self.calls.append(len(requests))
+        if any(q.text == "refuse" for q in requests):
+            raise ValueError("refused")
+        return [q.text.upper() for q in requests]
+
+    def predict(self, x: int) -> int:
+        return x
+
+
+def test_a_batchable_endpoint_takes_the_fields_of_one_request() -> None:
+    endpoint = discover_endpoints(Batched())["shout"]
+    assert endpoint.parameters == {"text": (str, False)} and endpoint.returns is str
+    assert endpoint.batch is not None and endpoint.batch.max_batch_size == 4 and endpoint.batch.max_wait_ms == 5.0
+    assert discover_endpoints(Batched())["predict"].batch is None
+
+
+def test_one_model_call_answers_a_batch_and_bad_requests_fail_alone() -> None:
+    model = Batched()
+    model.load()
+    endpoint = discover_endpoints(model)["shout"]
+    assert endpoint.call_batch([{"text": "a"}, {"text": "b"}]) == ["A", "B"] and model.calls == [2]
+    model.calls.clear()
+    outcomes = endpoint.call_batch([{"text": "a"}, {"txt": "b"}, {"text": "refuse"}, {"text": "c"}])
+    assert outcomes[0] == "A" and outcomes[3] == "C"
+    assert isinstance(outcomes[1], InputError) and outcomes[1].path == "txt"
+    assert isinstance(outcomes[2], ValueError) and str(outcomes[2]) == "refused"
+    assert model.calls == [3, 1, 1, 1]  # the batch, then each request alone
+    assert endpoint.call({"text": "one"}) == "ONE"
+
+
+@pytest.mark.parametrize("declared, error", [
+    ({"nope": {}}, r"names \['nope'\], which are not endpoint methods"),
+    ({"shout": {"max_batch": 4}}, r"must be a dict with any of"),
+    ({"shout": {"max_batch_size": 0}}, r"max_batch_size must be a whole number >= 1"),
+    ({"predict": {}}, r"batchable endpoint predict\(\) must take one parameter annotated `list\[Item\]`"),
+])
+def test_a_bad_batch_declaration_is_refused(declared: dict, error: str) -> None:
+    model = Batched()
+    model.batched_endpoints = declared  # type: ignore[assignment]
+    with pytest.raises(HandlerError, match=error):
+        discover_endpoints(model)
+
+
+def test_a_batchable_endpoint_must_answer_every_request() -> None:
+    class Short(Batched):
+        def shout(self, requests: list[Query]) -> list[str]:
+            return ["only one"]
+
+    model = Short()
+    endpoint = discover_endpoints(model)["shout"]
+    outcomes = endpoint.call_batch([{"text": "a"}, {"text": "b"}])
+    # The batch fails its check; alone, each request gets the one result.
+    assert outcomes == ["only one", "only one"]
+    with pytest.raises(TypeError, match="returned 1 results for 2 requests"):
+        endpoint._call_items([Query("a"), Query("b")])

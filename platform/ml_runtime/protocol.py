@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, BinaryIO, Optional, Tuple
+from typing import Any, BinaryIO, List, Optional, Sequence, Tuple
 
 _LENGTHS = struct.Struct(">II")
 LENGTHS_SIZE = _LENGTHS.size
@@ -18,10 +18,33 @@ LENGTHS_SIZE = _LENGTHS.size
 # stdout stays free for the model's prints.
 WORKER_FDS_ENV = "ML_WORKER_FDS"
 
+# A batch is one frame too: its header lists the request ids (`id`) and the size of each
+# request's body (BATCH_SIZES), its body is those bodies one after the other; the answer lists
+# a status per request and the sizes of the answers, concatenated the same way.
+BATCH_SIZES = "sizes"
+BATCH_STATUSES = "status"
+
 
 def encode_frame(header: dict[str, Any], body: bytes = b"") -> bytes:
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     return _LENGTHS.pack(len(header_bytes), len(body)) + header_bytes + body
+
+
+def encode_batch(header: dict[str, Any], parts: Sequence[Tuple[int, bytes]]) -> bytes:
+    """A batch answer: `header` plus a status and a body per request."""
+    return encode_frame({**header, BATCH_STATUSES: [status for status, _ in parts],
+                         BATCH_SIZES: [len(body) for _, body in parts]}, b"".join(body for _, body in parts))
+
+
+def split_batch(body: bytes, sizes: Sequence[int]) -> List[bytes]:
+    """The bodies of a batch frame, by the sizes its header lists."""
+    parts, offset = [], 0
+    for size in sizes:
+        parts.append(body[offset:offset + size])
+        offset += size
+    if offset != len(body):
+        raise ValueError(f"a batch frame of {len(body)} body bytes lists {offset}")
+    return parts
 
 
 def decode_lengths(prefix: bytes) -> Tuple[int, int]:

@@ -40,3 +40,12 @@ class Trickle(io.RawIOBase):
 def test_short_reads_are_reassembled() -> None:
     frame = protocol.encode_frame({"id": "x"}, b"0123456789")
     assert protocol.read_frame(Trickle(frame)) == ({"id": "x"}, b"0123456789")
+
+
+def test_a_batch_answer_round_trips() -> None:
+    frame = protocol.encode_batch({"id": ["a", "b", "c"]}, [(200, b'{"x":1}'), (422, b""), (500, b"{}")])
+    header, body = protocol.read_frame(io.BytesIO(frame))
+    assert header["id"] == ["a", "b", "c"] and header[protocol.BATCH_STATUSES] == [200, 422, 500]
+    assert protocol.split_batch(body, header[protocol.BATCH_SIZES]) == [b'{"x":1}', b"", b"{}"]
+    with pytest.raises(ValueError, match="lists 3"):
+        protocol.split_batch(b"abcd", [1, 2])

@@ -95,6 +95,7 @@ def describe_endpoints(endpoints: dict[str, Endpoint]) -> dict[str, Any]:
             "response": schema_for(endpoint.returns, definitions),
             "binary_parameter": binary_parameter,
             "doc": (endpoint.method.__doc__ or "").strip(),
+            "batch": endpoint.batch.to_json() if endpoint.batch else None,
         }
     return {"endpoints": described, "definitions": definitions}
 

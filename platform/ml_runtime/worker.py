@@ -56,30 +56,47 @@ def main(model: Mapping[str, Any]) -> int:
 
 
 def handle(loaded: LoadedModel, header: dict[str, Any], body: bytes) -> bytes:
+    """One frame of the server's: a request, or a batch of them (`sizes` set)."""
+    if protocol.BATCH_SIZES in header:
+        return _handle_batch(loaded, header, body)
     request_id = header.get("id")
-    status, answer = _answer(loaded, header, body, request_id)
+    try:
+        endpoint = loaded.endpoints[header["endpoint"]]
+        status, answer = _result(endpoint.call(_payload(header, body)), request_id)
+    except Exception as e:  # noqa: BLE001 - every error is the request's answer
+        status, answer = _error(e, request_id)
     return protocol.encode_frame({"id": request_id, "status": status}, answer)
 
 
-def _answer(loaded: LoadedModel, header: dict[str, Any], body: bytes, request_id: Any) -> tuple[int, bytes]:
-    """The status and body of one request; errors become the JSON bodies the server relays."""
+def _handle_batch(loaded: LoadedModel, header: dict[str, Any], body: bytes) -> bytes:
+    """The requests of a batchable endpoint that arrived together: one model call, and one
+    status and answer per request, in order."""
+    ids = header["id"]
+    endpoint = loaded.endpoints[header["endpoint"]]
+    outcomes: list[Any] = [None] * len(ids)
+    payloads, positions = [], []
+    for position, item in enumerate(protocol.split_batch(body, header[protocol.BATCH_SIZES])):
+        try:
+            payloads.append(_payload(header, item))
+            positions.append(position)
+        except wire.MalformedJSON as e:
+            outcomes[position] = e
     try:
-        endpoint = loaded.endpoints[header["endpoint"]]
-        binary_parameter = header.get("binary_parameter")
-        payload: Any = {binary_parameter: body} if binary_parameter else (wire.loads(body) if body else {})
-        result = endpoint.call(payload)
-    except InputError as e:
-        return 422, wire.dumps({"error": INVALID_REQUEST, "field": e.path, "detail": e.message})
-    except wire.MalformedJSON as e:
-        return 400, wire.dumps({"error": MALFORMED_JSON, "detail": str(e)})
-    except ValueError as e:
-        # The documented way for a model to refuse an input its schema cannot rule out.
-        _log(request_id, f"the model rejected the input: {e}")
-        return 422, wire.dumps({"error": MODEL_REJECTED_INPUT, "detail": str(e)})
-    except Exception:
-        # The traceback goes to the log with the request id; the client only gets the id.
-        _log(request_id, f"the model raised\n{traceback.format_exc()}")
-        return 500, b""
+        for position, outcome in zip(positions, endpoint.call_batch(payloads)):
+            outcomes[position] = outcome
+    except Exception as e:  # noqa: BLE001 - the batch machinery itself: every request's answer
+        for position in positions:
+            outcomes[position] = e
+    answers = [_error(o, i) if isinstance(o, BaseException) else _result(o, i) for o, i in zip(outcomes, ids)]
+    return protocol.encode_batch({"id": ids}, answers)
+
+
+def _payload(header: dict[str, Any], body: bytes) -> Any:
+    binary_parameter = header.get("binary_parameter")
+    return {binary_parameter: body} if binary_parameter else (wire.loads(body) if body else {})
+
+
+def _result(result: Any, request_id: Any) -> tuple[int, bytes]:
     try:
         return 200, wire.dumps(result)
     except wire.NonFiniteNumber as e:
@@ -88,6 +105,22 @@ def _answer(loaded: LoadedModel, header: dict[str, Any], body: bytes, request_id
     except (TypeError, ValueError):
         _log(request_id, f"the result cannot be sent as JSON\n{traceback.format_exc()}")
         return 500, b""
+
+
+def _error(error: BaseException, request_id: Any) -> tuple[int, bytes]:
+    """The status and JSON body the server relays for an error of one request."""
+    if isinstance(error, InputError):
+        return 422, wire.dumps({"error": INVALID_REQUEST, "field": error.path, "detail": error.message})
+    if isinstance(error, wire.MalformedJSON):
+        return 400, wire.dumps({"error": MALFORMED_JSON, "detail": str(error)})
+    if isinstance(error, ValueError):
+        # The documented way for a model to refuse an input its schema cannot rule out.
+        _log(request_id, f"the model rejected the input: {error}")
+        return 422, wire.dumps({"error": MODEL_REJECTED_INPUT, "detail": str(error)})
+    # The traceback goes to the log with the request id; the client only gets the id.
+    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    _log(request_id, f"the model raised\n{trace}")
+    return 500, b""
 
 
 def _log(request_id: Any, message: str) -> None:

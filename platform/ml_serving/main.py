@@ -45,6 +45,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     default_workers = 1 if env("AWS_LAMBDA_RUNTIME_API") else (os.cpu_count() or 1)
     parser.add_argument("--workers", type=int, default=int(env("ML_WORKERS", "0")) or default_workers,
                         help="Worker processes (ML_WORKERS); default: one per core (one on Lambda).")
+    parser.add_argument("--batching", action=argparse.BooleanOptionalAction,
+                        default=env("ML_BATCHING", "1") not in ("0", "false", "off"),
+                        help="Gather concurrent requests to the endpoints a model declares batchable into one "
+                             "model call (ML_BATCHING=0 turns it off).")
     parser.add_argument("--max-queue", type=int, default=int(env("ML_MAX_QUEUE", "64")),
                         help="Requests waiting for a worker before answering 503 (ML_MAX_QUEUE).")
     parser.add_argument("--timeout", type=float, default=float(env("ML_TIMEOUT", "0")) or None,
@@ -76,6 +80,7 @@ async def serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         timeout=args.timeout or float(manifest.get("timeout", DEFAULT_TIMEOUT_SECONDS)),
         metrics=metrics,
+        batching=args.batching,
     )
     app = ModelApp(manifest, pool, metrics)
     loop = asyncio.get_running_loop()

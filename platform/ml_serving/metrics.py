@@ -19,6 +19,8 @@ class Metrics:
         self.latency_count: dict[str, int] = defaultdict(int)
         self.in_flight = 0
         self.worker_restarts = 0
+        self.batch_calls = 0  # model calls of batchable endpoints
+        self.batched_requests = 0  # the requests those calls answered
         self.gauges: dict[str, Callable[[], float]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -60,6 +62,12 @@ class Metrics:
             "# HELP ml_worker_restarts_total Model worker processes replaced after dying or timing out.",
             "# TYPE ml_worker_restarts_total counter",
             f"ml_worker_restarts_total{{{self.labels}}} {self.worker_restarts}",
+            "# HELP ml_batch_calls_total Model calls of batchable endpoints (each answers one batch).",
+            "# TYPE ml_batch_calls_total counter",
+            f"ml_batch_calls_total{{{self.labels}}} {self.batch_calls}",
+            "# HELP ml_batched_requests_total Requests answered by those calls (over calls: the mean batch size).",
+            "# TYPE ml_batched_requests_total counter",
+            f"ml_batched_requests_total{{{self.labels}}} {self.batched_requests}",
         ]
         for name, read in sorted(self.gauges.items()):
             lines += [f"# TYPE {name} gauge", f"{name}{{{self.labels}}} {read()}"]

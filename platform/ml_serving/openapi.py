@@ -180,15 +180,17 @@ def build_openapi(manifest: dict[str, Any], description: Optional[dict[str, Any]
         content: dict[str, Any] = {"application/json": {"schema": spec["request"]}}
         if spec["binary_parameter"]:
             content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
-        paths[f"/v{version}/{endpoint}"] = {
-            "post": {
-                "operationId": endpoint,
-                "summary": spec["doc"].splitlines()[0] if spec["doc"] else endpoint,
-                # An empty body is an empty object: required only when some parameter is.
-                "requestBody": {"required": bool(spec["request"].get("required")), "content": content},
-                "responses": {"200": _response("OK", spec["response"]), **_errors(MODEL_ERRORS)},
-            }
+        operation = {
+            "operationId": endpoint,
+            "summary": spec["doc"].splitlines()[0] if spec["doc"] else endpoint,
+            # An empty body is an empty object: required only when some parameter is.
+            "requestBody": {"required": bool(spec["request"].get("required")), "content": content},
+            "responses": {"200": _response("OK", spec["response"]), **_errors(MODEL_ERRORS)},
         }
+        if spec.get("batch"):
+            # One request, one answer; the server gathers concurrent ones into one model call.
+            operation["x-ml-batch"] = spec["batch"]
+        paths[f"/v{version}/{endpoint}"] = {"post": operation}
     model = f"/v2/models/{name}"
     versioned = f"{model}/versions/{version}"
     paths["/v2/health/live"] = _get("Liveness (Open Inference Protocol)",

@@ -9,9 +9,10 @@ import logging
 import os
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from ml_runtime import protocol
+from ml_runtime.batching import BatchPolicy
 
 logger = logging.getLogger("ml_serving.workers")
 
@@ -46,6 +47,77 @@ class _Job:
     binary_parameter: Optional[str]
     future: asyncio.Future = field(repr=False)
     timeout: float = 0.0
+
+
+@dataclass
+class _Batch:
+    """Requests to one batchable endpoint that a worker answers with one model call."""
+
+    endpoint: str
+    binary_parameter: Optional[str]
+    jobs: list[_Job]
+
+    @property
+    def timeout(self) -> float:
+        return min(job.timeout for job in self.jobs)
+
+    @property
+    def future(self) -> "_Futures":
+        return _Futures([job.future for job in self.jobs])
+
+
+@dataclass
+class _Futures:
+    """The futures of a batch's requests, answered together (a lost worker fails them all)."""
+
+    futures: list[asyncio.Future]
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def set_exception(self, error: BaseException) -> None:
+        for f in self.futures:
+            if not f.done():
+                f.set_exception(error)
+
+    def set_result(self, responses: list["WorkerResponse"]) -> None:
+        for f, response in zip(self.futures, responses):
+            if not f.done():
+                f.set_result(response)
+
+
+class _Batcher:
+    """Gathers the requests to one batchable endpoint: the first waits up to `max_wait_ms` for
+    others (up to `max_batch_size`), then they queue for a worker as one batch."""
+
+    def __init__(self, pool: "WorkerPool", endpoint: str, binary_parameter: Optional[str],
+                 policy: BatchPolicy) -> None:
+        self.pool, self.endpoint, self.binary_parameter, self.policy = pool, endpoint, binary_parameter, policy
+        self.pending: list[_Job] = []
+        self._timer: Optional[asyncio.TimerHandle] = None
+
+    def add(self, job: _Job) -> None:
+        if len(self.pending) >= self.pool.queue.maxsize:
+            raise QueueFull()
+        self.pending.append(job)
+        if len(self.pending) >= self.policy.max_batch_size:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.policy.max_wait_ms / 1000, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        jobs = [job for job in self.pending if not job.future.done()]  # clients still waiting
+        self.pending = []
+        if not jobs:
+            return
+        try:
+            self.pool.queue.put_nowait(_Batch(self.endpoint, self.binary_parameter, jobs))
+        except asyncio.QueueFull:
+            for job in jobs:
+                job.future.set_exception(QueueFull())
 
 
 class _Worker:
@@ -102,17 +174,28 @@ class _Worker:
         return header, body
 
     async def call(self, job: _Job) -> WorkerResponse:
-        if self.writer is None or self.writer.is_closing():
-            raise WorkerLost(f"worker {self.index} is gone")
-        self.writer.write(
-            protocol.encode_frame(
-                {"id": job.request_id, "endpoint": job.endpoint,
-                 "binary_parameter": job.binary_parameter},
-                job.body,
-            )
-        )
+        self._send(protocol.encode_frame(
+            {"id": job.request_id, "endpoint": job.endpoint, "binary_parameter": job.binary_parameter},
+            job.body,
+        ))
         header, body = await self._read_frame()
         return WorkerResponse(header["status"], body)
+
+    async def call_batch(self, batch: _Batch) -> list[WorkerResponse]:
+        self._send(protocol.encode_frame(
+            {"id": [job.request_id for job in batch.jobs], "endpoint": batch.endpoint,
+             "binary_parameter": batch.binary_parameter,
+             protocol.BATCH_SIZES: [len(job.body) for job in batch.jobs]},
+            b"".join(job.body for job in batch.jobs),
+        ))
+        header, body = await self._read_frame()
+        bodies = protocol.split_batch(body, header[protocol.BATCH_SIZES])
+        return [WorkerResponse(status, part) for status, part in zip(header[protocol.BATCH_STATUSES], bodies)]
+
+    def _send(self, frame: bytes) -> None:
+        if self.writer is None or self.writer.is_closing():
+            raise WorkerLost(f"worker {self.index} is gone")
+        self.writer.write(frame)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -151,13 +234,14 @@ class WorkerPool:
         timeout: float,
         env: Optional[dict[str, str]] = None,
         metrics: Any = None,
+        batching: bool = True,
     ) -> None:
         self.command = list(command)
         self.count = count
         self.timeout = timeout
         self.env = dict(os.environ if env is None else env)
         self.metrics = metrics
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
+        self.queue: asyncio.Queue[Union[_Job, _Batch]] = asyncio.Queue(maxsize=max_queue)
         self.description: Optional[dict[str, Any]] = None
         self.ready_workers = 0
         self.busy_workers = 0
@@ -165,6 +249,8 @@ class WorkerPool:
         self._workers: list[_Worker] = []
         self._ids = itertools.count()
         self._stopping = False
+        self.batching = batching  # off: batchable endpoints are called one request at a time
+        self._batchers: dict[tuple[str, Optional[str]], _Batcher] = {}
 
     @property
     def ready(self) -> bool:
@@ -188,11 +274,28 @@ class WorkerPool:
         """Queue a request; `timeout` can only shorten the pool's limit, never extend it."""
         future = asyncio.get_running_loop().create_future()
         limit = self.timeout if timeout is None else max(0.0, min(timeout, self.timeout))
+        job = _Job(endpoint, body, request_id, binary_parameter, future, limit)
+        batcher = self._batcher(endpoint, binary_parameter)
+        if batcher is not None:
+            batcher.add(job)
+            return await future
         try:
-            self.queue.put_nowait(_Job(endpoint, body, request_id, binary_parameter, future, limit))
+            self.queue.put_nowait(job)
         except asyncio.QueueFull:
             raise QueueFull() from None
         return await future
+
+    def _batcher(self, endpoint: str, binary_parameter: Optional[str]) -> Optional[_Batcher]:
+        """The batcher of a batchable endpoint (per kind of body), None for the others."""
+        key = (endpoint, binary_parameter)
+        batcher = self._batchers.get(key)
+        if batcher is None and self.batching and self.description is not None:
+            spec = self.description["endpoints"].get(endpoint) or {}
+            policy = BatchPolicy.from_json(spec.get("batch"))
+            if policy is None or policy.max_batch_size < 2:
+                return None
+            batcher = self._batchers[key] = _Batcher(self, endpoint, binary_parameter, policy)
+        return batcher
 
     async def _run_worker(self, index: int, first_ready: asyncio.Future) -> None:
         restarts = 0
@@ -236,7 +339,13 @@ class WorkerPool:
                 continue
             self.busy_workers += 1
             try:
-                response = await asyncio.wait_for(worker.call(job), job.timeout)
+                if isinstance(job, _Batch):
+                    if self.metrics:
+                        self.metrics.batch_calls += 1
+                        self.metrics.batched_requests += len(job.jobs)
+                    response: Any = await asyncio.wait_for(worker.call_batch(job), job.timeout)
+                else:
+                    response = await asyncio.wait_for(worker.call(job), job.timeout)
             except asyncio.TimeoutError:
                 # The worker is stuck in the model: replace it rather than wait.
                 worker.kill()
@@ -261,6 +370,8 @@ class WorkerPool:
         """Let queued and in-flight jobs finish (up to `grace` seconds), then stop the workers."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
+        for batcher in self._batchers.values():
+            batcher.flush()
         while (self.busy_workers or not self.queue.empty()) and loop.time() < deadline:
             await asyncio.sleep(0.01)
         self._stopping = True

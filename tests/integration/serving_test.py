@@ -226,3 +226,61 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path) -> None
         assert in_flight.result()[0] == 200
     assert server.process.wait(timeout=20) == 0
     assert '"event": "stopped"' in server.stdout_path.read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptive batching: the probe's `upper` is declared batchable (up to 8, waiting 50 ms)
+
+
+def _concurrently(server: Server, bodies: list, headers_of=lambda i: None) -> list:
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+        futures = [pool.submit(server.request, "POST", "/v1/upper", body, headers_of(i))
+                   for i, body in enumerate(bodies)]
+        return [f.result() for f in futures]
+
+
+def test_concurrent_requests_are_answered_by_one_model_call_each_with_its_own_answer(tmp_path: Path) -> None:
+    server = Server(tmp_path, "--workers", "1")
+    try:
+        calls, requests = server.metric("ml_batch_calls_total"), server.metric("ml_batched_requests_total")
+        words = [f"w{i}" for i in range(6)]
+        results = _concurrently(server, [{"text": w} for w in words], lambda i: {"x-request-id": f"req-{i}"})
+        for i, (status, headers, body) in enumerate(results):
+            assert status == 200, body
+            assert body["text"] == words[i].upper() and headers["x-request-id"] == f"req-{i}"
+        sizes = [body["batch_size"] for _, _, body in results]
+        assert max(sizes) > 1, sizes  # 6 requests within 50 ms of each other, one worker
+        assert server.metric("ml_batched_requests_total") - requests == 6
+        assert server.metric("ml_batch_calls_total") - calls < 6
+        # More than max_batch_size at once: no batch holds more than 8.
+        results = _concurrently(server, [{"text": f"x{i}"} for i in range(12)])
+        assert all(status == 200 for status, _, _ in results)
+        assert max(body["batch_size"] for _, _, body in results) <= 8
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_bad_request_in_a_batch_fails_alone(tmp_path: Path) -> None:
+    server = Server(tmp_path, "--workers", "1")
+    try:
+        bodies = [{"text": "fine"}, {"text": "refuse"}, {"text": "crash"}, {"txt": "misspelt"}, {"text": "ok"}]
+        results = _concurrently(server, bodies, lambda i: {"x-request-id": f"bad-{i}"})
+        (fine, refused, crashed, misspelt, ok) = results
+        assert fine[0] == 200 and fine[2]["text"] == "FINE"
+        assert ok[0] == 200 and ok[2]["text"] == "OK"
+        assert refused[0] == 422 and refused[2]["detail"] == "refused: refuse"
+        assert crashed[0] == 500 and crashed[2]["request_id"] == "bad-2"
+        assert misspelt[0] == 422 and "text" in misspelt[2]["detail"]  # the server's schema check
+        assert "model failure in a batch" in server.stderr_path.read_text()
+    finally:
+        assert server.stop() == 0
+
+
+def test_batching_off_calls_the_model_once_per_request(tmp_path: Path) -> None:
+    server = Server(tmp_path, "--workers", "1", "--no-batching")
+    try:
+        results = _concurrently(server, [{"text": f"w{i}"} for i in range(4)])
+        assert [body["batch_size"] for _, _, body in results] == [1, 1, 1, 1]
+        assert server.metric("ml_batch_calls_total") == 0
+    finally:
+        assert server.stop() == 0

@@ -1,4 +1,5 @@
-"""A test model that misbehaves on request: crashes, hangs, raises, answers NaN, keeps state, takes bytes.
+"""A test model that misbehaves on request: crashes, hangs, raises, answers NaN, keeps state, takes bytes,
+and batches (`upper`).
 
 Used by the serving tests to prove the server's fault handling with a real worker process.
 """
@@ -31,7 +32,22 @@ class Echo:
     httptools_version: str
 
 
+@dataclass
+class Word:
+    text: str
+    delay: float = 0.0  # seconds the model call takes (the longest of its batch)
+
+
+@dataclass
+class Shouted:
+    text: str
+    batch_size: int  # how many requests the model call that answered this one answered
+    pid: int
+
+
 class Model:
+    batched_endpoints = {"upper": {"max_batch_size": 8, "max_wait_ms": 50}}
+
     def load(self) -> None:
         self.calls = 0
 
@@ -74,6 +90,18 @@ class Model:
 
     def upload(self, data: bytes) -> dict[str, int]:
         return {"length": len(data), "first": data[0] if data else -1}
+
+    def upper(self, requests: list[Word]) -> list[Shouted]:
+        """Upper-case each word, saying how large a batch answered it. "refuse" is refused
+        (ValueError) and "crash" fails the call: the other requests of its batch still get their
+        answers."""
+        time.sleep(max(r.delay for r in requests))
+        for r in requests:
+            if r.text == "refuse":
+                raise ValueError("refused: refuse")
+            if r.text == "crash":
+                raise RuntimeError("model failure in a batch")
+        return [Shouted(r.text.upper(), len(requests), os.getpid()) for r in requests]
 
     def shout(self, text: str) -> str:
         print("model output on stdout must not break the protocol")
