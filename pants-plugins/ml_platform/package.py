@@ -9,6 +9,7 @@ import os
 import pprint
 from dataclasses import dataclass
 
+from ml_contract.model_settings import ModelSettings
 from ml_contract.package_layout import IMAGE_LAYOUT, IMAGE_TAR, MODEL_PEX, SERVER_PEX
 from ml_platform.image import (
     BaseImage,
@@ -19,13 +20,11 @@ from ml_platform.image import (
 from ml_platform.subsystem import MLPlatform
 from ml_platform.target_types import (
     MLModelBaseImageField,
-    MLModelComputeField,
     MLModelEntryPointField,
     MLModelEnvField,
     MLModelOutputPathField,
     MLModelResolveField,
     MLModelServerField,
-    MLModelTimeoutField,
     MLModelVersionField,
 )
 from pants.backend.python.subsystems.setup import PythonSetup
@@ -53,11 +52,12 @@ from pants.engine.addresses import UnparsedAddressInputs
 from pants.engine.fs import AddPrefix, CreateDigest, Digest, DigestEntries, FileContent, MergeDigests
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import (
-    DescriptionField,
     InvalidFieldException,
     Targets,
     TransitiveTargets,
     TransitiveTargetsRequest,
+    WrappedTarget,
+    WrappedTargetRequest,
 )
 from pants.engine.unions import UnionRule
 from pants.util.frozendict import FrozenDict
@@ -78,10 +78,7 @@ class MLModelFieldSet(PackageFieldSet):
     entry_point: MLModelEntryPointField
     resolve: MLModelResolveField
     version: MLModelVersionField
-    compute: MLModelComputeField
-    timeout: MLModelTimeoutField
     env: MLModelEnvField
-    description: DescriptionField
     server: MLModelServerField
     base_image: MLModelBaseImageField
     interpreter_constraints: InterpreterConstraintsField
@@ -90,7 +87,8 @@ class MLModelFieldSet(PackageFieldSet):
 
 @dataclass(frozen=True)
 class ModelManifest:
-    """What the runtime needs to know about a packaged model."""
+    """What the runtime needs to know about a packaged model: its settings as the server reads
+    them (`ml_serving.main`), and its handler."""
 
     name: str
     address: str
@@ -99,6 +97,16 @@ class ModelManifest:
     compute: str
     timeout: int
     description: str
+    workers: int  # derived from cpu and gpu unless set: the server never counts the host's cores
+    threads: int  # per worker, for the math libraries
+
+    @classmethod
+    def of(cls, settings: ModelSettings, handler: str) -> "ModelManifest":
+        return cls(
+            name=settings.name, address=settings.address, version=settings.version, handler=handler,
+            compute=settings.compute, timeout=settings.timeout, description=settings.description,
+            workers=settings.effective_workers, threads=settings.effective_threads,
+        )
 
     def render_entrypoint(self) -> bytes:
         manifest = pprint.pformat(self.__dict__, sort_dicts=True)
@@ -205,16 +213,11 @@ class ModelPexes:
 async def build_model_pexes(field_set: MLModelFieldSet, python_setup: PythonSetup) -> ModelPexes:
     # Fails with the line to add to pants.toml before any resolving starts.
     field_set.resolve.normalized_value(python_setup)
-    handler = await Get(ResolvedModelHandler, MLModelFieldSet, field_set)
-    manifest = ModelManifest(
-        name=field_set.address.target_name,
-        address=field_set.address.spec,
-        version=field_set.version.value,
-        handler=f"{handler.module}:{handler.class_name}",
-        compute=field_set.compute.value,
-        timeout=field_set.timeout.value,
-        description=field_set.description.value or "",
+    handler, wrapped = await MultiGet(
+        Get(ResolvedModelHandler, MLModelFieldSet, field_set),
+        Get(WrappedTarget, WrappedTargetRequest(field_set.address, description_of_origin="`package`")),
     )
+    manifest = ModelManifest.of(wrapped.target.settings(), f"{handler.module}:{handler.class_name}")
     entrypoint = await Get(
         Digest,
         CreateDigest(

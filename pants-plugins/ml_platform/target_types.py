@@ -186,6 +186,51 @@ class MLModelGpuField(IntField):
     valid_numbers = ValidNumbers.positive_and_zero
 
 
+class MLModelWorkersField(IntField):
+    alias = "workers"
+    default = None
+    help = help_text(
+        """
+        Model worker processes, each holding its own copy of the model. Defaults to one per GPU
+        when `gpu` is set, else one per whole vCPU of `cpu` divided by `threads` (one on
+        `lambda`): never the host's core count, which on ECS on EC2 is the instance's. Fewer
+        workers with more `threads` each suit big models (one copy of a 1 GB model per core may
+        not fit `memory`).
+        """
+    )
+
+    valid_numbers = ValidNumbers.positive_only
+
+
+class MLModelThreadsField(IntField):
+    alias = "threads"
+    default = None
+    help = help_text(
+        """
+        Threads each worker's math libraries use (OpenMP, MKL, OpenBLAS, torch: set through
+        OMP_NUM_THREADS and the like). Defaults to the whole vCPUs of `cpu` shared out among
+        `workers`, so that workers x threads never oversubscribes the cores; a setting that
+        does is refused.
+        """
+    )
+
+    valid_numbers = ValidNumbers.positive_only
+
+
+class MLModelWorkerMemoryField(IntField):
+    alias = "worker_memory"
+    default = None
+    help = help_text(
+        """
+        MiB one worker needs once the model is loaded (measure it: the server logs each worker's
+        pid). When set, `workers` x `worker_memory` must fit in `memory`, or the target is
+        refused with the numbers.
+        """
+    )
+
+    valid_numbers = ValidNumbers.positive_only
+
+
 class MLModelTimeoutField(IntField):
     alias = "timeout"
     default = DEFAULT_TIMEOUT_SECONDS
@@ -278,6 +323,9 @@ class MLModelTarget(Target):
         MLModelCpuField,
         MLModelMemoryField,
         MLModelGpuField,
+        MLModelWorkersField,
+        MLModelThreadsField,
+        MLModelWorkerMemoryField,
         MLModelTimeoutField,
         MLModelEnvField,
         MLModelDependenciesField,
@@ -309,6 +357,9 @@ class MLModelTarget(Target):
             timeout=self[MLModelTimeoutField].value,
             env=dict(self[MLModelEnvField].value or {}),
             description=self[DescriptionField].value or "",
+            workers=self[MLModelWorkersField].value,
+            threads=self[MLModelThreadsField].value,
+            worker_memory=self[MLModelWorkerMemoryField].value,
         )
 
     def validate(self) -> None:

@@ -198,3 +198,17 @@ def test_the_compute_choices_and_their_help_come_from_the_shared_table() -> None
         assert f"`{compute.value}` ({COMPUTE_HELP[compute]})" in MLModelComputeField.help
     assert f"within {LAMBDA_MEMORY_RANGE_MIB[0]}-{LAMBDA_MEMORY_RANGE_MIB[1]}" in MLModelMemoryField.help
     assert set(COMPUTE_HELP) == set(Compute)
+
+
+def test_workers_that_do_not_fit_memory_are_refused_with_the_numbers(rule_runner: RuleRunner) -> None:
+    assert_invalid(
+        rule_runner,
+        "entry_point='model.py:Model', cpu=4, memory=2048, workers=4, worker_memory=900",
+        "`workers`",
+        "4 worker(s) x 900 MiB = 3600 MiB, more than `memory` (2048 MiB)",
+    )
+
+
+def test_workers_times_threads_may_not_oversubscribe_the_cpus(rule_runner: RuleRunner) -> None:
+    assert_invalid(rule_runner, "entry_point='model.py:Model', cpu=2, threads=4", "`threads`",
+                   "1 worker(s) x 4 thread(s) = 4 busy cores, but the model has 2 (cpu=2)")

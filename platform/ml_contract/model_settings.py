@@ -54,6 +54,13 @@ DEFAULT_CPU = 0.5
 DEFAULT_MEMORY_MIB = 1024
 DEFAULT_GPU = 0
 DEFAULT_TIMEOUT_SECONDS = 60
+# Lambda allots CPU in proportion to memory: one vCPU per this many MiB (AWS's documented figure).
+LAMBDA_MIB_PER_VCPU = 1769
+
+# The math libraries a worker's thread count is handed to, through their environment variables
+# (torch's intra-op pool reads OMP_NUM_THREADS): one count, so that workers never oversubscribe.
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                   "VECLIB_MAXIMUM_THREADS")
 
 
 class SettingError(ValueError):
@@ -91,6 +98,9 @@ class ModelSettings:
     timeout: int = DEFAULT_TIMEOUT_SECONDS  # seconds per request
     env: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    workers: Optional[int] = None  # model worker processes; None: from cpu and gpu
+    threads: Optional[int] = None  # math-library threads per worker; None: from cpu and workers
+    worker_memory: Optional[int] = None  # MiB one loaded worker needs; checked against memory
 
     @property
     def effective_cpu(self) -> float:
@@ -99,6 +109,28 @@ class ModelSettings:
     @property
     def effective_memory(self) -> int:
         return DEFAULT_MEMORY_MIB if self.memory is None else int(self.memory)
+
+    @property
+    def cores(self) -> int:
+        """Whole vCPUs the model may keep busy (at least one)."""
+        if Compute(self.compute) == Compute.LAMBDA:
+            return max(1, self.effective_memory // LAMBDA_MIB_PER_VCPU)
+        return max(1, int(self.effective_cpu))
+
+    @property
+    def effective_workers(self) -> int:
+        """Never the host's core count: on ECS on EC2 that is the instance's, not the task's."""
+        if self.workers:
+            return self.workers
+        if Compute(self.compute) == Compute.LAMBDA:
+            return 1  # Lambda sends one invocation at a time: more workers only cost memory
+        if self.gpu:
+            return self.gpu  # one per GPU
+        return max(1, self.cores // (self.threads or 1))
+
+    @property
+    def effective_threads(self) -> int:
+        return self.threads or max(1, self.cores // self.effective_workers)
 
     def check(self) -> None:
         """Raise SettingError for the first setting the compute does not allow."""
@@ -120,6 +152,27 @@ class ModelSettings:
             if self.timeout > LAMBDA_MAX_TIMEOUT_SECONDS:
                 raise SettingError("timeout", f"is {self.timeout} s, but Lambda allows at most "
                                    f"{LAMBDA_MAX_TIMEOUT_SECONDS} s.")
+        for name in ("workers", "threads", "worker_memory"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SettingError(name, f"is {value}; it must be at least 1 (or unset, to derive it).")
+        if compute == Compute.LAMBDA and self.effective_workers > 1:
+            raise SettingError("workers", f"is {self.workers}, but Lambda sends one request at a time to an "
+                               "environment: more workers only cost memory. Remove `workers`.")
+        busy = self.effective_workers * self.effective_threads
+        # Derived counts never oversubscribe the cores (GPU workers mostly wait on their GPU).
+        if (self.workers or self.threads) and busy > self.cores:
+            raise SettingError("workers" if self.workers else "threads",
+                               f"makes {self.effective_workers} worker(s) x {self.effective_threads} thread(s) = "
+                               f"{busy} busy cores, but the model has {self.cores} ({self._cores_from()}): they "
+                               f"would slow each other down. Lower `workers` or `threads`, or raise `cpu`.")
+        if self.worker_memory is not None:
+            needed = self.effective_workers * self.worker_memory
+            if needed > self.effective_memory:
+                raise SettingError("workers" if self.workers else "worker_memory",
+                                   f"makes {self.effective_workers} worker(s) x {self.worker_memory} MiB = "
+                                   f"{needed} MiB, more than `memory` ({self.effective_memory} MiB). Lower "
+                                   f"`workers`, or raise `memory` to at least {needed}.")
         if compute == Compute.FARGATE:
             cpu, memory = self.effective_cpu, self.effective_memory
             allowed = FARGATE_TASK_SIZES.get(cpu)
@@ -129,6 +182,11 @@ class ModelSettings:
             if memory not in allowed:
                 raise SettingError("memory", f"is {memory} MiB, which Fargate does not offer with {cpu:g} vCPU. "
                                    f"Allowed with {cpu:g} vCPU: {describe_memory_choices(allowed)} MiB.")
+
+    def _cores_from(self) -> str:
+        if Compute(self.compute) == Compute.LAMBDA:
+            return f"Lambda's share for {self.effective_memory} MiB"
+        return f"cpu={self.effective_cpu:g}"
 
     def to_dict(self) -> Dict[str, Any]:
         return {**dataclasses.asdict(self), "env": dict(self.env)}

@@ -16,6 +16,13 @@ from ml_contract.model_settings import DEFAULT_CPU, ModelSettings, SettingError
         (dict(compute="fargate", cpu=3.0), "cpu", "Allowed: 0.25, 0.5, 1, 2, 4, 8, 16"),
         (dict(compute="fargate", cpu=1.0, memory=1024), "memory", "2048-8192 in steps of 1024 MiB"),
         (dict(compute="moon"), "compute", "must be one of local, lambda, fargate, ecs, ec2"),
+        (dict(cpu=2.0, workers=2, threads=2), "workers", "2 worker(s) x 2 thread(s) = 4 busy cores, but the model has 2"),
+        (dict(cpu=1.0, threads=2), "threads", "1 worker(s) x 2 thread(s) = 2 busy cores"),
+        (dict(cpu=4.0, memory=2048, worker_memory=800), "worker_memory",
+         "4 worker(s) x 800 MiB = 3200 MiB, more than `memory` (2048 MiB)"),
+        (dict(cpu=4.0, memory=2048, workers=3, worker_memory=800), "workers", "raise `memory` to at least 2400"),
+        (dict(compute="lambda", workers=2), "workers", "Lambda sends one request at a time"),
+        (dict(workers=0), "workers", "must be at least 1"),
     ],
 )
 def test_each_compute_rule_names_the_setting(settings: dict, setting: str, fragment: str) -> None:
@@ -32,3 +39,18 @@ def test_defaults_are_valid_on_every_compute_and_survive_json() -> None:
     assert settings.effective_cpu == DEFAULT_CPU
     with pytest.raises(ValueError, match="unknown model settings"):
         ModelSettings.from_dict({"name": "m", "replicas": 3})
+
+
+@pytest.mark.parametrize("settings, workers, threads", [
+    (dict(), 1, 1),  # cpu 0.5: one worker on one core
+    (dict(cpu=4.0), 4, 1),  # one single-threaded worker per core
+    (dict(cpu=4.0, threads=2), 2, 2),  # e.g. torch: fewer workers, each with more threads
+    (dict(cpu=4.0, workers=1), 1, 4),  # one copy of a big model, all the cores for it
+    (dict(compute="ecs", cpu=8.0, gpu=2), 2, 4),  # one worker per GPU
+    (dict(compute="lambda", memory=4096), 1, 2),  # Lambda: one worker, the vCPUs memory brings
+])
+def test_workers_and_threads_come_from_the_declared_cpu_and_gpu(settings: dict, workers: int, threads: int) -> None:
+    model = ModelSettings(name="m", **settings)
+    model.check()
+    assert (model.effective_workers, model.effective_threads) == (workers, threads)
+

@@ -23,6 +23,7 @@ from ml_http.ready import write_ready_file
 from ml_http.server import HttpLimits, HttpProtocol
 from ml_serving.app import ModelApp
 from ml_serving.metrics import Metrics
+from ml_serving.sizing import visible_gpus, worker_env
 from ml_serving.workers import WorkerPool
 
 logger = logging.getLogger("ml_serving")
@@ -41,10 +42,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--host", default=env("ML_HOST", "127.0.0.1"), help="Address to listen on (ML_HOST).")
     parser.add_argument("--port", type=int, default=int(env("ML_PORT", env("PORT", str(CONTAINER_PORT)))),
                         help="Port to listen on; 0 picks a free one (ML_PORT, PORT).")
-    # Lambda sends an environment one invocation at a time: more workers only cost memory.
-    default_workers = 1 if env("AWS_LAMBDA_RUNTIME_API") else (os.cpu_count() or 1)
-    parser.add_argument("--workers", type=int, default=int(env("ML_WORKERS", "0")) or default_workers,
-                        help="Worker processes (ML_WORKERS); default: one per core (one on Lambda).")
+    parser.add_argument("--workers", type=int, default=int(env("ML_WORKERS", "0")) or None,
+                        help="Worker processes (ML_WORKERS); default: the model's `workers` (from its "
+                             "cpu and gpu; one on Lambda), never the host's core count.")
+    parser.add_argument("--threads", type=int, default=int(env("ML_THREADS", "0")) or None,
+                        help="Math-library threads per worker (ML_THREADS); default: the model's `threads`.")
     parser.add_argument("--batching", action=argparse.BooleanOptionalAction,
                         default=env("ML_BATCHING", "1") not in ("0", "false", "off"),
                         help="Gather concurrent requests to the endpoints a model declares batchable into one "
@@ -73,10 +75,16 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> int:
     manifest = json.loads(args.manifest)
+    lambda_api = os.environ.get("AWS_LAMBDA_RUNTIME_API")
+    # Lambda sends an environment one invocation at a time: more workers only cost memory.
+    args.workers = args.workers or (1 if lambda_api else int(manifest.get("workers", 1)))
+    threads = args.threads or int(manifest.get("threads", 1))
+    gpus = visible_gpus()
     metrics = Metrics(manifest["name"], manifest["version"])
     pool = WorkerPool(
         json.loads(args.worker_command),
         count=args.workers,
+        worker_env=lambda index: worker_env(index, threads, gpus),
         max_queue=args.max_queue,
         timeout=args.timeout or float(manifest.get("timeout", DEFAULT_TIMEOUT_SECONDS)),
         metrics=metrics,
@@ -88,7 +96,6 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    lambda_api = os.environ.get("AWS_LAMBDA_RUNTIME_API")
     try:
         await pool.start()
     except Exception as e:
@@ -130,7 +137,8 @@ async def serve(args: argparse.Namespace) -> int:
     host, port = server.sockets[0].getsockname()[:2]
     url = f"http://{host}:{port}"
     print(json.dumps({"event": "serving", "model": manifest["address"], "url": url,
-                      "predict": f"{url}/v{manifest['version']}/predict", "workers": args.workers}), flush=True)
+                      "predict": f"{url}/v{manifest['version']}/predict", "workers": args.workers,
+                      "threads": threads, "gpus": gpus}), flush=True)
     if args.ready_file:
         write_ready_file(args.ready_file, url)
 

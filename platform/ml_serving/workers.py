@@ -9,7 +9,7 @@ import logging
 import os
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from ml_runtime import protocol
 from ml_runtime.batching import BatchPolicy
@@ -235,11 +235,13 @@ class WorkerPool:
         env: Optional[dict[str, str]] = None,
         metrics: Any = None,
         batching: bool = True,
+        worker_env: Callable[[int], dict[str, str]] = lambda index: {},
     ) -> None:
         self.command = list(command)
         self.count = count
         self.timeout = timeout
         self.env = dict(os.environ if env is None else env)
+        self.worker_env = worker_env  # what worker `index` adds to env (its threads, its GPU)
         self.metrics = metrics
         self.queue: asyncio.Queue[Union[_Job, _Batch]] = asyncio.Queue(maxsize=max_queue)
         self.description: Optional[dict[str, Any]] = None
@@ -300,7 +302,7 @@ class WorkerPool:
     async def _run_worker(self, index: int, first_ready: asyncio.Future) -> None:
         restarts = 0
         while not self._stopping:
-            worker = _Worker(index, self.command, self.env)
+            worker = _Worker(index, self.command, {**self.env, **self.worker_env(index)})
             self._workers.append(worker)
             try:
                 description = await worker.start()

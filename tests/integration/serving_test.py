@@ -284,3 +284,30 @@ def test_batching_off_calls_the_model_once_per_request(tmp_path: Path) -> None:
         assert server.metric("ml_batch_calls_total") == 0
     finally:
         assert server.stop() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker sizing: from the model's settings (the probe declares none: 1 worker, 1 thread)
+
+
+def test_workers_and_their_threads_come_from_the_model_not_the_host(tmp_path: Path) -> None:
+    server = Server(tmp_path)
+    try:
+        text = server.stdout_path.read_text()
+        serving = json.loads(next(line for line in text.splitlines() if '"event": "serving"' in line))
+        assert (serving["workers"], serving["threads"]) == (1, 1)
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            assert server.request("POST", "/v1/environment", {"name": name})[2] == "1"
+    finally:
+        assert server.stop() == 0
+    (tmp_path / "more").mkdir()
+    server = Server(tmp_path / "more", "--workers", "2", "--threads", "3")
+    try:
+        assert server.request("POST", "/v1/environment", {"name": "OMP_NUM_THREADS"})[2] == "3"
+        pids: set = set()
+        deadline = time.monotonic() + 20  # the second worker starts once the first is ready
+        while len(pids) < 2 and time.monotonic() < deadline:
+            pids.add(server.request("POST", "/v1/pid", {})[2])
+        assert len(pids) == 2
+    finally:
+        assert server.stop() == 0

@@ -103,6 +103,10 @@ class Model:
                 raise RuntimeError("model failure in a batch")
         return [Shouted(r.text.upper(), len(requests), os.getpid()) for r in requests]
 
+    def environment(self, name: str) -> Optional[str]:
+        """One variable of the worker's environment (what the server gave it)."""
+        return os.environ.get(name)
+
     def shout(self, text: str) -> str:
         print("model output on stdout must not break the protocol")
         return text.upper()
