@@ -267,6 +267,7 @@ class Server:
     cwd: Path
     logs: Path
     env: dict[str, str] = field(default_factory=dict)
+    expected: str = EXPECTED  # what `label` reads off a correct answer
     process: Optional[subprocess.Popen] = None
     started: float = 0.0
     ready_seconds: float = float("nan")
@@ -299,8 +300,8 @@ class Server:
                 last_error = repr(e)
                 time.sleep(0.05)
                 continue
-            if label != EXPECTED:
-                raise RuntimeError(f"{self.name} answered {label!r} for a setosa flower")
+            if label != self.expected:
+                raise RuntimeError(f"{self.name} answered {label!r}, not {self.expected!r}")
             self.ready_seconds = time.perf_counter() - self.started
             return
         raise RuntimeError(f"{self.name} not ready after {timeout:g} s ({last_error})\n" + self.log_tail())
@@ -592,7 +593,7 @@ def main() -> int:
             assert server.process is not None
             memory[server.name] = tree_memory(server.process.pid)
             # Still answering correctly after the load?
-            if server.label(post(server.url, server.body)) != EXPECTED:
+            if server.label(post(server.url, server.body)) != server.expected:
                 raise RuntimeError(f"{server.name} answers wrongly after the load")
     finally:
         for server in servers:

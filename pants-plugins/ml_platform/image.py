@@ -10,9 +10,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any, Mapping
 
-from ml_contract.package_layout import IMAGE_LAYOUT, IMAGE_TAR, OCI_INDEX, PULLED_BASE_INFO
+from ml_contract.package_layout import (
+    IMAGE_LAYOUT,
+    IMAGE_TAR,
+    MODEL_PEX,
+    OCI_INDEX,
+    OWN_LAYER_MIN_BYTES,
+    PULLED_BASE_INFO,
+)
 from ml_platform.subsystem import MLPlatform
 from pants.backend.python.util_rules.interpreter_constraints import InterpreterConstraints
 from pants.backend.python.util_rules.pex import Pex, PexProcess
@@ -22,9 +30,12 @@ from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
 from pants.engine.fs import (
     EMPTY_DIGEST,
     AddPrefix,
+    CreateDigest,
     Digest,
     DigestContents,
+    DigestEntries,
     DigestSubset,
+    FileEntry,
     MergeDigests,
     PathGlobs,
     RemovePrefix,
@@ -44,6 +55,7 @@ REGISTRY_ENV = (
 # Of those, the secrets: no persistently cached process may have them in its environment.
 SECRET_ENV = ("ML_REGISTRY_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _TOOL = "ml_image.model_image"
+_WHEEL_DIR = "__wheel"  # where a big dependency's wheel sits for its own layer's process
 
 
 @dataclass(frozen=True)
@@ -265,25 +277,41 @@ class ModelImage:
 @rule(desc="Building a model image")
 async def build_model_image(request: ModelImageRequest, ml_platform: MLPlatform) -> ModelImage:
     d = request.package_dir
+    deps_dir = f"{d}/{MODEL_PEX}/.deps"
+    entries = await Get(DigestEntries, DigestSubset(request.package, PathGlobs([f"{deps_dir}/*"])))
+    # Each big dependency is built on its own, from the wheel alone at a fixed path: two models
+    # that lock the same wheel run the same (cached) process and get the same layer.
+    big = sorted((e for e in entries if isinstance(e, FileEntry) and e.file_digest.serialized_bytes_length
+                  >= OWN_LAYER_MIN_BYTES), key=lambda e: e.path)
+    big_wheels = await MultiGet(
+        Get(Digest, CreateDigest([dataclasses.replace(e, path=f"{_WHEEL_DIR}/{PurePath(e.path).name}")]))
+        for e in big
+    )
     deps_input, code_input, server_input = await MultiGet(
-        Get(Digest, DigestSubset(request.package, PathGlobs([f"{d}/model.pex/.deps/**"]))),
+        Get(Digest, DigestSubset(request.package, PathGlobs(
+            [f"{deps_dir}/**", *(f"!{e.path}" for e in big)]))),
         Get(Digest, DigestSubset(request.package, PathGlobs(
             [f"{d}/model.pex/**", f"!{d}/model.pex/.deps/**", f"!{d}/model.pex/.bootstrap/**"]))),
         Get(Digest, DigestSubset(request.package, PathGlobs([f"{d}/server.pex"]))),
     )
     python = request.base.python_path
-    server, deps, code = await MultiGet(
+    server, *wheels, deps, code = await MultiGet(
         Get(BuiltLayer, LayerRequest("server-layer", f"{d}/server.pex", server_input,
                                      "Building the model server image layer", python)),
+        *(Get(BuiltLayer, LayerRequest("wheel-layer", f"{_WHEEL_DIR}/{PurePath(e.path).name}", wheel,
+                                       f"Building the image layer of {PurePath(e.path).name}", python))
+          for e, wheel in zip(big, big_wheels)),
         Get(BuiltLayer, LayerRequest("deps-layer", f"{d}/model.pex", deps_input,
                                      f"Building the dependencies image layer of {d}", python)),
         Get(BuiltLayer, LayerRequest("code-layer", f"{d}/model.pex", code_input,
                                      f"Building the code image layer of {d}", python)),
     )
-    layer_dirs = ("layers/1-server", "layers/2-deps", "layers/3-code")
+    # After the server, in a stable order: the big dependencies (by wheel name), the rest, code.
+    built = (server, *wheels, deps, code)
+    layer_dirs = ("layers/1-server", *(f"layers/2-wheel-{i:03d}" for i in range(len(wheels))),
+                  "layers/3-deps", "layers/4-code")
     inputs = await MultiGet(
-        Get(Digest, AddPrefix(layer.digest, prefix))
-        for layer, prefix in zip((server, deps, code), layer_dirs)
+        Get(Digest, AddPrefix(layer.digest, prefix)) for layer, prefix in zip(built, layer_dirs)
     )
     base_digest = await Get(Digest, AddPrefix(request.base.digest, "layers/base"))
     # A pulled base brings its own layers and environment; the embedded one is one layer.

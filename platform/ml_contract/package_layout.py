@@ -8,6 +8,12 @@ IMAGE_LAYOUT = "image"  # the OCI image layout directory
 IMAGE_TAR = "image.tar"  # the same image as a `docker load` / `podman load` tarball
 GATEWAY_PEX = "gateway.pex"  # the local gateway: in no package, handed to local deploys
 
+# A locked dependency at least this big (its installed-wheel zip in model.pex/.deps/) gets an
+# image layer of its own, shared by every model that locks the same wheel (torch, the nvidia-*
+# wheels, scipy, transformers, ...); the smaller ones share one layer per model. Packed size
+# stands in for installed size: the plugin reads it without unpacking anything.
+OWN_LAYER_MIN_BYTES = 8 * 2**20
+
 CONTAINER_PORT = 8080  # what the server listens on in the image (ML_PORT)
 READY_PATH = "/v2/health/ready"  # 200 once a worker has loaded the model
 

@@ -4,13 +4,16 @@ and the model's code layer, then assembles them on a base layer into an OCI imag
 Image file system (both Python environments are venvs on the base image's /usr/bin/python3):
 
     /opt/ml/server/   the model server: identical bytes in every model's image
-    /opt/ml/model/    the model's locked dependencies (one layer), then its code, artifacts
-                      and generated entry point (a layer of their own, the one that changes)
+    /opt/ml/model/    the model's locked dependencies: each big one (torch, scipy, ...) a layer
+                      of its own, shared by every image that locks the same wheel, then the rest
+                      in one layer; then its code, artifacts and generated entry point (a layer
+                      of their own, the one that changes)
 
 Dependencies are laid out installed and byte-compiled at build time, so a container starts
 without unpacking anything.
 
     python -m ml_image.model_image server-layer server.pex OUT_DIR
+    python -m ml_image.model_image wheel-layer model.pex/.deps/<wheel> OUT_DIR
     python -m ml_image.model_image deps-layer model.pex OUT_DIR
     python -m ml_image.model_image code-layer model.pex OUT_DIR
     python -m ml_image.model_image assemble --base DIR --server DIR --deps DIR --code DIR ...
@@ -33,7 +36,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from ml_contract.package_layout import CONTAINER_PORT, PULLED_BASE_INFO
+from ml_contract.package_layout import CONTAINER_PORT, OWN_LAYER_MIN_BYTES, PULLED_BASE_INFO
 from ml_image.layers import (
     Entry,
     LayerInfo,
@@ -86,12 +89,18 @@ def _compile(tree: Path, image_dir: str) -> None:
     # In a child with a fixed hash seed and nothing else from our environment: set constants
     # are marshalled in hash order, and marshal's back-references depend on which strings the
     # process has already interned, so either would make the same source give other bytes.
-    subprocess.run(
-        [sys.executable, "-s", "-S", "-m", "compileall", "-q", "-q", "-j", "1",
+    # A file that is not Python 3.11 (torch ships py312-only test helpers) just gets no pyc, as
+    # with pip; compileall then exits 1, which is no failure of the layer.
+    done = subprocess.run(
+        [sys.executable, "-s", "-S", "-m", "compileall", "-q", "-j", "1",
          "--invalidation-mode", "unchecked-hash", "-d", image_dir, str(tree)],
-        env={"PYTHONHASHSEED": "0"},
-        check=True,
+        env={"PYTHONHASHSEED": "0"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"byte-compiling {tree} failed ({done.returncode}):\n{done.stdout[-3000:]}")
+    skipped = done.stdout.count("*** Error compiling")
+    if skipped:
+        print(f"{skipped} file(s) are not valid {PYTHON} and get no pyc", file=sys.stderr)
 
 
 def _installed_file(relative: str) -> bool:
@@ -117,14 +126,35 @@ def _extract_installed_wheel(wheel: Path, dest: Path) -> None:
                 _extract(zf, member, dest / member.filename)
 
 
+def own_layer_wheels(model_pex: Path) -> list[Path]:
+    """The dependencies of a packed model.pex that get a layer of their own, in layer order: the
+    rule the plugin applies to the same sizes (OWN_LAYER_MIN_BYTES)."""
+    return sorted(w for w in (model_pex / ".deps").glob("*.whl") if w.stat().st_size >= OWN_LAYER_MIN_BYTES)
+
+
 def deps_layer(model_pex: Path, out: Path, base_python: str = DEFAULT_BASE_PYTHON) -> LayerInfo:
+    """The venv and every dependency too small for a layer of its own (`own_layer_wheels`)."""
+    own = set(own_layer_wheels(model_pex))
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp)
         for wheel in sorted((model_pex / ".deps").glob("*.whl")):
+            if wheel in own:
+                continue
             _extract_installed_wheel(wheel, tree)
         _compile(tree, site_packages(MODEL_ROOT))
         return write_layer([*venv_entries(MODEL_ROOT, base_python), *tree_entries(tree, site_packages(MODEL_ROOT))],
                            out / "layer.tar.gz")
+
+
+def wheel_layer(wheel: Path, out: Path, base_python: str = DEFAULT_BASE_PYTHON) -> LayerInfo:
+    """One big dependency on its own (`ml_contract.package_layout.OWN_LAYER_MIN_BYTES`), at the
+    site-packages path every model image shares: the same wheel gives the same bytes in every
+    image, so a registry stores it once and a host pulls it once."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp)
+        _extract_installed_wheel(wheel, tree)
+        _compile(tree, site_packages(MODEL_ROOT))
+        return write_layer(tree_entries(tree, site_packages(MODEL_ROOT)), out / "layer.tar.gz")
 
 
 def code_layer(model_pex: Path, out: Path, base_python: str = DEFAULT_BASE_PYTHON) -> LayerInfo:
@@ -367,7 +397,7 @@ def _write_docker_tar(layout: Path, output: Path, config_digest: str, layer_dige
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="model_image", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in ("base-layer", "base-from-registry", "server-layer", "deps-layer", "code-layer"):
+    for command in ("base-layer", "base-from-registry", "server-layer", "wheel-layer", "deps-layer", "code-layer"):
         p = sub.add_parser(command)
         p.add_argument("source", help="The base's lock file or reference, or the PEX to lay out.")
         p.add_argument("out", type=Path)
@@ -413,7 +443,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "base-layer":
         info = base_layer(Path(args.source), args.out, args.cache)
     else:
-        build = {"server-layer": server_layer, "deps-layer": deps_layer, "code-layer": code_layer}
+        build = {"server-layer": server_layer, "wheel-layer": wheel_layer, "deps-layer": deps_layer,
+                 "code-layer": code_layer}
         info = build[args.command](Path(args.source), args.out, args.base_python)
     info.write(args.out / "layer.json")
     print(json.dumps({"layer": args.command, "digest": info.digest, "size": info.size}))

@@ -74,9 +74,17 @@ def test_layers_are_shared_where_promised() -> None:
     iris, digits = (manifest_of(PACKAGES[m] / "image")["layers"] for m in ("iris", "digits"))
     assert iris[0] == digits[0], "the base layer differs between models"
     assert iris[1] == digits[1], "the server layer must be byte-identical in every model's image"
-    assert iris[2] != digits[2] and iris[3] != digits[3]
+    # base, server, one layer per big dependency (by wheel name), the other dependencies, code.
+    wheels = {m: model_image.own_layer_wheels(PACKAGES[m] / "model.pex") for m in ("iris", "digits")}
+    assert wheels["iris"], "iris locks numpy and scipy: big enough for layers of their own"
+    assert len(iris) == 4 + len(wheels["iris"]) and len(digits) == 4 + len(wheels["digits"])
+    shared = {w.name for w in wheels["iris"]} & {w.name for w in wheels["digits"]}
+    for name in shared:  # the same wheel locked by both: the same layer in both images
+        assert iris[2 + [w.name for w in wheels["iris"]].index(name)] == \
+            digits[2 + [w.name for w in wheels["digits"]].index(name)], name
+    assert iris[-2] != digits[-2] and iris[-1] != digits[-1]
     # Least to most often changed: the code layer is tiny next to the dependencies.
-    assert iris[3]["size"] < 200_000 < iris[2]["size"]
+    assert iris[-1]["size"] < 200_000 < iris[-2]["size"]
 
 
 def test_rebuilding_gives_the_same_digests(tmp_path: Path) -> None:
@@ -85,8 +93,10 @@ def test_rebuilding_gives_the_same_digests(tmp_path: Path) -> None:
     layout = package / "image"
     built = manifest_of(layout)
     layer_dirs = []
+    wheels = model_image.own_layer_wheels(package / "model.pex")
     for name, build, source in (
         ("server", model_image.server_layer, package / "server.pex"),
+        *((f"wheel-{i}", model_image.wheel_layer, wheel) for i, wheel in enumerate(wheels)),
         ("deps", model_image.deps_layer, package / "model.pex"),
         ("code", model_image.code_layer, package / "model.pex"),
     ):
