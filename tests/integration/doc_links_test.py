@@ -17,6 +17,9 @@ import pytest
 from integration.served_model import ServedModel
 
 PACKAGE = Path("models.doc_links/doc_links")
+# A packed PEX's first start unpacks its wheels (torch: ~1 GB) into PEX_ROOT; later starts of
+# the same package skip that. Then torch and transformers take ~10 s to import.
+START_TIMEOUT = 300
 DOCS = "https://docs.ml.example.com"
 
 # Each question and the page that answers it, none sharing its wording with that page's title.
@@ -37,7 +40,7 @@ KNOWN = {
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedModel]:
-    served = ServedModel(PACKAGE, tmp_path_factory.mktemp("doc_links"))
+    served = ServedModel(PACKAGE, tmp_path_factory.mktemp("doc_links"), start_timeout=START_TIMEOUT)
     try:
         yield served
     finally:

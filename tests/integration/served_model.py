@@ -15,7 +15,7 @@ from typing import Any, Optional
 class ServedModel:
     """`<package>/model.pex serve` on a free port; `stop()` (SIGTERM) ends it."""
 
-    def __init__(self, package: Path, tmp: Path, *args: str) -> None:
+    def __init__(self, package: Path, tmp: Path, *args: str, start_timeout: float = 60) -> None:
         self.ready_file = tmp / "url"
         self.stdout_path, self.stderr_path = tmp / "stdout.log", tmp / "stderr.log"
         self.process = subprocess.Popen(
@@ -24,11 +24,12 @@ class ServedModel:
             stdout=self.stdout_path.open("wb"),
             stderr=self.stderr_path.open("wb"),
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + start_timeout
         while not self.ready_file.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise AssertionError(f"{package} did not start serving in 60 s:\n{self.stderr_path.read_text()}")
+                raise AssertionError(f"{package} did not start serving in {start_timeout:g} s:\n"
+                                     f"{self.stderr_path.read_text()}")
             time.sleep(0.05)
         self.url = self.ready_file.read_text()
         self.host, port = self.url.removeprefix("http://").split(":")
