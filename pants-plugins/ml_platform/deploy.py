@@ -56,8 +56,8 @@ from pants.util.strutil import help_text, pluralize
 # container engine, where local deploys keep state, and a Python for packaged servers.
 _DEPLOY_ENV = (*REGISTRY_ENV, "DOCKER_HOST", "XDG_STATE_HOME", "XDG_RUNTIME_DIR", "PATH", "PYENV_ROOT")
 _CONFIG_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
-_SPEC = "__ml_deploy/release.json"
-_GATEWAY_DIR = "__ml_deploy"
+_TOOL_INPUTS = "__ml_deploy"  # what the rollout is handed besides the package
+_SPEC = f"{_TOOL_INPUTS}/release.json"
 
 
 class DeploySubsystem(GoalSubsystem):
@@ -154,12 +154,12 @@ async def prepare_rollout(
         Get(EnvironmentVars, EnvironmentVarsRequest((*_DEPLOY_ENV, *referenced))),
         Get(Digest, CreateDigest([FileContent(_SPEC, wrapped.target.settings().to_json().encode())])),
     )
-    gateway_digest = await Get(Digest, AddPrefix(gateway.digest, _GATEWAY_DIR))
+    gateway_digest = await Get(Digest, AddPrefix(gateway.digest, _TOOL_INPUTS))
     input_digest = await Get(Digest, MergeDigests([package.digest, spec, config_digest, gateway_digest]))
     argv = (
         "deploy", "--config", config_path, "--env", deploy.env,
         "--spec", _SPEC, "--package", artifact.relpath,
-        "--gateway-pex", f"{_GATEWAY_DIR}/{GATEWAY_PEX}",
+        "--gateway-pex", f"{_TOOL_INPUTS}/{GATEWAY_PEX}",
         *(("--dry-run",) if deploy.dry_run else ()),
     )
     process = await Get(

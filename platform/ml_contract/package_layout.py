@@ -10,9 +10,11 @@ GATEWAY_PEX = "gateway.pex"  # the local gateway: in no package, handed to local
 
 # A locked dependency at least this big (its installed-wheel zip in model.pex/.deps/) gets an
 # image layer of its own, shared by every model that locks the same wheel (torch, the nvidia-*
-# wheels, scipy, transformers, ...); the smaller ones share one layer per model. Packed size
-# stands in for installed size: the plugin reads it without unpacking anything.
-OWN_LAYER_MIN_BYTES = 8 * 2**20
+# wheels, transformers, numpy, sympy, pillow, ...); only the smallest share one layer per model,
+# so two models that lock mostly the same wheels differ by little more than their own wheels
+# and code (a torch model has some 30 layers: registries and engines take up to 127).
+# Packed size stands in for installed size: the plugin reads it without unpacking anything.
+OWN_LAYER_MIN_BYTES = 256 * 2**10
 
 CONTAINER_PORT = 8080  # what the server listens on in the image (ML_PORT)
 READY_PATH = "/v2/health/ready"  # 200 once a worker has loaded the model

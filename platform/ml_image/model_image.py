@@ -127,19 +127,17 @@ def _extract_installed_wheel(wheel: Path, dest: Path) -> None:
 
 
 def own_layer_wheels(model_pex: Path) -> list[Path]:
-    """The dependencies of a packed model.pex that get a layer of their own, in layer order: the
-    rule the plugin applies to the same sizes (OWN_LAYER_MIN_BYTES)."""
+    """The dependencies of a packed model.pex that get a layer of their own, in layer order, as
+    the plugin picks them from the same sizes (OWN_LAYER_MIN_BYTES): for tests and benches."""
     return sorted(w for w in (model_pex / ".deps").glob("*.whl") if w.stat().st_size >= OWN_LAYER_MIN_BYTES)
 
 
 def deps_layer(model_pex: Path, out: Path, base_python: str = DEFAULT_BASE_PYTHON) -> LayerInfo:
-    """The venv and every dependency too small for a layer of its own (`own_layer_wheels`)."""
-    own = set(own_layer_wheels(model_pex))
+    """The venv and every dependency in `model_pex/.deps`: the plugin hands this process only
+    the wheels too small for a layer of their own (it alone decides which those are)."""
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp)
         for wheel in sorted((model_pex / ".deps").glob("*.whl")):
-            if wheel in own:
-                continue
             _extract_installed_wheel(wheel, tree)
         _compile(tree, site_packages(MODEL_ROOT))
         return write_layer([*venv_entries(MODEL_ROOT, base_python), *tree_entries(tree, site_packages(MODEL_ROOT))],

@@ -14,13 +14,12 @@ from ml_runtime import wire
 from ml_runtime.errors import MALFORMED_JSON
 from ml_serving import oip
 from ml_serving.metrics import Metrics
-from ml_serving.openapi import build_openapi, compile_schema, schema_error
+from ml_serving.openapi import BINARY_CONTENT_TYPES, build_openapi, compile_schema, schema_error
 from ml_serving.workers import QueueFull, WorkerLost, WorkerPool, WorkerTimeout
 
 logger = logging.getLogger("ml_serving.app")
 
 JSON_TYPES = ("application/json", "")
-BINARY_TYPE = "application/octet-stream"
 
 
 class ModelApp:
@@ -107,9 +106,9 @@ class ModelApp:
 
     async def _call(self, endpoint: str, request: Request, request_id: str, timeout: Optional[float]) -> Response:
         binary_parameter = self.endpoints[endpoint]["binary_parameter"]
-        if binary_parameter and request_content_type(request) == BINARY_TYPE:
+        if binary_parameter and request_content_type(request) in BINARY_CONTENT_TYPES:
             return await self.invoke(endpoint, request.body, request_id, binary_parameter, timeout)
-        payload = self.read_json(request, request_id, BINARY_TYPE if binary_parameter else None)
+        payload = self.read_json(request, request_id, " or ".join(BINARY_CONTENT_TYPES) if binary_parameter else None)
         if isinstance(payload, Response):
             return payload
         error = self.validate(endpoint, payload)

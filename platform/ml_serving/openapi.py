@@ -170,6 +170,11 @@ def _ready(summary: str) -> dict[str, Any]:
     })
 
 
+# Raw request bodies that fill an endpoint's one bytes parameter (in JSON it is base64): images
+# are sent as they are, with their own type.
+BINARY_CONTENT_TYPES = ("application/octet-stream", "image/png", "image/jpeg")
+
+
 def build_openapi(manifest: dict[str, Any], description: Optional[dict[str, Any]]) -> dict[str, Any]:
     """The document; `description` is what a worker reported after loading the model (None
     until then: the health and metadata routes already answer)."""
@@ -179,7 +184,8 @@ def build_openapi(manifest: dict[str, Any], description: Optional[dict[str, Any]
     for endpoint, spec in sorted(endpoints.items()):
         content: dict[str, Any] = {"application/json": {"schema": spec["request"]}}
         if spec["binary_parameter"]:
-            content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+            for content_type in BINARY_CONTENT_TYPES:
+                content[content_type] = {"schema": {"type": "string", "format": "binary"}}
         operation = {
             "operationId": endpoint,
             "summary": spec["doc"].splitlines()[0] if spec["doc"] else endpoint,

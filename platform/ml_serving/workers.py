@@ -50,23 +50,6 @@ class _Job:
 
 
 @dataclass
-class _Batch:
-    """Requests to one batchable endpoint that a worker answers with one model call."""
-
-    endpoint: str
-    binary_parameter: Optional[str]
-    jobs: list[_Job]
-
-    @property
-    def timeout(self) -> float:
-        return min(job.timeout for job in self.jobs)
-
-    @property
-    def future(self) -> "_Futures":
-        return _Futures([job.future for job in self.jobs])
-
-
-@dataclass
 class _Futures:
     """The futures of a batch's requests, answered together (a lost worker fails them all)."""
 
@@ -84,6 +67,22 @@ class _Futures:
         for f, response in zip(self.futures, responses):
             if not f.done():
                 f.set_result(response)
+
+
+@dataclass
+class _Batch:
+    """Requests to one batchable endpoint that a worker answers with one model call. It queues
+    like a _Job: `future` and `timeout` stand for all of its requests."""
+
+    endpoint: str
+    binary_parameter: Optional[str]
+    jobs: list[_Job]
+    future: _Futures = field(init=False)
+    timeout: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.future = _Futures([job.future for job in self.jobs])
+        self.timeout = min(job.timeout for job in self.jobs)
 
 
 class _Batcher:

@@ -23,7 +23,7 @@ from testutil.net import free_port
 
 from testutil.scratch import commit_change, scratch_repo
 
-MODELS = {"iris", "digits"}
+MODELS = {"iris", "digits", "doc_links", "mask2former"}
 DEPLOYED = re.compile(r"^✓ models/(\w+):\w+ deployed \(ci\)$", re.MULTILINE)
 
 

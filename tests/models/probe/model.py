@@ -35,7 +35,7 @@ class Echo:
 @dataclass
 class Word:
     text: str
-    delay: float = 0.0  # seconds the model call takes (the longest of its batch)
+    delay: float = 0.0  # seconds the model call takes (the longest of its batch, at most 1)
 
 
 @dataclass
@@ -95,7 +95,7 @@ class Model:
         """Upper-case each word, saying how large a batch answered it. "refuse" is refused
         (ValueError) and "crash" fails the call: the other requests of its batch still get their
         answers."""
-        time.sleep(max(r.delay for r in requests))
+        time.sleep(min(1.0, max(0.0, *(r.delay for r in requests))))
         for r in requests:
             if r.text == "refuse":
                 raise ValueError("refused: refuse")
