@@ -73,8 +73,8 @@ def test_changed_since_selects_affected_models(repo: Path) -> None:
 def test_help_documents_every_field(repo: Path) -> None:
     out = pants(repo, "help", "ml_model")
     for field in (
-        "entry_point", "resolve", "version", "compute", "cpu", "memory", "gpu", "timeout",
-        "env", "description", "dependencies",
+        "entry_point", "resolve", "version", "compute", "cpu", "memory", "gpu", "workers", "threads",
+        "worker_memory", "timeout", "env", "description", "dependencies",
     ):
         assert f"\n{field}\n" in out, f"`help ml_model` lacks {field}"
 
