@@ -11,11 +11,9 @@ import base64
 import concurrent.futures
 import json
 import signal
-import socket
-import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator
 
 import pytest
 
