@@ -92,13 +92,13 @@ class Backend(abc.ABC):
         return self.alive(deployment) and probe.ready(deployment.backend)
 
     def _deployment(self, site: Site, release: Release, backend: str, **runner: Any) -> Deployment:
-        release_dir = site.release_dir(release.name, release.version, release.digest)
+        release_dir = site.copy_of(release)
         return Deployment(model=release.name, version=release.version, digest=release.digest,
                           backend=backend, kind=self.kind, started=now(),
                           release_dir=str(release_dir.relative_to(site.root)), **runner)
 
     def _record(self, site: Site, release: Release) -> None:
-        release_dir = site.release_dir(release.name, release.version, release.digest)
+        release_dir = site.copy_of(release)
         for path in (site.logs, site.run_dir, release_dir):
             path.mkdir(parents=True, exist_ok=True)
         record = release_dir / RELEASE_RECORD
@@ -111,12 +111,11 @@ class ProcessBackend(Backend):
     how = "the packaged server (model.pex serve)"
 
     def __init__(self, fallback: bool = False) -> None:
-        self.fallback = fallback  # chosen because no container engine answered (engine: auto)
-        if fallback:
-            self.how += " (no container engine answered)"
+        # Chosen because no container engine answered (engine: auto): plans say so.
+        self.how = ProcessBackend.how + (" (no container engine answered)" if fallback else "")
 
     def plan_artifacts(self, plan: Plan, site: Site, release: Release) -> None:
-        package, copy = release.package_dir, site.release_dir(release.name, release.version, release.digest)
+        package, copy = release.package_dir, site.copy_of(release)
         if (copy / COMPLETE_MARK).exists():
             plan.add(UNCHANGED, f"release files {copy}")
             return
@@ -128,7 +127,7 @@ class ProcessBackend(Backend):
                  lambda: self.copy_files(site, release))
 
     def copy_files(self, site: Site, release: Release) -> str:
-        target = site.release_dir(release.name, release.version, release.digest)
+        target = site.copy_of(release)
         if (target / COMPLETE_MARK).exists():
             return "another deploy copied them"
         started = time.monotonic()
@@ -148,7 +147,7 @@ class ProcessBackend(Backend):
         from ml_image.engine import wait_for_200
 
         self._record(site, release)
-        release_dir = site.release_dir(release.name, release.version, release.digest)
+        release_dir = site.copy_of(release)
         ready_file = site.run_dir / f"{_tag(release)}-{os.getpid()}-{time.monotonic_ns()}.url"
         log = site.logs / f"{_tag(release)}.log"
         process, pid_start = spawn(

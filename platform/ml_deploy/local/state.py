@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 from ml_contract.package_layout import GATEWAY_PEX
 from ml_contract.route_table import ROUTES_FILE, RouteBackend, RouteTable, host_label
 from ml_deploy.config import ConfigError, Environment
-from ml_deploy.release import short_digest
+from ml_deploy.release import Release, short_digest
 
 PROCESS, CONTAINER = "process", "container"  # how a backend runs: Deployment.kind
 HISTORY = 10  # digests remembered per model version, for rollback
@@ -144,6 +144,10 @@ class Site:
 
     def release_dir(self, model: str, version: int, digest: str) -> Path:
         return self.releases / release_key(model, version) / short_digest(digest)
+
+    def copy_of(self, release: Release) -> Path:
+        """Where a process backend runs `release` from."""
+        return self.release_dir(release.name, release.version, release.digest)
 
     def read(self) -> State:
         try:
