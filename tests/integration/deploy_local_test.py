@@ -11,6 +11,7 @@ A modified copy gets new PEX hashes, or PEX would run the code it unpacked for t
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import http.client
@@ -247,3 +248,45 @@ def test_the_image_through_a_docker_api_engine(podman_api: Any, iris: Release,
         local.stop(environment)
     assert podman_api("ps", "-aq").stdout.split() == []
     assert leftovers(environment) == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# The torch models, deployed locally once (in an environment of their own)
+
+
+def post(environment: Environment, model: str, body: dict) -> Tuple[int, str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", environment.gateway_port, timeout=120)
+    try:
+        conn.request("POST", "/v1/predict", body=json.dumps(body),
+                     headers={"host": f"{model.replace('_', '-')}.ml.localhost:{environment.gateway_port}",
+                              "content-type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.getheader("x-ml-digest", ""), json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_the_torch_models_deploy_and_answer_by_name(tmp_path: Path) -> None:
+    teardown_on_sigterm()
+    environment = Environment(name="torch", compute="local", gateway_port=free_port(),
+                              state_dir=str(tmp_path / "state"), engine="process")
+    releases = {name: Release.from_spec({"name": name, "version": 1, "address": f"models/{name}:{name}"},
+                                        Path(f"models.{name}/{name}").resolve())
+                for name in ("doc_links", "mask2former")}
+    try:
+        for release in releases.values():
+            deploy(release, environment)
+        status, digest, links = post(environment, "doc_links",
+                                     {"question": "How can I go back to the previous version after a bad release?"})
+        assert status == 200 and digest == releases["doc_links"].digest
+        assert links[0]["url"].endswith("/deploy/rollback")
+        image = base64.b64encode((Path(__file__).parent / "images" / "scene.png").read_bytes()).decode()
+        status, digest, answer = post(environment, "mask2former", {"image": image, "threshold": 0.0})
+        assert status == 200 and digest == releases["mask2former"].digest
+        assert (answer["width"], answer["height"]) == (320, 240) and answer["segments"]
+    finally:
+        local.stop(environment, say=lambda _: None)
+        left = marked_processes(Site(environment))
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left running after stop: {left}"
