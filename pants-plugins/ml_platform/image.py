@@ -283,9 +283,10 @@ async def build_model_image(request: ModelImageRequest, ml_platform: MLPlatform)
     # that lock the same wheel run the same (cached) process and get the same layer.
     big = sorted((e for e in entries if isinstance(e, FileEntry) and e.file_digest.serialized_bytes_length
                   >= OWN_LAYER_MIN_BYTES), key=lambda e: e.path)
+    big_names = [PurePath(e.path).name for e in big]
     big_wheels = await MultiGet(
-        Get(Digest, CreateDigest([dataclasses.replace(e, path=f"{_WHEEL_DIR}/{PurePath(e.path).name}")]))
-        for e in big
+        Get(Digest, CreateDigest([dataclasses.replace(e, path=f"{_WHEEL_DIR}/{name}")]))
+        for e, name in zip(big, big_names)
     )
     deps_input, code_input, server_input = await MultiGet(
         Get(Digest, DigestSubset(request.package, PathGlobs(
@@ -298,9 +299,9 @@ async def build_model_image(request: ModelImageRequest, ml_platform: MLPlatform)
     server, *wheels, deps, code = await MultiGet(
         Get(BuiltLayer, LayerRequest("server-layer", f"{d}/server.pex", server_input,
                                      "Building the model server image layer", python)),
-        *(Get(BuiltLayer, LayerRequest("wheel-layer", f"{_WHEEL_DIR}/{PurePath(e.path).name}", wheel,
-                                       f"Building the image layer of {PurePath(e.path).name}", python))
-          for e, wheel in zip(big, big_wheels)),
+        *(Get(BuiltLayer, LayerRequest("wheel-layer", f"{_WHEEL_DIR}/{name}", wheel,
+                                       f"Building the image layer of {name}", python))
+          for name, wheel in zip(big_names, big_wheels)),
         Get(BuiltLayer, LayerRequest("deps-layer", f"{d}/model.pex", deps_input,
                                      f"Building the dependencies image layer of {d}", python)),
         Get(BuiltLayer, LayerRequest("code-layer", f"{d}/model.pex", code_input,

@@ -76,7 +76,10 @@ class Endpoint:
                 outcomes[positions[0]] = e
                 return outcomes
             for position, item in zip(positions, items):
-                outcomes[position] = _outcome(lambda item=item: self._call_items([item]))
+                try:
+                    (outcomes[position],) = self._call_items([item])
+                except Exception as alone:  # noqa: BLE001 - this request's own answer (422, 500, ...)
+                    outcomes[position] = alone
             return outcomes
         for position, result in zip(positions, results):
             outcomes[position] = result
@@ -93,15 +96,6 @@ class Endpoint:
             raise TypeError(f"batchable endpoint {self.name}() returned {got} results for {len(items)} requests: "
                             f"it must return a list with one result per request, in order")
         return [encode(result) for result in results]
-
-
-def _outcome(call: Callable[[], list[Any]]) -> Any:
-    """The one encoded result `call` returns, or the exception it raised."""
-    try:
-        (result,) = call()
-        return result
-    except Exception as e:  # noqa: BLE001 - the request's own answer (422, 500, ...)
-        return e
 
 
 class LoadedModel:

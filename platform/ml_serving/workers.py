@@ -251,7 +251,7 @@ class WorkerPool:
         self._ids = itertools.count()
         self._stopping = False
         self.batching = batching  # off: batchable endpoints are called one request at a time
-        self._batchers: dict[tuple[str, Optional[str]], _Batcher] = {}
+        self._batchers: dict[tuple[str, Optional[str]], Optional[_Batcher]] = {}
 
     @property
     def ready(self) -> bool:
@@ -287,15 +287,18 @@ class WorkerPool:
         return await future
 
     def _batcher(self, endpoint: str, binary_parameter: Optional[str]) -> Optional[_Batcher]:
-        """The batcher of a batchable endpoint (per kind of body), None for the others."""
+        """The batcher of a batchable endpoint (per kind of body), None for the others; decided
+        once per endpoint and body kind, not on every request."""
         key = (endpoint, binary_parameter)
-        batcher = self._batchers.get(key)
-        if batcher is None and self.batching and self.description is not None:
-            spec = self.description["endpoints"].get(endpoint) or {}
-            policy = BatchPolicy.from_json(spec.get("batch"))
-            if policy is None or policy.max_batch_size < 2:
-                return None
-            batcher = self._batchers[key] = _Batcher(self, endpoint, binary_parameter, policy)
+        if key in self._batchers:
+            return self._batchers[key]
+        if not self.batching or self.description is None:
+            return None
+        spec = self.description["endpoints"].get(endpoint) or {}
+        policy = BatchPolicy.from_json(spec.get("batch"))
+        batcher = (_Batcher(self, endpoint, binary_parameter, policy)
+                   if policy is not None and policy.max_batch_size > 1 else None)
+        self._batchers[key] = batcher
         return batcher
 
     async def _run_worker(self, index: int, first_ready: asyncio.Future) -> None:
@@ -372,7 +375,8 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         for batcher in self._batchers.values():
-            batcher.flush()
+            if batcher is not None:
+                batcher.flush()
         while (self.busy_workers or not self.queue.empty()) and loop.time() < deadline:
             await asyncio.sleep(0.01)
         self._stopping = True
