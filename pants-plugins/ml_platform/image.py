@@ -117,6 +117,12 @@ class BuiltLayer:
     digest: Digest
 
 
+def _mb(entry: FileEntry) -> str:
+    """A wheel's size for a layer's description: Pants shows running processes with their
+    elapsed time, so the size says which layers are the long ones."""
+    return f"{entry.file_digest.serialized_bytes_length / 1e6:,.0f} MB"
+
+
 def cache_scope_for(env: Mapping[str, str]) -> ProcessCacheScope:
     """How long a process that gets `env` may be cached: never beyond this run when it holds a
     secret, since the cache key of a persistently cached process holds its environment."""
@@ -261,6 +267,7 @@ class ModelImageRequest:
 
     package: Digest
     package_dir: str
+    generated_files: tuple[str, ...]  # inside model.pex/: a layer of their own, before the code
     manifest_json: str
     env_json: str
     revision: str
@@ -288,29 +295,37 @@ async def build_model_image(request: ModelImageRequest, ml_platform: MLPlatform)
         Get(Digest, CreateDigest([dataclasses.replace(e, path=f"{_WHEEL_DIR}/{name}")]))
         for e, name in zip(big, big_names)
     )
-    deps_input, code_input, server_input = await MultiGet(
+    generated = [f"{d}/{MODEL_PEX}/{path}" for path in request.generated_files]
+    deps_input, generated_input, code_input, server_input = await MultiGet(
         Get(Digest, DigestSubset(request.package, PathGlobs(
             [f"{deps_dir}/**", *(f"!{e.path}" for e in big)]))),
+        Get(Digest, DigestSubset(request.package, PathGlobs(generated))),
         Get(Digest, DigestSubset(request.package, PathGlobs(
-            [f"{d}/model.pex/**", f"!{d}/model.pex/.deps/**", f"!{d}/model.pex/.bootstrap/**"]))),
+            [f"{d}/{MODEL_PEX}/**", f"!{d}/{MODEL_PEX}/.deps/**", f"!{d}/{MODEL_PEX}/.bootstrap/**",
+             *(f"!{path}" for path in generated)]))),
         Get(Digest, DigestSubset(request.package, PathGlobs([f"{d}/server.pex"]))),
     )
     python = request.base.python_path
-    server, *wheels, deps, code = await MultiGet(
-        Get(BuiltLayer, LayerRequest("server-layer", f"{d}/server.pex", server_input,
-                                     "Building the model server image layer", python)),
-        *(Get(BuiltLayer, LayerRequest("wheel-layer", f"{_WHEEL_DIR}/{name}", wheel,
-                                       f"Building the image layer of {name}", python))
-          for name, wheel in zip(big_names, big_wheels)),
-        Get(BuiltLayer, LayerRequest("deps-layer", f"{d}/model.pex", deps_input,
-                                     f"Building the dependencies image layer of {d}", python)),
-        Get(BuiltLayer, LayerRequest("code-layer", f"{d}/model.pex", code_input,
-                                     f"Building the code image layer of {d}", python)),
-    )
-    # After the server, in a stable order: the big dependencies (by wheel name), the rest, code.
-    built = (server, *wheels, deps, code)
-    layer_dirs = ("layers/1-server", *(f"layers/2-wheel-{i:03d}" for i in range(len(wheels))),
-                  "layers/3-deps", "layers/4-code")
+    # In image order, after the base: the server, the big dependencies (by wheel name), the
+    # rest, the generated artifacts, the code.
+    layers = {
+        "1-server": LayerRequest("server-layer", f"{d}/server.pex", server_input,
+                                 "Building the model server image layer", python),
+        **{f"2-wheel-{i:03d}": LayerRequest("wheel-layer", f"{_WHEEL_DIR}/{name}", wheel,
+                                            f"Building the image layer of {name} ({_mb(entry)})", python)
+           for i, (entry, name, wheel) in enumerate(zip(big, big_names, big_wheels))},
+        "3-deps": LayerRequest("deps-layer", f"{d}/{MODEL_PEX}", deps_input,
+                               f"Building the dependencies image layer of {d}", python),
+        # Laid out like code (at the model's source root), but built only when the script's
+        # output changes: a code change neither rebuilds nor re-pushes it.
+        **({"4-generated": LayerRequest("code-layer", f"{d}/{MODEL_PEX}", generated_input,
+                                        f"Building the generated artifacts image layer of {d}", python)}
+           if generated else {}),
+        "5-code": LayerRequest("code-layer", f"{d}/{MODEL_PEX}", code_input,
+                               f"Building the code image layer of {d}", python),
+    }
+    built = await MultiGet(Get(BuiltLayer, LayerRequest, layer) for layer in layers.values())
+    layer_dirs = tuple(f"layers/{name}" for name in layers)
     inputs = await MultiGet(
         Get(Digest, AddPrefix(layer.digest, prefix)) for layer, prefix in zip(built, layer_dirs)
     )

@@ -19,6 +19,7 @@ from ml_platform.image import (
 )
 from ml_platform.subsystem import MLPlatform
 from ml_platform.target_types import (
+    MLModelArtifactsScriptField,
     MLModelBaseImageField,
     MLModelEntryPointField,
     MLModelEnvField,
@@ -35,7 +36,11 @@ from pants.backend.python.target_types import (
     ResolvePexEntryPointRequest,
 )
 from pants.backend.python.util_rules.interpreter_constraints import InterpreterConstraints
-from pants.backend.python.util_rules.pex import Pex, PexLayout
+from pants.backend.python.dependency_inference.module_mapper import (
+    PythonModuleOwners,
+    PythonModuleOwnersRequest,
+)
+from pants.backend.python.util_rules.pex import Pex, PexLayout, PexProcess
 from pants.backend.python.util_rules.pex_from_targets import PexFromTargetsRequest
 from pants.backend.python.util_rules.python_sources import (
     PythonSourceFilesRequest,
@@ -49,7 +54,18 @@ from pants.core.goals.package import (
     PackageFieldSet,
 )
 from pants.engine.addresses import UnparsedAddressInputs
-from pants.engine.fs import AddPrefix, CreateDigest, Digest, DigestEntries, FileContent, MergeDigests
+from pants.engine.fs import (
+    EMPTY_DIGEST,
+    AddPrefix,
+    CreateDigest,
+    Digest,
+    DigestEntries,
+    FileContent,
+    MergeDigests,
+    RemovePrefix,
+    Snapshot,
+)
+from pants.engine.process import ProcessResult
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import (
     InvalidFieldException,
@@ -68,7 +84,8 @@ from pants.util.strutil import softwrap
 # The generated module that starts a packaged model. Its name is private to the platform so it
 # cannot shadow a model's own modules.
 GENERATED_ENTRYPOINT_MODULE = "__ml_model_main__"
-# Names inside a model's package directory.
+# Where an `artifacts_script` writes, inside its process' sandbox.
+_GENERATED_DIR = "__generated"
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,7 @@ class MLModelFieldSet(PackageFieldSet):
     required_fields = (MLModelEntryPointField,)
 
     entry_point: MLModelEntryPointField
+    artifacts_script: MLModelArtifactsScriptField
     resolve: MLModelResolveField
     version: MLModelVersionField
     env: MLModelEnvField
@@ -159,6 +177,67 @@ async def resolve_model_handler(field_set: MLModelFieldSet) -> ResolvedModelHand
 
 
 @dataclass(frozen=True)
+class GeneratedArtifacts:
+    """What a model's `artifacts_script` wrote, at the model's source root (empty when it has
+    none): added to the model PEX, and laid out as an image layer of its own."""
+
+    digest: Digest
+    files: tuple[str, ...]
+
+
+@rule(desc="Generating ml_model artifacts")
+async def generate_artifacts(field_set: MLModelFieldSet, python_setup: PythonSetup) -> GeneratedArtifacts:
+    if field_set.artifacts_script.value is None:
+        return GeneratedArtifacts(EMPTY_DIGEST, ())
+    script = await Get(ResolvedPexEntryPoint, ResolvePexEntryPointRequest(field_set.artifacts_script))
+    assert script.val is not None
+    module = script.val.module
+    owners = await Get(
+        PythonModuleOwners,
+        PythonModuleOwnersRequest(module, resolve=field_set.resolve.normalized_value(python_setup)),
+    )
+    if len(owners.unambiguous) != 1:
+        raise InvalidFieldException(
+            softwrap(
+                f"""
+                The `{MLModelArtifactsScriptField.alias}` of {field_set.address} is
+                {field_set.artifacts_script.value.spec!r}, the module `{module}`, which
+                {"no" if not owners.unambiguous else "more than one"} `python_sources` target of
+                the resolve `{field_set.resolve.value}` provides. Give it exactly one.
+                """
+            )
+        )
+    # The script's own environment: the model's lock, subset to what the script imports (so
+    # the same wheels as the model, from pex's cache).
+    pex = await Get(
+        Pex,
+        PexFromTargetsRequest(
+            owners.unambiguous, output_filename="artifacts_script.pex", internal_only=False,
+            main=EntryPoint(module), layout=PexLayout.PACKED, additional_args=("--venv",),
+            description=f"Building the environment of {field_set.address}'s artifacts script",
+        ),
+    )
+    result = await Get(
+        ProcessResult,
+        PexProcess(
+            pex, argv=(_GENERATED_DIR,), output_directories=(_GENERATED_DIR,),
+            # No GPU: a seeded script gives the same bytes on every host.
+            extra_env={"CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0"},
+            description=f"Generating the artifacts of {field_set.address} ({module})",
+            level=LogLevel.INFO, timeout_seconds=3600,
+        ),
+    )
+    snapshot = await Get(Snapshot, RemovePrefix(result.output_digest, _GENERATED_DIR))
+    if not snapshot.files:
+        raise ValueError(
+            f"The `{MLModelArtifactsScriptField.alias}` of {field_set.address} ({module}) wrote "
+            f"nothing into the directory it is given as its first argument. Its output:\n"
+            f"{result.stdout.decode(errors='replace')}{result.stderr.decode(errors='replace')}"
+        )
+    return GeneratedArtifacts(snapshot.digest, snapshot.files)
+
+
+@dataclass(frozen=True)
 class NamedPexBinaryRequest:
     """The one `pex_binary` that `addresses` names, packaged and put at `filename`."""
 
@@ -207,15 +286,17 @@ class ModelPexes:
     digest: Digest
     output_dir: str
     manifest: ModelManifest
+    generated_files: tuple[str, ...]  # inside model.pex/: what the artifacts script wrote
 
 
 @rule(desc="Building the ml_model PEXes", level=LogLevel.DEBUG)
 async def build_model_pexes(field_set: MLModelFieldSet, python_setup: PythonSetup) -> ModelPexes:
     # Fails with the line to add to pants.toml before any resolving starts.
     field_set.resolve.normalized_value(python_setup)
-    handler, wrapped = await MultiGet(
+    handler, wrapped, generated = await MultiGet(
         Get(ResolvedModelHandler, MLModelFieldSet, field_set),
         Get(WrappedTarget, WrappedTargetRequest(field_set.address, description_of_origin="`package`")),
+        Get(GeneratedArtifacts, MLModelFieldSet, field_set),
     )
     manifest = ModelManifest.of(wrapped.target.settings(), f"{handler.module}:{handler.class_name}")
     entrypoint = await Get(
@@ -224,6 +305,7 @@ async def build_model_pexes(field_set: MLModelFieldSet, python_setup: PythonSetu
             [FileContent(f"{GENERATED_ENTRYPOINT_MODULE}.py", manifest.render_entrypoint())]
         ),
     )
+    additional_sources = await Get(Digest, MergeDigests([entrypoint, generated.digest]))
     output_dir = field_set.output_path.value_or_default(file_ending=None)
     model_pex_path = os.path.join(output_dir, MODEL_PEX)
     model_pex, server = await MultiGet(
@@ -235,7 +317,7 @@ async def build_model_pexes(field_set: MLModelFieldSet, python_setup: PythonSetu
                 internal_only=False,
                 main=EntryPoint(GENERATED_ENTRYPOINT_MODULE),
                 inject_env=FrozenDict(field_set.env.value or {}),
-                additional_sources=entrypoint,
+                additional_sources=additional_sources,
                 # Installs into a venv on first run: artifacts are real files next to the code
                 # (models open them by path), later starts skip the unzip, and the server can
                 # start workers with the venv's interpreter directly.
@@ -257,7 +339,7 @@ async def build_model_pexes(field_set: MLModelFieldSet, python_setup: PythonSetu
     )
     server_digest = await Get(Digest, AddPrefix(server.digest, output_dir))
     pexes = await Get(Digest, MergeDigests([model_pex.digest, server_digest]))
-    return ModelPexes(pexes, output_dir, manifest)
+    return ModelPexes(pexes, output_dir, manifest, generated.files)
 
 
 @rule(desc="Packaging ml_model", level=LogLevel.DEBUG)
@@ -287,6 +369,7 @@ async def package_ml_model(
         ModelImageRequest(
             package=pexes,
             package_dir=output_dir,
+            generated_files=built.generated_files,
             manifest_json=json.dumps(dataclasses.asdict(manifest), sort_keys=True),
             env_json=json.dumps(dict(field_set.env.value or {}), sort_keys=True),
             revision=worktree.git_worktree.commit_id if worktree.git_worktree else "unknown",

@@ -79,6 +79,26 @@ class MLModelEntryPointField(EntryPointField):
         return value
 
 
+class MLModelArtifactsScriptField(EntryPointField):
+    alias = "artifacts_script"
+    required = False
+    help = help_text(
+        """
+        A script that writes artifacts too big for git at build time, as `<file>.py` relative
+        to this BUILD file's folder (e.g. `src/weights.py`), in the model's resolve.
+
+        `pants package` runs it as a cached process in the model's own locked environment,
+        with one argument: an empty directory. What it writes there is packaged as if it were
+        committed next to the entry point's module (so `artifacts/x.pt` is found at
+        `Path(__file__).parent / "artifacts" / "x.pt"`), in an image layer of its own before the
+        code's: a code change neither re-runs it nor re-pushes its output. It must be
+        deterministic (seed it; it runs with no GPU visible), so a clone rebuilds the image bit
+        for bit. The other way to keep big weights out of git: pin them by sha256 and fetch
+        them at build time (a `file` target with an `http_source`).
+        """
+    )
+
+
 class MLModelResolveField(PythonResolveField):
     alias = "resolve"
     help = help_text(
@@ -317,6 +337,7 @@ class MLModelTarget(Target):
     core_fields = (
         *COMMON_TARGET_FIELDS,
         MLModelEntryPointField,
+        MLModelArtifactsScriptField,
         MLModelResolveField,
         MLModelVersionField,
         MLModelComputeField,

@@ -15,7 +15,7 @@ import pytest
 from testutil.scratch import commit_change, scratch_repo
 
 ALL_MODELS = {"models/digits:digits", "models/doc_links:doc_links", "models/iris:iris",
-              "models/mask2former:mask2former"}
+              "models/mask2former:mask2former", "models/mask_rcnn:mask_rcnn"}
 # The models that import ml_shared.artifacts.
 ARTIFACTS_USERS = {"models/digits:digits", "models/iris:iris"}
 

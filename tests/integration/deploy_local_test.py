@@ -272,7 +272,7 @@ def test_the_torch_models_deploy_and_answer_by_name(tmp_path: Path) -> None:
                               state_dir=str(tmp_path / "state"), engine="process")
     releases = {name: Release.from_spec({"name": name, "version": 1, "address": f"models/{name}:{name}"},
                                         Path(f"models.{name}/{name}").resolve())
-                for name in ("doc_links", "mask2former")}
+                for name in ("doc_links", "mask2former", "mask_rcnn")}
     try:
         for release in releases.values():
             deploy(release, environment)
@@ -281,9 +281,10 @@ def test_the_torch_models_deploy_and_answer_by_name(tmp_path: Path) -> None:
         assert status == 200 and digest == releases["doc_links"].digest
         assert links[0]["url"].endswith("/deploy/rollback")
         image = base64.b64encode((Path(__file__).parent / "images" / "scene.png").read_bytes()).decode()
-        status, digest, answer = post(environment, "mask2former", {"image": image, "threshold": 0.0})
-        assert status == 200 and digest == releases["mask2former"].digest
-        assert (answer["width"], answer["height"]) == (320, 240) and answer["segments"]
+        for vision_model in ("mask2former", "mask_rcnn"):
+            status, digest, answer = post(environment, vision_model, {"image": image, "threshold": 0.0})
+            assert status == 200 and digest == releases[vision_model].digest
+            assert (answer["width"], answer["height"]) == (320, 240) and answer["segments"]
     finally:
         local.stop(environment, say=lambda _: None)
         left = marked_processes(Site(environment))
