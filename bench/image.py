@@ -264,7 +264,7 @@ def remove_container(podman: Podman, container: str) -> None:
     sys.exit(f"podman could not remove container {container}")
 
 
-def start_once(podman: Podman, image: str, workers: Optional[int]) -> dict[str, float]:
+def start_once(podman: Podman, image: str, workers: Optional[int], timeout: float = 120) -> dict[str, float]:
     port = free_port()
     env = ["-e", f"ML_PORT={port}", "-e", "ML_HOST=127.0.0.1"]
     if workers:
@@ -273,8 +273,8 @@ def start_once(podman: Podman, image: str, workers: Optional[int]) -> dict[str, 
     container = podman("run", "-d", *env, image).stdout.strip()
     returned = time.monotonic() - start
     try:
-        if not wait_for_200(f"http://127.0.0.1:{port}/v2/health/ready", 120, interval=0.005):
-            sys.exit(f"{image} not ready after 120 s:\n{podman('logs', container, check=False).stderr}")
+        if not wait_for_200(f"http://127.0.0.1:{port}/v2/health/ready", timeout, interval=0.005):
+            sys.exit(f"{image} not ready after {timeout:g} s:\n{podman('logs', container, check=False).stderr}")
         ready = time.monotonic() - start
         logs = podman("logs", "-t", container, check=False)
     finally:

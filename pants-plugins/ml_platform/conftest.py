@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ml_platform import register
-from ml_platform.package import MLModelFieldSet, ResolvedModelHandler
+from ml_platform.package import GeneratedArtifacts, MLModelFieldSet, ResolvedModelHandler
 from ml_platform.publish import PublishMLModelRequest
 from pants.core.goals.publish import PublishProcesses
 from pants.backend.python import target_types_rules
@@ -117,6 +117,7 @@ def make_rule_runner(*extra_rules: Any) -> RuleRunner:
             *register.rules(),
             QueryRule(BuiltPackage, [MLModelFieldSet]),
             QueryRule(ResolvedModelHandler, [MLModelFieldSet]),
+            QueryRule(GeneratedArtifacts, [MLModelFieldSet]),
             QueryRule(PublishProcesses, [PublishMLModelRequest]),
         ],
         target_types=[

@@ -7,7 +7,12 @@ from textwrap import dedent
 
 import pytest
 
-from ml_platform.package import GENERATED_ENTRYPOINT_MODULE, MLModelFieldSet, ResolvedModelHandler
+from ml_platform.package import (
+    GENERATED_ENTRYPOINT_MODULE,
+    GeneratedArtifacts,
+    MLModelFieldSet,
+    ResolvedModelHandler,
+)
 from pants.core.goals.package import BuiltPackage
 from pants.engine.addresses import Address
 from pants.engine.internals.scheduler import ExecutionError
@@ -155,3 +160,64 @@ def test_undeclared_resolve_names_the_line_to_add(rule_runner: RuleRunner) -> No
     assert "pants.toml does not declare it" in message
     assert 'newmodel = "models/newmodel/newmodel.lock"' in message
     assert "--resolve=newmodel" in message
+
+
+# Writes the artifact the model reads, from a seed: what a script that makes weights too big
+# for git does at build time.
+SCALE_SCRIPT = dedent(
+    """\
+    import sys
+    from pathlib import Path
+
+    out = Path(sys.argv[1]) / "artifacts" / "scale.txt"
+    out.parent.mkdir(parents=True)
+    out.write_text(str(7 + 3))
+    """
+)
+
+
+def test_artifacts_script_output_is_packaged_next_to_the_model(rule_runner: RuleRunner, tmp_path: Path) -> None:
+    rule_runner.write_files(
+        {
+            "models/m/model.py": MODEL,
+            "models/m/make_scale.py": SCALE_SCRIPT,
+            "models/m/BUILD": dedent(
+                """\
+                python_sources(name="src", resolve="m")
+                ml_model(entry_point="model.py:Model", artifacts_script="make_scale.py")
+                """
+            ),
+        }
+    )
+    address = Address("models/m", target_name="m")
+    generated = rule_runner.request(GeneratedArtifacts, [field_set(rule_runner, address)])
+    assert generated.files == ("artifacts/scale.txt",)
+    result = rule_runner.request(BuiltPackage, [field_set(rule_runner, address)])
+    rule_runner.write_digest(result.digest, path_prefix="dist")
+    pex = Path(rule_runner.build_root, "dist/models.m/m/model.pex")
+    assert (pex / "artifacts" / "scale.txt").read_text() == "10"
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"points": [{"x": 1, "y": 2}]}))
+    run = subprocess.run([str(pex / "__main__.py"), "once", str(request)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [30.0]
+
+
+def test_artifacts_script_that_writes_nothing_says_so(rule_runner: RuleRunner) -> None:
+    rule_runner.write_files(
+        {
+            "models/m/model.py": MODEL,
+            "models/m/make_scale.py": "print('forgot to write anything')\n",
+            "models/m/BUILD": dedent(
+                """\
+                python_sources(name="src", resolve="m")
+                ml_model(entry_point="model.py:Model", artifacts_script="make_scale.py")
+                """
+            ),
+        }
+    )
+    with pytest.raises(ExecutionError) as excinfo:
+        rule_runner.request(GeneratedArtifacts, [field_set(rule_runner, Address("models/m", target_name="m"))])
+    message = str(excinfo.value)
+    assert "`artifacts_script` of models/m:m (make_scale) wrote nothing" in message
+    assert "forgot to write anything" in message

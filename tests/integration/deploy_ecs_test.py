@@ -8,7 +8,6 @@ the image and environment the task definition names, on this CPU-only host, and 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import urllib.request
 from pathlib import Path
