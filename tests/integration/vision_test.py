@@ -82,8 +82,9 @@ def test_an_image_that_cannot_be_decoded_is_422(served: ServedModel, body: bytes
 def test_concurrent_images_are_batched_each_with_its_own_answer(served: ServedModel) -> None:
     body = {"image": base64.b64encode(JPEG).decode(), "threshold": 0.0}
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda i: served.request("POST", "/v1/predict", body, {"x-request-id": f"img-{i}"}),
-                                range(4)))
+        # Four images in one batch: Mask R-CNN on this 2-core CPU takes seconds per image.
+        answers = list(pool.map(lambda i: served.request("POST", "/v1/predict", body, {"x-request-id": f"img-{i}"},
+                                                         timeout=180), range(4)))
     for i, (status, headers, answer) in enumerate(answers):
         assert status == 200 and headers["x-request-id"] == f"img-{i}"
         check_segmentation(answer)
