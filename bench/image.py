@@ -47,7 +47,7 @@ from ml_image.model_image import MODEL_ROOT, SERVER_ROOT, venv_entries
 from ml_image.engine import wait_for_200
 from ml_image.registry import push_layout
 from testutil.net import free_port
-from testutil.podman import Podman, podman_store
+from testutil.podman import Podman, load_layout, podman_store
 from testutil.registry import RunningRegistry, start_registry
 from testutil.scratch import clone as scratch_clone, own_caches, repo_root, stop_pantsd
 
@@ -337,7 +337,7 @@ def start_section(clone: Clone, starts: int) -> tuple[list[str], dict]:
         load_seconds = {}
         for model in MODELS:
             start = time.monotonic()
-            podman("load", "-i", str(clone.package_dir(model) / "image.tar"))
+            load_layout(podman, clone.package_dir(model) / "image")
             load_seconds[model] = time.monotonic() - start
             images[model] = f"localhost/ml/{model}:{TAG}"
         cases = [(model, workers) for model in MODELS for workers in (None, 1)]

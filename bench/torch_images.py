@@ -48,7 +48,7 @@ from image import (
     LOADAVG,
 )
 from ml_image.registry import push_layout
-from testutil.podman import podman_store
+from testutil.podman import load_layout, podman_store
 from testutil.registry import start_registry
 
 MODELS = ("doc_links", "mask2former", "mask_rcnn")
@@ -132,7 +132,7 @@ def main() -> None:
         with podman_store() as podman:
             for model in MODELS:
                 start = time.monotonic()
-                podman("load", "-i", str(clone.package_dir(model) / "image.tar"))
+                load_layout(podman, clone.package_dir(model) / "image")
                 loaded[model] = time.monotonic() - start
             for i in range(args.starts):
                 log(f"starts: round {i + 1}/{args.starts}")

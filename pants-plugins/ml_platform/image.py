@@ -15,7 +15,6 @@ from typing import Any, Mapping
 
 from ml_contract.package_layout import (
     IMAGE_LAYOUT,
-    IMAGE_TAR,
     MODEL_PEX,
     OCI_INDEX,
     OWN_LAYER_MIN_BYTES,
@@ -277,7 +276,7 @@ class ModelImageRequest:
 
 @dataclass(frozen=True)
 class ModelImage:
-    digest: Digest  # <package_dir>/image/ (OCI layout) and <package_dir>/image.tar
+    digest: Digest  # <package_dir>/image/ (an OCI layout: the only copy of the image)
     manifest_digest: str
 
 
@@ -340,11 +339,10 @@ async def build_model_image(request: ModelImageRequest, ml_platform: MLPlatform)
          *(arg for layer_dir in layer_dirs for arg in ("--layer", layer_dir)),
          "--manifest", request.manifest_json, "--env", request.env_json,
          "--revision", request.revision, "--tag", request.tag,
-         "--layout", f"{d}/{IMAGE_LAYOUT}", "--docker-tar", f"{d}/{IMAGE_TAR}"),
+         "--layout", f"{d}/{IMAGE_LAYOUT}"),
         await Get(Digest, MergeDigests([base_digest, *inputs])),
         f"Assembling the image {request.tag}",
         output_directories=(f"{d}/{IMAGE_LAYOUT}",),
-        output_files=(f"{d}/{IMAGE_TAR}",),
     )
     index = await _read_json(result.output_digest, f"{d}/{IMAGE_LAYOUT}/{OCI_INDEX}")
     return ModelImage(result.output_digest, index["manifests"][0]["digest"])

@@ -10,7 +10,7 @@ import pprint
 from dataclasses import dataclass
 
 from ml_contract.model_settings import ModelSettings
-from ml_contract.package_layout import IMAGE_LAYOUT, IMAGE_TAR, MODEL_PEX, SERVER_PEX
+from ml_contract.package_layout import IMAGE_LAYOUT, MODEL_PEX, SERVER_PEX
 from ml_platform.image import (
     BaseImage,
     BaseImageRequest,
@@ -385,8 +385,7 @@ async def package_ml_model(
                 output_dir,
                 extra_log_lines=(
                     serve_line,
-                    f"    image {tag}: {output_dir}/{IMAGE_LAYOUT}/ (OCI layout), "
-                    f"{output_dir}/{IMAGE_TAR} (docker load), {image.manifest_digest}",
+                    f"    image {tag}: {output_dir}/{IMAGE_LAYOUT}/ (OCI layout), {image.manifest_digest}",
                 ),
             ),
         ),

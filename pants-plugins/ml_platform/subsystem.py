@@ -24,8 +24,8 @@ class MLPlatform(Subsystem):
         default=True,
         help=help_text(
             """
-            Whether `package` also builds each model's OCI image (`image/` and `image.tar` in
-            the model's package directory). Turn off to iterate on PEXes only.
+            Whether `package` also builds each model's OCI image (an OCI layout, `image/` in the
+            model's package directory). Turn off to iterate on PEXes only.
             """
         ),
     )

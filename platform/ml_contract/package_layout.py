@@ -5,7 +5,6 @@ from __future__ import annotations
 MODEL_PEX = "model.pex"  # the model's environment and generated entry point (worker side)
 SERVER_PEX = "server.pex"  # the model server, from its own locked environment
 IMAGE_LAYOUT = "image"  # the OCI image layout directory
-IMAGE_TAR = "image.tar"  # the same image as a `docker load` / `podman load` tarball
 GATEWAY_PEX = "gateway.pex"  # the local gateway: in no package, handed to local deploys
 
 # A locked dependency at least this big (its installed-wheel zip in model.pex/.deps/) gets an

@@ -1,7 +1,7 @@
 """Runs a model image on this machine through a Docker-API engine (Docker, or podman's
 Docker-compatible socket), with the `docker` SDK.
 
-    python -m ml_image.engine run dist/models.iris/iris/image.tar [--port 8080]
+    python -m ml_image.engine run dist/models.iris/iris/image [--port 8080]
 
 loads the image, starts it (host network, the server on 127.0.0.1:<port>), waits until it is
 ready, prints its URL, and on Ctrl-C or SIGTERM stops and removes the container.
@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -74,9 +75,31 @@ class RunningModel:
         return code
 
 
-def load(client, image_tar: Path) -> str:
-    with image_tar.open("rb") as f:
-        (image,) = client.images.load(f)
+def load(client, layout: Path) -> str:
+    """Load the image of an OCI layout (a package's image/) into the engine, streamed to it as a
+    docker archive made on the fly (no copy of the image on disk); returns its tag."""
+    from ml_image.model_image import write_docker_archive
+
+    read_end, write_end = os.pipe()
+    failure: list = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(write_end, "wb") as sink:
+                write_docker_archive(layout, sink)
+        except BaseException as e:  # noqa: B902 - reported by the loading thread
+            failure.append(e)
+
+    producer = threading.Thread(target=produce, name="docker-archive", daemon=True)
+    producer.start()
+    try:
+        with os.fdopen(read_end, "rb") as source:
+            # In 1 MiB chunks (HTTP chunked encoding): a file object would be sent line by line.
+            (image,) = client.images.load(iter(lambda: source.read(1 << 20), b""))
+    finally:
+        producer.join()
+    if failure:
+        raise failure[0]
     return image.tags[0] if image.tags else image.id
 
 
@@ -121,7 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml_image.engine", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="Load and run a model image until interrupted.")
-    p.add_argument("image_tar", type=Path, help="The model's image.tar (dist/models.<name>/<name>/).")
+    p.add_argument("layout", type=Path, help="The model's image, an OCI layout (dist/models.<name>/<name>/image).")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args(argv)
@@ -130,7 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except EngineUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    image = load(client, args.image_tar)
+    image = load(client, args.layout)
     model = run(client, image, args.port, dict(e.split("=", 1) for e in args.env))
     print(json.dumps({"event": "running", "image": image, "url": model.url}), flush=True)
     stopping = []

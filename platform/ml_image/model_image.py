@@ -16,7 +16,8 @@ without unpacking anything.
     python -m ml_image.model_image wheel-layer model.pex/.deps/<wheel> OUT_DIR
     python -m ml_image.model_image deps-layer model.pex OUT_DIR
     python -m ml_image.model_image code-layer model.pex OUT_DIR
-    python -m ml_image.model_image assemble --base DIR --server DIR --deps DIR --code DIR ...
+    python -m ml_image.model_image assemble --layer DIR ... --layout OUT_DIR ...
+    python -m ml_image.model_image docker-archive LAYOUT OUT.tar   (or - | docker load)
 
 Each *-layer command writes OUT_DIR/layer.tar.gz and OUT_DIR/layer.json (digests); Pants runs
 them as separate cached processes, so a code change rebuilds only the code layer.
@@ -34,7 +35,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import BinaryIO, Iterator, Optional, Sequence
 
 from ml_contract.package_layout import CONTAINER_PORT, OWN_LAYER_MIN_BYTES, PULLED_BASE_INFO
 from ml_image.layers import (
@@ -325,10 +326,8 @@ def _json_bytes(value: dict) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-def assemble(
-    layer_dirs: Sequence[Path], config: dict, layout: Path, docker_tar: Optional[Path], tag: str
-) -> str:
-    """Write an OCI image layout (and a `docker load`-able tar); returns the manifest digest."""
+def assemble(layer_dirs: Sequence[Path], config: dict, layout: Path, tag: str) -> str:
+    """Write an OCI image layout; returns the manifest digest."""
     layers = [LayerInfo.read(d / "layer.json") for d in layer_dirs]
     if layout.exists():
         shutil.rmtree(layout)
@@ -360,8 +359,6 @@ def assemble(
         }],
     }
     (layout / "index.json").write_bytes(_json_bytes(index))
-    if docker_tar is not None:
-        _write_docker_tar(layout, docker_tar, config_digest, [l.digest for l in layers], tag)
     return manifest_digest
 
 
@@ -373,23 +370,27 @@ def _write_blob(blobs: Path, data: bytes) -> str:
     return digest
 
 
-def _write_docker_tar(layout: Path, output: Path, config_digest: str, layer_digests: list[str],
-                      tag: str) -> None:
-    """The OCI layout plus the manifest.json `docker load` (and `podman load`) read first."""
+def write_docker_archive(layout: Path, fileobj: BinaryIO) -> str:
+    """Stream the image of an OCI layout as a `docker load` / `podman load` archive to `fileobj`
+    (which need not be seekable); returns its tag. The package keeps only the layout: for a
+    multi-gigabyte image a second copy as a tar would double the build's output, so the archive
+    is made when an engine loads it."""
+    (entry,) = json.loads((layout / "index.json").read_text())["manifests"]
+    blob = lambda digest: layout / "blobs" / "sha256" / digest.split(":", 1)[1]  # noqa: E731
+    manifest = json.loads(blob(entry["digest"]).read_text())
+    tag = entry["annotations"]["io.containerd.image.name"]
+    digests = [manifest["config"]["digest"], *(l["digest"] for l in manifest["layers"])]
     docker_manifest = [{
-        "Config": f"blobs/sha256/{config_digest.split(':')[1]}",
+        "Config": f"blobs/sha256/{digests[0].split(':')[1]}",
         "RepoTags": [tag],
-        "Layers": [f"blobs/sha256/{d.split(':')[1]}" for d in layer_digests],
+        "Layers": [f"blobs/sha256/{d.split(':')[1]}" for d in digests[1:]],
     }]
     entries = [
-        *(Entry(f"/blobs/sha256/{blob.name}", "file", source=blob)
-          for blob in sorted((layout / "blobs" / "sha256").iterdir())),
-        Entry("/index.json", "file", source=layout / "index.json"),
-        Entry("/oci-layout", "file", source=layout / "oci-layout"),
+        *(Entry(f"/blobs/sha256/{d.split(':')[1]}", "file", source=blob(d)) for d in sorted(set(digests))),
         Entry("/manifest.json", "file", data=json.dumps(docker_manifest).encode()),
     ]
-    with output.open("wb") as f:
-        write_tar(entries, f)
+    write_tar(entries, fileobj)
+    return tag
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -414,8 +415,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--revision", default="unknown")
     p.add_argument("--tag", required=True)
     p.add_argument("--layout", type=Path, required=True)
-    p.add_argument("--docker-tar", type=Path)
+    p = sub.add_parser("docker-archive", help="The image of an OCI layout as a `docker load` archive.")
+    p.add_argument("layout", type=Path, help="The package's image/ directory.")
+    p.add_argument("out", help="The archive to write, or - for standard output (`... - | docker load`).")
     args = parser.parse_args(argv)
+
+    if args.command == "docker-archive":
+        if args.out == "-":
+            tag = write_docker_archive(args.layout, sys.stdout.buffer)
+        else:
+            with open(args.out, "wb") as f:
+                tag = write_docker_archive(args.layout, f)
+        print(f"wrote {tag} to {args.out}", file=sys.stderr)
+        return 0
 
     if args.command == "assemble":
         manifest = json.loads(args.manifest)
@@ -431,7 +443,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             base_env=base.get("env", ()), base_name=base.get("reference", ""),
         )
         args.layer = layer_dirs
-        digest = assemble(args.layer, config, args.layout, args.docker_tar, args.tag)
+        digest = assemble(args.layer, config, args.layout, args.tag)
         print(digest)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ def _base_layout(tmp_path: Path) -> Path:
         description="base",
     )
     layout = tmp_path / "base-layout"
-    model_image.assemble(layers, config, layout, None, "base:1")
+    model_image.assemble(layers, config, layout, "base:1")
     return layout
 
 
@@ -59,3 +59,19 @@ def test_base_from_registry_then_model_image_on_top(tmp_path: Path) -> None:
     assert "LANG=C.UTF-8" in config["config"]["Env"]
     assert config["config"]["Labels"]["org.opencontainers.image.base.name"] == reference
     assert config["history"][0]["created_by"] == "base layer 1"
+
+
+def test_docker_archive_is_streamed_from_the_layout(tmp_path: Path) -> None:
+    import io
+    import json
+    import tarfile
+
+    layout = _base_layout(tmp_path)
+    sink = io.BytesIO()
+    assert model_image.write_docker_archive(layout, sink) == "base:1"
+    with tarfile.open(fileobj=io.BytesIO(sink.getvalue())) as tar:
+        (entry,) = json.loads(tar.extractfile("manifest.json").read())
+        assert entry["RepoTags"] == ["base:1"] and len(entry["Layers"]) == 2
+        for member in (entry["Config"], *entry["Layers"]):
+            # Each blob is the layout's own bytes.
+            assert tar.extractfile(member).read() == (layout / member).read_bytes()

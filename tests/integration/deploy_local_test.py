@@ -1,6 +1,6 @@
 """`local` deploys of the real packaged iris model, end to end: the gateway (its own
 gateway.pex), backends run as processes from copies in the state directory, real HTTP through
-the gateway by host name; and the same through podman's Docker API with the image.tar.
+the gateway by host name; and the same through podman's Docker API, the image streamed from its layout.
 
 Other releases are made from the one package (models.iris/iris):
 - another digest of the same files (a redeploy that changes nothing in the model);

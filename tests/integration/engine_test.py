@@ -13,7 +13,7 @@ from ml_image import engine
 from testutil.podman import podman_service, podman_store
 from testutil.net import free_port
 
-IMAGE_TAR = Path("models.iris/iris/image.tar")
+IMAGE_LAYOUT = Path("models.iris/iris/image")
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def podman_socket(monkeypatch):
 
 def test_run_the_iris_image_through_the_docker_api(podman_socket: str) -> None:
     client = engine.connect()
-    image = engine.load(client, IMAGE_TAR)
+    image = engine.load(client, IMAGE_LAYOUT)
     assert image == "localhost/ml/iris:v1" or image.endswith("ml/iris:v1")
     model = engine.run(client, image, free_port())
     try:

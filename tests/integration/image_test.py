@@ -14,7 +14,7 @@ import pytest
 from ml_image import model_image
 from ml_image.engine import wait_for_200
 from ml_image.layers import LayerInfo
-from testutil.podman import podman_store
+from testutil.podman import load_layout, podman_store
 from testutil.net import free_port
 from testutil.registry import require_tool
 
@@ -40,12 +40,15 @@ def config_of(layout: Path) -> dict:
 def test_skopeo_and_umoci_accept_the_image(model: str, tmp_path: Path) -> None:
     require_tool("skopeo", "skopeo")
     require_tool("umoci", "umoci")
-    layout, tarball = PACKAGES[model] / "image", PACKAGES[model] / "image.tar"
+    layout, tarball = PACKAGES[model] / "image", tmp_path / "image.tar"
     inspected = json.loads(run("skopeo", "inspect", f"oci:{layout}").stdout)
     assert inspected["Labels"]["org.opencontainers.image.title"] == model
     assert inspected["Labels"]["ml-platform.model.version"] == "1"
     # base, server, a layer per big dependency, the other dependencies, code
     assert len(inspected["Layers"]) == 4 + len(model_image.own_layer_wheels(PACKAGES[model] / "model.pex"))
+    # What `docker load` reads, made from the layout on demand.
+    with tarball.open("wb") as f:
+        model_image.write_docker_archive(layout, f)
     from_tar = json.loads(run("skopeo", "inspect", f"docker-archive:{tarball}").stdout)
     # A docker archive names layers by their uncompressed digests.
     assert from_tar["Layers"] == config_of(layout)["rootfs"]["diff_ids"]
@@ -119,7 +122,7 @@ def test_rebuilding_gives_the_same_digests(tmp_path: Path) -> None:
     diff_id = config_of(layout)["rootfs"]["diff_ids"][0]
     LayerInfo(base_digest, built["layers"][0]["size"], diff_id).write(base / "layer.json")
     digest = model_image.assemble(
-        [base, *layer_dirs], config_of(layout), tmp_path / "layout", None, "ml/iris:v1"
+        [base, *layer_dirs], config_of(layout), tmp_path / "layout", "ml/iris:v1"
     )
     index = json.loads((layout / "index.json").read_text())
     assert digest == index["manifests"][0]["digest"]
@@ -132,7 +135,7 @@ def podman():
 
 
 def test_podman_runs_the_iris_image(podman) -> None:
-    podman("load", "-i", str(PACKAGES["iris"] / "image.tar"))
+    load_layout(podman, PACKAGES["iris"] / "image")
     port = free_port()
     container = podman("run", "-d", "-e", f"ML_PORT={port}", "-e", "ML_HOST=127.0.0.1",
                        "localhost/ml/iris:v1").stdout.strip()

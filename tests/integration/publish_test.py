@@ -142,7 +142,7 @@ def test_one_line_code_change_pushes_only_the_code_layer(registry: RunningRegist
     new_config = json.loads(json.dumps(config))
     new_config["rootfs"]["diff_ids"][-1] = code.diff_id
     layout = tmp_path / "image"
-    digest = model_image.assemble(layer_dirs, new_config, layout, None, "ml/iris:v2")
+    digest = model_image.assemble(layer_dirs, new_config, layout, "ml/iris:v2")
     assert digest != first_push.manifest_digest
     new_manifest = manifest_of(layout)
     assert [l["digest"] for l in new_manifest["layers"]] == [l["digest"] for l in layers[:-1]] + [code.digest]

@@ -71,6 +71,21 @@ def podman_store() -> Iterator[Podman]:
         shutil.rmtree(state, ignore_errors=True)
 
 
+def load_layout(podman: Podman, layout: Path) -> str:
+    """`podman load` the image of an OCI layout (a package's image/), through a docker archive
+    made for the purpose and removed after; returns what podman printed (the loaded name)."""
+    from ml_image.model_image import write_docker_archive
+
+    archive = podman.state / "tmp" / "image.tar"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with archive.open("wb") as f:
+            write_docker_archive(layout, f)
+        return podman("load", "-i", str(archive)).stdout
+    finally:
+        archive.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def podman_service(podman: Podman, timeout: float = 30) -> Iterator[str]:
     """Serves the Docker API of `podman`'s store on a private unix socket (`podman system

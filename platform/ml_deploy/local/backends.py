@@ -20,7 +20,7 @@ import socket
 import time
 from typing import Any, Callable, Dict, Optional
 
-from ml_contract.package_layout import IMAGE_LAYOUT, IMAGE_TAR, MODEL_PEX, READY_PATH, SERVER_PEX
+from ml_contract.package_layout import IMAGE_LAYOUT, MODEL_PEX, OCI_INDEX, READY_PATH, SERVER_PEX
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.local import probe
 from ml_deploy.local.processes import STOP_TIMEOUT, alive, spawn, stop_process
@@ -230,19 +230,20 @@ class ContainerBackend(Backend):
         image = f"image {short_digest(image_id)} in the engine ({self.url})"
         if self._has_image(image_id):
             plan.add(UNCHANGED, image)
-        elif (package / IMAGE_TAR).is_file():
-            plan.add(CREATE, image, f"load {IMAGE_TAR}", lambda: self.load_image(release, image_id))
+        elif (package / IMAGE_LAYOUT / OCI_INDEX).is_file():
+            plan.add(CREATE, image, f"load {IMAGE_LAYOUT}/", lambda: self.load_image(release, image_id))
         else:
-            raise ConfigError(f"the engine has no image {image_id} and {package} has no {IMAGE_TAR} to load")
+            raise ConfigError(f"the engine has no image {image_id} and {package} has no {IMAGE_LAYOUT}/ to load")
 
     def load_image(self, release: Release, image_id: str) -> str:
         from ml_image import engine
 
         started = time.monotonic()
-        engine.load(self.client, release.package_dir / IMAGE_TAR)
+        layout = release.package_dir / IMAGE_LAYOUT
+        engine.load(self.client, layout)
         if not self._has_image(image_id):
-            raise RuntimeError(f"the engine loaded {release.package_dir / IMAGE_TAR} but has no image "
-                               f"{image_id}: is {IMAGE_TAR} the package's image?")
+            raise RuntimeError(f"the engine loaded {layout} but has no image {image_id}: is it the "
+                               "package's image?")
         return f"loaded in {time.monotonic() - started:.1f} s"
 
     def start(self, site: Site, release: Release) -> Deployment:
