@@ -13,14 +13,17 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from ml_contract.model_settings import DEFAULT_TIMEOUT_SECONDS
 from ml_contract.package_layout import CONTAINER_PORT
 from ml_http.ready import write_ready_file
 from ml_http.server import HttpLimits, HttpProtocol
+from ml_runtime.shared_cache import CACHE_DIR_ENV, SharedCache, bound_from_env, new_directory
 from ml_serving.app import ModelApp
 from ml_serving.metrics import Metrics
 from ml_serving.sizing import visible_gpus, worker_env
@@ -75,15 +78,25 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> int:
     manifest = json.loads(args.manifest)
+    # One store for every worker of this server (ml_runtime.shared_cache), gone when it stops.
+    cache = SharedCache(Path(new_directory(manifest["name"])), bound_from_env())
+    try:
+        return await _serve(args, manifest, cache)
+    finally:
+        shutil.rmtree(cache.directory, ignore_errors=True)
+
+
+async def _serve(args: argparse.Namespace, manifest: dict, cache: SharedCache) -> int:
     lambda_api = os.environ.get("AWS_LAMBDA_RUNTIME_API")
     # Lambda sends an environment one invocation at a time: more workers only cost memory.
     args.workers = args.workers or (1 if lambda_api else int(manifest.get("workers", 1)))
     threads = args.threads or int(manifest.get("threads", 1))
     gpus = visible_gpus()
-    metrics = Metrics(manifest["name"], manifest["version"])
+    metrics = Metrics(manifest["name"], manifest["version"], shared_cache=cache)
     pool = WorkerPool(
         json.loads(args.worker_command),
         count=args.workers,
+        env={**os.environ, CACHE_DIR_ENV: str(cache.directory)},
         worker_env=lambda index: worker_env(index, threads, gpus),
         max_queue=args.max_queue,
         timeout=args.timeout or float(manifest.get("timeout", DEFAULT_TIMEOUT_SECONDS)),

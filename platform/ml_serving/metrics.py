@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from typing import Callable
+from typing import Callable, Optional
+
+from ml_runtime.shared_cache import SharedCache
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Metrics:
-    def __init__(self, model: str, version: int) -> None:
+    def __init__(self, model: str, version: int, shared_cache: Optional[SharedCache] = None) -> None:
         self.labels = f'model="{model}",version="{version}"'
         self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
         self.errors: dict[tuple[str, str], int] = defaultdict(int)
@@ -22,6 +24,7 @@ class Metrics:
         self.batch_calls = 0  # model calls of batchable endpoints
         self.batched_requests = 0  # the requests those calls answered
         self.gauges: dict[str, Callable[[], float]] = {}
+        self.shared_cache = shared_cache  # the workers' store: its counters live in its directory
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests[(route, method, status)] += 1
@@ -69,6 +72,18 @@ class Metrics:
             "# TYPE ml_batched_requests_total counter",
             f"ml_batched_requests_total{{{self.labels}}} {self.batched_requests}",
         ]
+        if self.shared_cache is not None:
+            stats = self.shared_cache.stats()
+            for name, kind, value, text in (
+                ("hits_total", "counter", stats.hits, "Shared-cache lookups that found their entry (any worker's)."),
+                ("misses_total", "counter", stats.misses, "Shared-cache lookups that did not (then made once)."),
+                ("evictions_total", "counter", stats.evictions, "Entries evicted, least recently used first."),
+                ("entries", "gauge", stats.entries, "Entries held now."),
+                ("bytes", "gauge", stats.bytes, "Bytes held now."),
+                ("max_bytes", "gauge", self.shared_cache.max_bytes, "The bound (ML_SHARED_CACHE_BYTES)."),
+            ):
+                lines += [f"# HELP ml_shared_cache_{name} {text}", f"# TYPE ml_shared_cache_{name} {kind}",
+                          f"ml_shared_cache_{name}{{{self.labels}}} {value}"]
         for name, read in sorted(self.gauges.items()):
             lines += [f"# TYPE {name} gauge", f"{name}{{{self.labels}}} {read()}"]
         return ("\n".join(lines) + "\n").encode()

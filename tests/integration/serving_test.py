@@ -309,3 +309,38 @@ def test_workers_and_their_threads_come_from_the_model_not_the_host(tmp_path: Pa
         assert len(pids) == 2
     finally:
         assert server.stop() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared cache (ml_runtime.shared_cache): one store for every worker of a server
+
+
+def test_workers_share_one_cache_and_a_new_entry_is_made_once(tmp_path: Path) -> None:
+    server = Server(tmp_path, "--workers", "2")
+    try:
+        pids: set = set()
+        deadline = time.monotonic() + 20  # the second worker starts once the first is ready
+        while len(pids) < 2 and time.monotonic() < deadline:
+            pids.add(server.request("POST", "/v1/pid", {})[2])
+        assert len(pids) == 2
+        # Four requests at once for a new entry that takes 0.5 s to make: the first worker makes
+        # it, the other requests wait for it, whichever worker holds them.
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: server.request("POST", "/v1/remember", {"key": "k1", "delay": 0.5}),
+                                    range(4)))
+        assert all(status == 200 for status, _, _ in answers), answers
+        bodies = [body for _, _, body in answers]
+        assert len({b["made_by"] for b in bodies}) == 1
+        assert sorted(b["cached"] for b in bodies) == [False, True, True, True]
+        assert {b["answered_by"] for b in bodies} == pids  # both workers answered from one entry
+        assert (server.metric("ml_shared_cache_misses_total"), server.metric("ml_shared_cache_hits_total")) == (1, 3)
+        assert server.metric("ml_shared_cache_entries") == 1 and server.metric("ml_shared_cache_bytes") > 0
+        status, _, body = server.request("POST", "/v1/remember", {"key": "../etc"})
+        assert status == 422 and "not a cache key" in body["detail"], body
+        cache_dirs = {server.request("POST", "/v1/environment", {"name": "ML_SHARED_CACHE_DIR"})[2] for _ in range(4)}
+        assert len(cache_dirs) == 1
+        (cache_dir,) = cache_dirs
+        assert Path(cache_dir).is_dir()
+    finally:
+        assert server.stop() == 0
+    assert not Path(cache_dir).exists()  # the server removes its store when it stops

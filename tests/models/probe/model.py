@@ -17,6 +17,9 @@ from typing import Optional
 import fastjsonschema
 import httptools
 
+# The platform runtime is in every model's environment (no requirement, no resolve).
+from ml_runtime.shared_cache import SharedCache  # pants: no-infer-dep
+
 
 @dataclass
 class Item:
@@ -30,6 +33,13 @@ class Echo:
     items: list[Item]
     fastjsonschema_version: str
     httptools_version: str
+
+
+@dataclass
+class Remembered:
+    made_by: int  # the pid of the worker that made the entry
+    answered_by: int  # the pid of the worker that answered this request
+    cached: bool  # whether the entry was there (or made while this request waited for it)
 
 
 @dataclass
@@ -50,6 +60,17 @@ class Model:
 
     def load(self) -> None:
         self.calls = 0
+        self.cache = SharedCache.from_env()
+
+    def remember(self, key: str, delay: float = 0.0) -> Remembered:
+        """The entry `key` of the server's shared cache, made on the first request for it by one
+        worker (taking `delay` seconds, at most 1); every worker answers the later ones."""
+        def make() -> bytes:
+            time.sleep(min(1.0, max(0.0, delay)))
+            return str(os.getpid()).encode()
+
+        data, cached = self.cache.get_or_create(key, make)
+        return Remembered(int(data), os.getpid(), cached)
 
     def predict(self, items: list[Item]) -> Echo:
         """Echo the items, with the versions of the model's own dependencies."""
