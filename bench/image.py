@@ -77,6 +77,13 @@ def section(name: str) -> None:
     log(f"{name} (load average {LOADAVG[-1][1]:.2f}) ...")
 
 
+def require_tools() -> None:
+    """What the image benches run: podman (with runc), a registry and git."""
+    for tool in ("podman", "runc", "docker-registry", "git"):
+        if shutil.which(tool) is None:
+            sys.exit(f"`{tool}` is not installed (apt-get install podman runc docker-registry git)")
+
+
 def run(argv: list, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kwargs)
     if result.returncode != 0:
@@ -437,9 +444,7 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=5, help="Container starts per case (median).")
     parser.add_argument("--keep", action="store_true", help="Keep the scratch directory.")
     args = parser.parse_args()
-    for tool in ("podman", "runc", "docker-registry", "git"):
-        if shutil.which(tool) is None:
-            sys.exit(f"`{tool}` is not installed (apt-get install podman runc docker-registry git)")
+    require_tools()
 
     scratch = Path(tempfile.mkdtemp(prefix="ml-image-bench-"))
     log(f"scratch directory {scratch}")

@@ -42,6 +42,7 @@ from image import (
     manifest_digest,
     manifest_of,
     naive_layer,
+    require_tools,
     run,
     section,
     start_once,
@@ -75,9 +76,7 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=3, help="Container starts per model (median).")
     parser.add_argument("--keep", action="store_true", help="Keep the scratch directory.")
     args = parser.parse_args()
-    for tool in ("podman", "runc", "docker-registry", "git"):
-        if shutil.which(tool) is None:
-            sys.exit(f"`{tool}` is not installed (apt-get install podman runc docker-registry git)")
+    require_tools()
     scratch = Path(tempfile.mkdtemp(prefix="ml-torch-bench-"))
     log(f"scratch directory {scratch}")
     clone = Clone(scratch, "a")
