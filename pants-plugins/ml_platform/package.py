@@ -207,12 +207,14 @@ async def generate_artifacts(field_set: MLModelFieldSet, python_setup: PythonSet
                 """
             )
         )
-    # The script's own environment: the model's lock, subset to what the script imports (so
-    # the same wheels as the model, from pex's cache).
+    # The model's own environment (its requirements and code, plus the script): not only what
+    # the script imports, since a package may use a dependency it does not declare (SAM's numpy).
+    # The same wheels as the model PEX, from pex's cache.
     pex = await Get(
         Pex,
         PexFromTargetsRequest(
-            owners.unambiguous, output_filename="artifacts_script.pex", internal_only=False,
+            [field_set.address, *owners.unambiguous], output_filename="artifacts_script.pex",
+            internal_only=False,
             main=EntryPoint(module), layout=PexLayout.PACKED, additional_args=("--venv",),
             description=f"Building the environment of {field_set.address}'s artifacts script",
         ),

@@ -8,6 +8,13 @@ once, here. Standard library only (it is shipped in every model environment).
 MALFORMED_JSON = "malformed JSON"
 INVALID_REQUEST = "invalid request"  # valid JSON that does not match the request schema
 MODEL_REJECTED_INPUT = "the model rejected the input"  # the handler raised ValueError
+NOT_CACHED = "not in the server's cache"  # the handler raised NotCached (a 409)
 # An Open Inference Protocol request, valid as such, whose tensors cannot fill predict's
 # parameters (a shape that does not match its data, an input predict does not have).
 TENSORS_DO_NOT_FIT = "the tensors do not fit predict's parameters"
+
+
+class NotCached(LookupError):
+    """Raised by a model when a request names state the server no longer holds (an embedding
+    evicted from the shared cache, or made by another replica): a 409 whose detail says what to
+    send instead. Not a ValueError: the input is fine, the server's state is not there."""

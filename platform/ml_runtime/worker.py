@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from ml_runtime import protocol, wire
 from ml_runtime.codec import InputError
-from ml_runtime.errors import INVALID_REQUEST, MALFORMED_JSON, MODEL_REJECTED_INPUT
+from ml_runtime.errors import INVALID_REQUEST, MALFORMED_JSON, MODEL_REJECTED_INPUT, NOT_CACHED, NotCached
 from ml_runtime.handler import LoadedModel
 from ml_runtime.schema import describe_endpoints
 
@@ -113,6 +113,8 @@ def _error(error: BaseException, request_id: Any) -> tuple[int, bytes]:
         return 422, wire.dumps({"error": INVALID_REQUEST, "field": error.path, "detail": error.message})
     if isinstance(error, wire.MalformedJSON):
         return 400, wire.dumps({"error": MALFORMED_JSON, "detail": str(error)})
+    if isinstance(error, NotCached):
+        return 409, wire.dumps({"error": NOT_CACHED, "detail": str(error)})
     if isinstance(error, ValueError):
         # The documented way for a model to refuse an input its schema cannot rule out.
         _log(request_id, f"the model rejected the input: {error}")

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 import fastjsonschema
 
-from ml_runtime.errors import INVALID_REQUEST, MALFORMED_JSON, MODEL_REJECTED_INPUT
+from ml_runtime.errors import INVALID_REQUEST, MALFORMED_JSON, MODEL_REJECTED_INPUT, NOT_CACHED
 
 SCHEMAS = "#/components/schemas/"
 # The server's own schemas have dotted names, which no Python class (a handler's types) can have.
@@ -31,6 +31,8 @@ TRANSPORT_ERRORS = {
 # What a route that runs the model can answer besides 200.
 MODEL_ERRORS = {
     "400": f"Malformed JSON (`error`: \"{MALFORMED_JSON}\")",
+    "409": f"The request names state the server no longer holds (`error`: \"{NOT_CACHED}\"), e.g. an "
+           "evicted cache entry; `detail` says what to send instead",
     "415": "Unsupported content type",
     "422": f"The request does not match the schema (`error`: \"{INVALID_REQUEST}\", `field` names "
            f"where), or the model rejected a value the schema allows (`error`: \"{MODEL_REJECTED_INPUT}\")",

@@ -15,7 +15,8 @@ import pytest
 from testutil.scratch import commit_change, scratch_repo
 
 ALL_MODELS = {"models/digits:digits", "models/doc_links:doc_links", "models/iris:iris",
-              "models/mask2former:mask2former", "models/mask_rcnn:mask_rcnn"}
+              "models/mask2former:mask2former", "models/mask_rcnn:mask_rcnn",
+              "models/segment_anything:segment_anything"}
 # The models that import ml_shared.artifacts.
 ARTIFACTS_USERS = {"models/digits:digits", "models/iris:iris"}
 

@@ -1,0 +1,230 @@
+"""segment_anything: Segment-Anything served in two stages. An image is embedded once (the
+expensive step: seconds on a CPU); then each prompt (points, a box, a previous mask) is a cheap
+step against that embedding, answered by any worker of the server.
+
+    POST /v1/embed      an image (raw image/png, image/jpeg or octet-stream body, or base64 in
+                        JSON) -> its embedding id (the image's sha256) and size
+    POST /v1/segment    an embedding id (or the image, embedded on a miss, or the embedding
+                        itself) + points and/or a box -> masks (COCO run-length), scores, and a
+                        handle on the best mask's low-resolution logits for the next refinement
+    POST /v1/predict    image + prompts in one request
+    POST /v1/embedding  the embedding itself (fp16, ~2 MiB) for clients that hold it: replicas
+                        that share no memory (Lambda, several ECS tasks) then need no cache
+
+Embeddings live in the server's shared cache (ml_runtime.shared_cache: every worker sees every
+entry; bounded by ML_SHARED_CACHE_BYTES, least recently used out) as fp16, 2 MiB each. The
+weights are seeded random ones of a small image encoder (weights.py): masks are meaningless,
+shapes and the pipeline are real.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from segment_anything import SamPredictor
+
+from ml_runtime.errors import NotCached  # pants: no-infer-dep (the runtime is in every model)
+from ml_runtime.shared_cache import SharedCache, content_key  # pants: no-infer-dep
+from ml_shared.vision import Segment, decode_image, segment, segmentation
+from weights import CHECKPOINT, build
+
+ARCHITECTURE = os.environ.get("SAM_ARCH", "small")
+# The checkpoint: the build-time one (artifacts_script) unless SAM_CHECKPOINT names another file,
+# relative to this folder (where committed or fetched artifacts are) or absolute.
+CHECKPOINT_FILE = Path(__file__).resolve().parent / os.environ.get("SAM_CHECKPOINT", str(CHECKPOINT))
+# A compact embedding: this magic, a little-endian u32 header length, the JSON header, then the
+# (1, 256, 64, 64) features as little-endian float16.
+MAGIC = b"SAM-EMB1"
+EMBEDDING_SHAPE = (1, 256, 64, 64)
+LOGITS_SHAPE = (1, 256, 256)
+
+
+@dataclass
+class Point:
+    x: float  # pixels, 0 <= x < width
+    y: float  # pixels, 0 <= y < height
+    label: int = 1  # 1: on the object, 0: not on it
+
+
+@dataclass
+class Box:
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+@dataclass
+class Embedded:
+    embedding_id: str  # the image's sha256: send it with prompts
+    width: int
+    height: int
+    cached: bool  # whether the server had it already
+
+
+@dataclass
+class Embedding:
+    embedding_id: str
+    width: int
+    height: int
+    embedding: bytes  # compact (fp16): send it back as `embedding` with prompts
+
+
+@dataclass
+class Segmented:
+    embedding_id: str
+    width: int
+    height: int
+    segments: list[Segment]  # best score first; `label` is "object"
+    logits_id: str  # the best mask's low-resolution logits: `mask_input_id` of a refinement
+
+
+@dataclass
+class _Features:
+    features: np.ndarray  # EMBEDDING_SHAPE, float16
+    original_size: tuple[int, int]  # (height, width) of the image
+    input_size: tuple[int, int]  # (height, width) the encoder saw before padding
+
+
+def pack(f: _Features) -> bytes:
+    header = json.dumps({"original_size": f.original_size, "input_size": f.input_size,
+                         "shape": list(EMBEDDING_SHAPE), "dtype": "<f2"}).encode()
+    return MAGIC + struct.pack("<I", len(header)) + header + f.features.astype("<f2").tobytes()
+
+
+def unpack(blob: bytes) -> _Features:
+    """A compact embedding, or ValueError (a 422) saying it is not one this model made."""
+    if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 4:
+        raise ValueError("embedding: not an embedding from /v1/embedding (wrong magic)")
+    (length,) = struct.unpack_from("<I", blob, len(MAGIC))
+    start = len(MAGIC) + 4 + length
+    try:
+        header = json.loads(blob[len(MAGIC) + 4:start])
+        original, size = tuple(header["original_size"]), tuple(header["input_size"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError("embedding: its header is damaged") from None
+    expected = int(np.prod(EMBEDDING_SHAPE)) * 2
+    if header.get("shape") != list(EMBEDDING_SHAPE) or len(blob) - start != expected:
+        raise ValueError(f"embedding: expected {EMBEDDING_SHAPE} float16 ({expected:,} bytes)")
+    features = np.frombuffer(blob, dtype="<f2", offset=start).reshape(EMBEDDING_SHAPE)
+    return _Features(features, (int(original[0]), int(original[1])), (int(size[0]), int(size[1])))
+
+
+class Model:
+    def load(self) -> None:
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.predictor = SamPredictor(build(ARCHITECTURE, CHECKPOINT_FILE).to(self.device).eval())
+        self.cache = SharedCache.from_env()
+        print(f"segment_anything: {ARCHITECTURE} serving on {self.device}", flush=True)
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    def embed(self, image: bytes) -> Embedded:
+        """Embed an image once (the expensive step); prompts then name it by `embedding_id`."""
+        key, features, cached = self._embedded(image)
+        return Embedded(key, features.original_size[1], features.original_size[0], cached)
+
+    def embedding(self, image: bytes) -> Embedding:
+        """The image's compact embedding itself (fp16), for a client that keeps it and sends it
+        back with each prompt: no server-side state needed (Lambda, several replicas)."""
+        key, features, _ = self._embedded(image)
+        return Embedding(key, features.original_size[1], features.original_size[0], pack(features))
+
+    def segment(self, points: Optional[list[Point]] = None, box: Optional[Box] = None,
+                embedding_id: str = "", image: Optional[bytes] = None, embedding: Optional[bytes] = None,
+                mask_input_id: str = "", multimask: bool = True) -> Segmented:
+        """Masks for point and/or box prompts on an embedded image: named by `embedding_id`
+        (from /v1/embed), or sent as `image` (embedded on a miss) or as `embedding` (from
+        /v1/embedding). `mask_input_id` (a previous answer's `logits_id`) refines that mask."""
+        if embedding is not None:
+            features, key = unpack(embedding), content_key(embedding)
+        elif image is not None:
+            key, features, _ = self._embedded(image)
+            if embedding_id and embedding_id != key:
+                raise ValueError(f"embedding_id: {embedding_id} is not the sha256 of `image` ({key})")
+        elif embedding_id:
+            key = embedding_id
+            blob = self.cache.get(key)
+            if blob is None:
+                raise NotCached(f"embedding {key} is not in the server's cache (never embedded, or "
+                                "evicted): POST the image to /v1/embed first, or send it as `image`")
+            features = unpack(blob)
+        else:
+            raise ValueError("give `embedding_id` (from /v1/embed), `image` or `embedding`")
+        return self._segment(key, features, points or [], box, mask_input_id, multimask)
+
+    def predict(self, image: bytes, points: Optional[list[Point]] = None, box: Optional[Box] = None,
+                multimask: bool = True) -> Segmented:
+        """Embed and segment in one request (the embedding is cached for later prompts too)."""
+        key, features, _ = self._embedded(image)
+        return self._segment(key, features, points or [], box, "", multimask)
+
+    # -- the two stages -----------------------------------------------------------------------
+
+    def _embedded(self, image: bytes) -> tuple[str, _Features, bool]:
+        key = content_key(image)
+        blob, cached = self.cache.get_or_create(key, lambda: pack(self._encode(image)))
+        return key, unpack(blob), cached
+
+    def _encode(self, image: bytes) -> _Features:
+        picture = np.asarray(decode_image(image))
+        with torch.inference_mode():
+            self.predictor.set_image(picture)
+            features = self.predictor.features.to(torch.float16).cpu().numpy()
+        return _Features(features, tuple(self.predictor.original_size), tuple(self.predictor.input_size))
+
+    def _segment(self, key: str, f: _Features, points: list[Point], box: Optional[Box],
+                 mask_input_id: str, multimask: bool) -> Segmented:
+        height, width = f.original_size
+        coords, labels = _check_prompts(points, box, width, height)
+        mask_input = self._logits(mask_input_id) if mask_input_id else None
+        predictor = self.predictor
+        predictor.reset_image()
+        predictor.features = torch.from_numpy(f.features.astype(np.float32)).to(self.device)
+        predictor.original_size, predictor.input_size = f.original_size, f.input_size
+        predictor.is_image_set = True
+        with torch.inference_mode():
+            masks, scores, logits = predictor.predict(
+                point_coords=coords, point_labels=labels,
+                box=None if box is None else np.array([box.x0, box.y0, box.x1, box.y1], dtype=np.float32),
+                mask_input=mask_input, multimask_output=multimask)
+        best = int(np.argmax(scores))
+        best_logits = logits[best:best + 1].astype("<f2").tobytes()
+        logits_id = hashlib.sha256(key.encode() + best_logits).hexdigest()
+        self.cache.put(logits_id, best_logits)
+        return Segmented(key, width, height, segmentation(width, height, [
+            segment("object", score, mask) for score, mask in zip(scores.tolist(), masks)]).segments, logits_id)
+
+    def _logits(self, logits_id: str) -> np.ndarray:
+        blob = self.cache.get(logits_id)
+        if blob is None:
+            raise NotCached(f"mask_input_id: logits {logits_id} are not in the server's cache (evicted, "
+                            "or from another server): prompt again without it")
+        return np.frombuffer(blob, dtype="<f2").reshape(LOGITS_SHAPE).astype(np.float32)
+
+
+def _check_prompts(points: list[Point], box: Optional[Box], width: int,
+                   height: int) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """The point arrays SAM takes, or ValueError (a 422) naming the bad field."""
+    if not points and box is None:
+        raise ValueError("points, box: give at least one point or a box")
+    for i, p in enumerate(points):
+        if not (0 <= p.x < width and 0 <= p.y < height):
+            raise ValueError(f"points[{i}]: ({p.x}, {p.y}) is outside the {width}x{height} image")
+        if p.label not in (0, 1):
+            raise ValueError(f"points[{i}].label: {p.label}; 1 (on the object) or 0 (not on it)")
+    if box is not None and not (0 <= box.x0 < box.x1 <= width and 0 <= box.y0 < box.y1 <= height):
+        raise ValueError(f"box: ({box.x0}, {box.y0}, {box.x1}, {box.y1}) is not a box inside the "
+                         f"{width}x{height} image (x0 < x1, y0 < y1)")
+    if not points:
+        return None, None
+    return (np.array([[p.x, p.y] for p in points], dtype=np.float32),
+            np.array([p.label for p in points], dtype=np.int64))
