@@ -91,7 +91,7 @@ def main() -> None:
         # 1. Cold, one model after another; then a second clean build of all three.
         cold: dict[str, float] = {}
         for model in MODELS:
-            section(f"1. cold package of {model}")
+            section(f"1. {'warm' if args.warm else 'cold'} package of {model}")
             cold[model] = package(clone, "package", f"models/{model}:")
             log(f"{model}: {cold[model]:.1f} s")
         first = {m: manifest_digest(clone.package_dir(m) / "image") for m in MODELS}

@@ -465,6 +465,20 @@ def test_cross_repository_mount(basic_registry: RunningRegistry, tmp_path: Path)
     assert pull(basic_registry.ref("models/target"), tmp_path / "out", _auth(), quiet=True).downloaded_count == 3
 
 
+def test_a_second_repository_mounts_what_its_namespace_already_has(basic_registry: RunningRegistry,
+                                                                   tmp_path: Path) -> None:
+    # Two models sharing a big layer (torch): the second push mounts it from the first model's
+    # repository (found in the catalog) and uploads only its own.
+    shared = os.urandom(60_000)
+    first = make_layout(tmp_path / "first", {"torch": shared, "code": os.urandom(100)})
+    second = make_layout(tmp_path / "second", {"torch": shared, "code": os.urandom(100)})
+    push_layout(first.path, basic_registry.ref("shared-ns/first"), _auth(), quiet=True)
+    pushed = push_layout(second.path, basic_registry.ref("shared-ns/second"), _auth(), quiet=True)
+    assert pushed.mounted_count == 1
+    assert sum(b.size for b in pushed.blobs if b.action == "mounted") > 60_000 > 50 * pushed.uploaded_bytes
+    assert pull(basic_registry.ref("shared-ns/second"), tmp_path / "out", _auth(), quiet=True).downloaded_count == 3
+
+
 def test_large_blob_is_streamed_with_progress(basic_registry: RunningRegistry, tmp_path: Path,
                                               capfd: pytest.CaptureFixture[str]) -> None:
     size = 24 << 20
@@ -624,18 +638,20 @@ def test_bearer_token_flow_against_real_registry(token_registry: Tuple[RunningRe
     auth = _auth()
     pushed = push_layout(layout.path, ref, auth, quiet=True)
     assert pushed.uploaded_count == 3
-    # One token for the whole push (asked for pull and push up front), with the basic credentials.
-    assert tokens.requests == [(USER, ["repository:models/tokened:pull,push"])]
-    assert auth.token_requests == 1
+    # Two tokens for the whole push, with the basic credentials: one to read the catalog (the
+    # sibling repositories to mount from) and one for pull and push, asked for up front.
+    assert tokens.requests == [(USER, ["registry:catalog:*", "repository:models/tokened:pull,push"]),
+                               (USER, ["repository:models/tokened:pull,push"])]
+    assert auth.token_requests == 2
 
     # The token is cached per scope: pulling with the same Auth asks for a pull-only token once.
     pulled = pull(ref, tmp_path / "out", auth, quiet=True)
     assert pulled.manifest_digest == layout.manifest_digest
-    assert tokens.requests[1:] == [(USER, ["repository:models/tokened:pull"])]
+    assert tokens.requests[2:] == [(USER, ["repository:models/tokened:pull"])]
     pull(ref, tmp_path / "again", auth, quiet=True)
-    assert len(tokens.requests) == 2
+    assert len(tokens.requests) == 3
     again = push_layout(layout.path, ref, auth, quiet=True)
-    assert again.uploaded_count == 0 and len(tokens.requests) == 2
+    assert again.uploaded_count == 0 and len(tokens.requests) == 3
 
     # A mount asks for pull on the source repository too.
     mounted = push_layout(layout.path, running.ref("models/tokened-copy"), auth, quiet=True,
@@ -807,11 +823,11 @@ def test_fake_registry_bearer_token_is_cached(fake: FakeRegistry, tmp_path: Path
     layout = make_layout(tmp_path / "image", {"a": b"a", "b": b"b"})
     auth = Auth()  # anonymous tokens
     push_layout(layout.path, f"{fake.host}/r:1", auth, quiet=True)
-    assert fake.token_requests == 1
+    assert fake.token_requests == 2  # the catalog (repositories to mount from), then the push
     pull(f"{fake.host}/r:1", tmp_path / "out", auth, quiet=True)
-    assert fake.token_requests == 2  # another scope: pull only
+    assert fake.token_requests == 3  # another scope: pull only
     pull(f"{fake.host}/r:1", tmp_path / "again", auth, quiet=True)
-    assert fake.token_requests == 2
+    assert fake.token_requests == 3
 
 
 def test_connection_refused_names_the_registry(tmp_path: Path) -> None:

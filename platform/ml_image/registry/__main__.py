@@ -36,7 +36,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     push_p = sub.add_parser("push", help="push an OCI image layout to registry/repository:tag")
     push_p.add_argument("layout", type=Path)
     push_p.add_argument("reference")
-    push_p.add_argument("--mount-from", action="append", default=[], metavar="REPOSITORY",
+    push_p.add_argument("--mount-from", action="append", default=None, metavar="REPOSITORY",
                         help="a repository of the same registry to mount missing blobs from")
     push_p.add_argument("--create-ecr-repository", action="store_true",
                         help="create the ECR repository first if it does not exist (boto3); always done "

@@ -98,11 +98,14 @@ class PullResult:
 
 
 def push_layout(layout_dir: Union[str, Path], reference: Union[str, Reference], auth: Optional[Auth] = None, *,
-                plain_http: Optional[bool] = None, mount_from: Sequence[str] = (), timeout: float = 60.0,
-                quiet: bool = False, ssl_context: Optional[ssl.SSLContext] = None) -> PushResult:
+                plain_http: Optional[bool] = None, mount_from: Optional[Sequence[str]] = None,
+                timeout: float = 60.0, quiet: bool = False,
+                ssl_context: Optional[ssl.SSLContext] = None) -> PushResult:
     """Push the image of an OCI layout to `reference` (a tag, a digest or both), sending only the
     blobs the registry lacks. `mount_from`: repositories of the same registry to try to mount
-    missing blobs from before uploading them."""
+    missing blobs from before uploading them; by default the registry's other repositories of
+    the same namespace (a registry answers "have it?" per repository, so without a mount a
+    second model re-uploads every layer it shares with the first: torch, CUDA, ...)."""
     ref = Reference.parse(reference)
     if not ref.tag and not ref.digest:
         raise InvalidReference(f"{ref}: name a tag (or a digest) to push to")
@@ -114,6 +117,8 @@ def push_layout(layout_dir: Union[str, Path], reference: Union[str, Reference], 
                                   registry=ref.registry, repository=ref.repository)
     result = PushResult(ref.replace(digest=image.manifest_digest), image.manifest_digest, image.media_type,
                         len(image.manifest))
+    if mount_from is None:
+        mount_from = client.sibling_repositories()
     sources = [s for s in dict.fromkeys(mount_from) if s != ref.repository]
     seen = set()
     for blob in image.blobs:

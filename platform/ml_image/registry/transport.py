@@ -160,6 +160,20 @@ class RegistryClient:
                                     status=resp.status)
         return urllib.parse.urljoin(self.base + path, location)
 
+    def sibling_repositories(self, limit: int = 1000) -> list[str]:
+        """The registry's other repositories in this one's namespace (`ml/iris` for `ml/digits`),
+        from its catalog: where a blob this image shares with them can be mounted from. Best
+        effort: a registry without a readable catalog (ECR has none) gives none."""
+        namespace = self.repository.rpartition("/")[0]
+        try:
+            with self._request("GET", f"/v2/_catalog?n={limit}", what="listing repositories",
+                               extra_scopes=("registry:catalog:*",)) as resp:
+                names = json.loads(resp.read(1 << 20)).get("repositories") or []
+        except (RegistryError, ValueError, OSError):
+            return []
+        return [n for n in names if isinstance(n, str) and n != self.repository
+                and n.rpartition("/")[0] == namespace]
+
     def cancel_upload(self, location: str) -> None:
         """Best effort: the registry forgets an unused upload session by itself after a while."""
         try:
