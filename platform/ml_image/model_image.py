@@ -37,7 +37,7 @@ import zipfile
 from pathlib import Path
 from typing import BinaryIO, Iterator, Optional, Sequence
 
-from ml_contract.package_layout import CONTAINER_PORT, OWN_LAYER_MIN_BYTES, PULLED_BASE_INFO
+from ml_contract.package_layout import CONTAINER_PORT, OCI_INDEX, OWN_LAYER_MIN_BYTES, PULLED_BASE_INFO
 from ml_image.layers import (
     Entry,
     LayerInfo,
@@ -59,6 +59,8 @@ SERVER_ROOT = "/opt/ml/server"
 MODEL_ROOT = "/opt/ml/model"
 NONROOT = (65532, 65532)
 PORT = CONTAINER_PORT
+# The index annotation holding the image's full name (`ml/iris:v1`), which a docker archive needs.
+_IMAGE_NAME_ANNOTATION = "io.containerd.image.name"
 # PEX metadata and bootstrap files: not part of an installed environment.
 _PEX_INTERNALS = {".bootstrap", ".deps", "PEX-INFO", "__main__.py", "__pex__", ".layout.json"}
 
@@ -355,10 +357,10 @@ def assemble(layer_dirs: Sequence[Path], config: dict, layout: Path, tag: str) -
         "manifests": [{
             "mediaType": MEDIA_TYPE_OCI_MANIFEST, "digest": manifest_digest, "size": len(manifest_bytes),
             "annotations": {"org.opencontainers.image.ref.name": tag.rsplit(":", 1)[-1],
-                            "io.containerd.image.name": tag},
+                            _IMAGE_NAME_ANNOTATION: tag},
         }],
     }
-    (layout / "index.json").write_bytes(_json_bytes(index))
+    (layout / OCI_INDEX).write_bytes(_json_bytes(index))
     return manifest_digest
 
 
@@ -375,18 +377,20 @@ def write_docker_archive(layout: Path, fileobj: BinaryIO) -> str:
     (which need not be seekable); returns its tag. The package keeps only the layout: for a
     multi-gigabyte image a second copy as a tar would double the build's output, so the archive
     is made when an engine loads it."""
-    (entry,) = json.loads((layout / "index.json").read_text())["manifests"]
-    blob = lambda digest: layout / "blobs" / "sha256" / digest.split(":", 1)[1]  # noqa: E731
-    manifest = json.loads(blob(entry["digest"]).read_text())
-    tag = entry["annotations"]["io.containerd.image.name"]
-    digests = [manifest["config"]["digest"], *(l["digest"] for l in manifest["layers"])]
+    from ml_image.registry.layout import blob_path, read_layout
+
+    image = read_layout(layout)  # checked: one manifest, every blob present at its size
+    (entry,) = json.loads((layout / OCI_INDEX).read_text())["manifests"]
+    tag = entry["annotations"][_IMAGE_NAME_ANNOTATION]
+    member = lambda digest: f"blobs/sha256/{digest.split(':', 1)[1]}"  # noqa: E731
     docker_manifest = [{
-        "Config": f"blobs/sha256/{digests[0].split(':')[1]}",
+        "Config": member(image.config.digest),
         "RepoTags": [tag],
-        "Layers": [f"blobs/sha256/{d.split(':')[1]}" for d in digests[1:]],
+        "Layers": [member(layer.digest) for layer in image.layers],
     }]
     entries = [
-        *(Entry(f"/blobs/sha256/{d.split(':')[1]}", "file", source=blob(d)) for d in sorted(set(digests))),
+        *(Entry(f"/{member(d)}", "file", source=blob_path(layout, d))
+          for d in sorted({blob.digest for blob in image.blobs})),
         Entry("/manifest.json", "file", data=json.dumps(docker_manifest).encode()),
     ]
     write_tar(entries, fileobj)
