@@ -10,7 +10,8 @@ ML_SHARED_CACHE_DIR, with the bound in ML_SHARED_CACHE_BYTES; the store is plain
     <key>.lock    held while a worker creates that entry: concurrent requests for the same new
                   key wait for the first and then read its result (it is created once)
     .lock         held for the short bookkeeping steps (insert, evict, counters)
-    .stats        the counters, JSON: hits, misses, evictions, entries, bytes
+    .stats        the counters, JSON: hits, misses, evictions (entries and bytes are read off
+                  the directory when asked for)
 
 Standard library only: it runs inside model environments.
 """
@@ -26,7 +27,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -36,6 +37,9 @@ DEFAULT_BYTES = 256 * 2**20
 # Memory, not disk, where the host has it (Linux); else the temporary directory.
 _TMPFS = "/dev/shm"
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+_COUNTERS = ("hits", "misses", "evictions")
 
 
 @dataclass
@@ -167,34 +171,31 @@ class SharedCache:
             (path.with_suffix(".lock")).unlink(missing_ok=True)
             total -= size
             evicted += 1
-        stats = self._load_stats()
-        stats.evictions += evicted
-        self._save_stats(stats)
+        if evicted:
+            self._add("evictions", evicted)
 
     def _count(self, counter: str) -> None:
         with _locked(self.directory / ".lock"):
-            stats = self._load_stats()
-            setattr(stats, counter, getattr(stats, counter) + 1)
-            self._save_stats(stats)
+            self._add(counter, 1)
 
-    def _load_stats(self) -> CacheStats:
+    def _add(self, counter: str, n: int) -> None:
+        """Add to one counter; the caller holds .lock."""
+        counters = self._counters()
+        counters[counter] += n
+        tmp = self.directory / f".stats.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(counters))
+        os.replace(tmp, self.directory / ".stats")
+
+    def _counters(self) -> dict[str, int]:
         try:
             raw = json.loads((self.directory / ".stats").read_text())
         except (FileNotFoundError, ValueError):
             raw = {}
-        return CacheStats(**{k: raw.get(k, 0) for k in ("hits", "misses", "evictions")})
-
-    def _save_stats(self, stats: CacheStats) -> None:
-        entries = self._entries()
-        stats.entries, stats.bytes = len(entries), sum(size for _, size, _ in entries)
-        tmp = self.directory / f".stats.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(asdict(stats)))
-        os.replace(tmp, self.directory / ".stats")
+        return {k: int(raw.get(k, 0)) for k in _COUNTERS}
 
     def stats(self) -> CacheStats:
         """The counters and the current size (what /metrics shows)."""
         with _locked(self.directory / ".lock"):
-            stats = self._load_stats()
+            counters = self._counters()
             entries = self._entries()
-        stats.entries, stats.bytes = len(entries), sum(size for _, size, _ in entries)
-        return stats
+        return CacheStats(**counters, entries=len(entries), bytes=sum(size for _, size, _ in entries))
