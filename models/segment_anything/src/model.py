@@ -129,14 +129,16 @@ class Model:
 
     def embed(self, image: bytes) -> Embedded:
         """Embed an image once (the expensive step); prompts then name it by `embedding_id`."""
-        key, features, cached = self._embedded(image)
-        return Embedded(key, features.original_size[1], features.original_size[0], cached)
+        key, blob, cached = self._embedded(image)
+        height, width = unpack(blob).original_size
+        return Embedded(key, width, height, cached)
 
     def embedding(self, image: bytes) -> Embedding:
         """The image's compact embedding itself (fp16), for a client that keeps it and sends it
         back with each prompt: no server-side state needed (Lambda, several replicas)."""
-        key, features, _ = self._embedded(image)
-        return Embedding(key, features.original_size[1], features.original_size[0], pack(features))
+        key, blob, _ = self._embedded(image)
+        height, width = unpack(blob).original_size
+        return Embedding(key, width, height, blob)  # the cache holds it in the compact form
 
     def segment(self, points: Optional[list[Point]] = None, box: Optional[Box] = None,
                 embedding_id: str = "", image: Optional[bytes] = None, embedding: Optional[bytes] = None,
@@ -147,7 +149,8 @@ class Model:
         if embedding is not None:
             features, key = unpack(embedding), content_key(embedding)
         elif image is not None:
-            key, features, _ = self._embedded(image)
+            key, blob, _ = self._embedded(image)
+            features = unpack(blob)
             if embedding_id and embedding_id != key:
                 raise ValueError(f"embedding_id: {embedding_id} is not the sha256 of `image` ({key})")
         elif embedding_id:
@@ -164,15 +167,17 @@ class Model:
     def predict(self, image: bytes, points: Optional[list[Point]] = None, box: Optional[Box] = None,
                 multimask: bool = True) -> Segmented:
         """Embed and segment in one request (the embedding is cached for later prompts too)."""
-        key, features, _ = self._embedded(image)
-        return self._segment(key, features, points or [], box, "", multimask)
+        key, blob, _ = self._embedded(image)
+        return self._segment(key, unpack(blob), points or [], box, "", multimask)
 
     # -- the two stages -----------------------------------------------------------------------
 
-    def _embedded(self, image: bytes) -> tuple[str, _Features, bool]:
+    def _embedded(self, image: bytes) -> tuple[str, bytes, bool]:
+        """The image's id, its compact embedding (from the shared cache, made on a miss) and
+        whether it was cached."""
         key = content_key(image)
         blob, cached = self.cache.get_or_create(key, lambda: pack(self._encode(image)))
-        return key, unpack(blob), cached
+        return key, blob, cached
 
     def _encode(self, image: bytes) -> _Features:
         picture = np.asarray(decode_image(image))
