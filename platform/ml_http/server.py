@@ -74,6 +74,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: Optional[asyncio.Transport] = None
         self.parser = httptools.HttpRequestParser(self)
         self._previous: Optional[asyncio.Future] = None
+        self._responding: set[asyncio.Future] = set()  # requests not yet answered
         self._loop = asyncio.get_running_loop()
         # Timeouts cost no timer per request: requests note the time, and one check per
         # connection, rescheduled to the next deadline, enforces both limits.
@@ -101,6 +102,11 @@ class HttpProtocol(asyncio.Protocol):
         self.connections.discard(self)
         self._cancel_timer()
         self.transport = None
+        # Nobody is left to read the answers: cancelling drops the requests that still queue
+        # for a worker (a client that timed out must not keep the model busy), and frees
+        # their memory at once.
+        for responding in self._responding:
+            responding.cancel()
 
     def data_received(self, data: bytes) -> None:
         if self._rejected:
@@ -173,7 +179,9 @@ class HttpProtocol(asyncio.Protocol):
         )
         keep_alive = self.parser.should_keep_alive()
         previous = self._previous
-        self._previous = asyncio.ensure_future(self._respond(request, keep_alive, previous))
+        self._previous = responding = asyncio.ensure_future(self._respond(request, keep_alive, previous))
+        self._responding.add(responding)
+        responding.add_done_callback(self._responding.discard)
 
     async def _respond(self, request: Request, keep_alive: bool, previous) -> None:
         response = await self.handler(request)

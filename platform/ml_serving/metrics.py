@@ -21,6 +21,7 @@ class Metrics:
         self.latency_count: dict[str, int] = defaultdict(int)
         self.in_flight = 0
         self.worker_restarts = 0
+        self.abandoned_requests = 0  # dropped from the queue: their clients had gone
         self.batch_calls = 0  # model calls of batchable endpoints
         self.batched_requests = 0  # the requests those calls answered
         self.gauges: dict[str, Callable[[], float]] = {}
@@ -65,6 +66,9 @@ class Metrics:
             "# HELP ml_worker_restarts_total Model worker processes replaced after dying or timing out.",
             "# TYPE ml_worker_restarts_total counter",
             f"ml_worker_restarts_total{{{self.labels}}} {self.worker_restarts}",
+            "# HELP ml_abandoned_requests_total Requests dropped before a worker ran them: their client had disconnected.",
+            "# TYPE ml_abandoned_requests_total counter",
+            f"ml_abandoned_requests_total{{{self.labels}}} {self.abandoned_requests}",
             "# HELP ml_batch_calls_total Model calls of batchable endpoints (each answers one batch).",
             "# TYPE ml_batch_calls_total counter",
             f"ml_batch_calls_total{{{self.labels}}} {self.batch_calls}",

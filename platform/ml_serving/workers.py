@@ -109,6 +109,7 @@ class _Batcher:
             self._timer.cancel()
             self._timer = None
         jobs = [job for job in self.pending if not job.future.done()]  # clients still waiting
+        self.pool.count_abandoned(len(self.pending) - len(jobs))
         self.pending = []
         if not jobs:
             return
@@ -340,6 +341,7 @@ class WorkerPool:
         while not self._stopping:
             job = await self.queue.get()
             if job.future.done():  # the client went away while it queued
+                self.count_abandoned(len(job.jobs) if isinstance(job, _Batch) else 1)
                 continue
             self.busy_workers += 1
             try:
@@ -365,6 +367,10 @@ class WorkerPool:
                 self.busy_workers -= 1
             if not job.future.done():
                 job.future.set_result(response)
+
+    def count_abandoned(self, requests: int) -> None:
+        if self.metrics:
+            self.metrics.abandoned_requests += requests
 
     @property
     def in_flight(self) -> int:

@@ -11,6 +11,7 @@ import base64
 import concurrent.futures
 import json
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Iterator
@@ -224,6 +225,27 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path) -> None
         assert in_flight.result()[0] == 200
     assert server.process.wait(timeout=20) == 0
     assert '"event": "stopped"' in server.stdout_path.read_text()
+
+
+def test_a_request_whose_client_disconnected_is_dropped_from_the_queue(tmp_path: Path) -> None:
+    server = Server(tmp_path, "--workers", "1")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(server.request, "POST", "/v1/sleep", {"seconds": 1})
+            time.sleep(0.3)  # the only worker is busy: the next request queues
+            body = json.dumps({"seconds": 1}).encode()
+            with socket.create_connection((server.host, server.port)) as gone:
+                gone.sendall(b"POST /v1/sleep HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(body), body))
+                time.sleep(0.2)
+            assert busy.result()[0] == 200
+        # Had the abandoned request run, this one would wait a second behind it.
+        started = time.monotonic()
+        assert server.request("POST", "/v1/sleep", {"seconds": 0})[0] == 200
+        assert time.monotonic() - started < 0.8
+        assert server.metric("ml_abandoned_requests_total") == 1
+    finally:
+        assert server.stop() == 0
 
 
 # ---------------------------------------------------------------------------------------------
