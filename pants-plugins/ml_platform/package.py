@@ -21,6 +21,7 @@ from ml_platform.subsystem import MLPlatform
 from ml_platform.target_types import (
     MLModelArtifactsScriptField,
     MLModelBaseImageField,
+    MLModelDependenciesField,
     MLModelEntryPointField,
     MLModelEnvField,
     MLModelOutputPathField,
@@ -68,6 +69,8 @@ from pants.engine.fs import (
 from pants.engine.process import ProcessResult
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import (
+    DependenciesRequest,
+    ExplicitlyProvidedDependencies,
     InvalidFieldException,
     Targets,
     TransitiveTargets,
@@ -94,6 +97,7 @@ class MLModelFieldSet(PackageFieldSet):
 
     entry_point: MLModelEntryPointField
     artifacts_script: MLModelArtifactsScriptField
+    dependencies: MLModelDependenciesField
     resolve: MLModelResolveField
     version: MLModelVersionField
     env: MLModelEnvField
@@ -207,13 +211,15 @@ async def generate_artifacts(field_set: MLModelFieldSet, python_setup: PythonSet
                 """
             )
         )
-    # The model's own environment (its requirements and code, plus the script): not only what
+    # The model's own environment (what its `dependencies` name, plus the script): not only what
     # the script imports, since a package may use a dependency it does not declare (SAM's numpy).
-    # The same wheels as the model PEX, from pex's cache.
+    # Not the ml_model itself, which brings the platform's runtime: a runtime change must not
+    # re-run every model's generation. The same wheels as the model PEX, from pex's cache.
+    declared = await Get(ExplicitlyProvidedDependencies, DependenciesRequest(field_set.dependencies))
     pex = await Get(
         Pex,
         PexFromTargetsRequest(
-            [field_set.address, *owners.unambiguous], output_filename="artifacts_script.pex",
+            [*declared.includes, *owners.unambiguous], output_filename="artifacts_script.pex",
             internal_only=False,
             main=EntryPoint(module), layout=PexLayout.PACKED, additional_args=("--venv",),
             description=f"Building the environment of {field_set.address}'s artifacts script",

@@ -166,12 +166,16 @@ def test_undeclared_resolve_names_the_line_to_add(rule_runner: RuleRunner) -> No
 # for git does at build time.
 SCALE_SCRIPT = dedent(
     """\
+    import importlib.util
     import sys
     from pathlib import Path
 
     out = Path(sys.argv[1]) / "artifacts" / "scale.txt"
     out.parent.mkdir(parents=True)
     out.write_text(str(7 + 3))
+    # The platform's runtime stays out of the script's environment (a change to it must not
+    # re-run the generation): fail if it is there.
+    assert importlib.util.find_spec("ml_runtime") is None, "the runtime is in the script's environment"
     """
 )
 
