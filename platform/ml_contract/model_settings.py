@@ -35,6 +35,7 @@ GPU_COMPUTES = frozenset({Compute.LOCAL, Compute.ECS, Compute.EC2})
 # Lambda's documented limits.
 LAMBDA_MEMORY_RANGE_MIB = (128, 10240)
 LAMBDA_MAX_TIMEOUT_SECONDS = 900
+LAMBDA_MAX_PAYLOAD_BYTES = 6 * 2**20  # a synchronous invocation's request, and its response
 
 # Fargate task sizes: vCPU -> allowed memory (MiB). Fargate rejects every other pair.
 FARGATE_TASK_SIZES: Dict[float, Tuple[int, ...]] = {

@@ -14,6 +14,10 @@ from ml_runtime.codec import InputError, decode, encode, record_fields
 
 # Methods of a handler class that are lifecycle hooks, not endpoints.
 LIFECYCLE_METHODS = frozenset({"load"})
+# A handler's request examples, endpoint name -> one request's JSON body: a plain class
+# attribute (model code imports nothing from the platform), checked at load, shown in
+# /openapi.json.
+EXAMPLES_ATTRIBUTE = "endpoint_examples"
 
 
 class HandlerError(Exception):
@@ -30,6 +34,13 @@ class Endpoint:
     returns: Any  # the result of one request
     batch: Optional[BatchPolicy] = None
     item_type: Any = None  # batchable endpoints: the type one request decodes to
+    example: Any = None  # one request's JSON body, from the handler's endpoint_examples
+
+    @property
+    def binary_response(self) -> bool:
+        """Whether the endpoint answers raw bytes (application/octet-stream), not JSON: it is
+        annotated `-> bytes`."""
+        return self.returns is bytes and self.batch is None
 
     def _decode(self, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, dict):
@@ -52,7 +63,12 @@ class Endpoint:
             if isinstance(outcome, BaseException):
                 raise outcome
             return outcome
-        return encode(self.method(**self._decode(payload)))
+        result = self.method(**self._decode(payload))
+        if self.binary_response:
+            if not isinstance(result, (bytes, bytearray)):
+                raise TypeError(f"endpoint {self.name}() is annotated `-> bytes` but returned {type(result).__name__}")
+            return bytes(result)  # sent as it is: never base64 in JSON
+        return encode(result)
 
     def call_batch(self, payloads: Sequence[Any]) -> list[Any]:
         """A batchable endpoint called once for `payloads`: per request, its encoded result or
@@ -159,6 +175,27 @@ def discover_endpoints(instance: object) -> dict[str, Endpoint]:
     if policies:
         raise HandlerError(f"{type(instance).__name__}.{BATCHED_ENDPOINTS_ATTRIBUTE} names "
                            f"{sorted(policies)}, which are not endpoint methods of it")
+    return _with_examples(instance, endpoints)
+
+
+def _with_examples(instance: object, endpoints: dict[str, Endpoint]) -> dict[str, Endpoint]:
+    """The endpoints with the handler's `endpoint_examples`, each checked to decode as a request
+    of its endpoint: an example that drifted from the code fails the load, not a reader."""
+    examples = getattr(instance, EXAMPLES_ATTRIBUTE, None) or {}
+    where = f"{type(instance).__name__}.{EXAMPLES_ATTRIBUTE}"
+    if not isinstance(examples, dict):
+        raise HandlerError(f"{where} must map endpoint names to one request's JSON body each, e.g. "
+                           f"{{\"predict\": {{\"text\": \"hello\"}}}}")
+    unknown = sorted(set(examples) - set(endpoints))
+    if unknown:
+        raise HandlerError(f"{where} names {unknown}, which are not endpoint methods of it")
+    for name, example in examples.items():
+        try:
+            endpoints[name]._decode(example)
+        except InputError as e:
+            field = f" at {e.path!r}" if e.path else ""
+            raise HandlerError(f"{where}[{name!r}] is not a valid request of {name}(){field}: {e.message}") from None
+        endpoints[name] = dataclasses.replace(endpoints[name], example=example)
     return endpoints
 
 

@@ -154,3 +154,35 @@ def test_a_batchable_endpoint_must_answer_every_request() -> None:
     assert outcomes == ["only one", "only one"]
     with pytest.raises(TypeError, match="returned 1 results for 2 requests"):
         endpoint._call_items([Query("a"), Query("b")])
+
+
+class WithExamples(Counter):
+    endpoint_examples = {"predict": {"queries": [{"text": "hello"}], "upper": True}}
+
+    def blob(self, size: int) -> bytes:
+        return bytes(size)
+
+
+def test_examples_are_checked_and_kept_with_their_endpoint() -> None:
+    endpoints = discover_endpoints(WithExamples())
+    assert endpoints["predict"].example == WithExamples.endpoint_examples["predict"]
+    assert endpoints["count"].example is None
+
+
+@pytest.mark.parametrize("examples, error", [
+    ({"nope": {}}, r"names \['nope'\], which are not endpoint methods"),
+    ({"predict": {"queries": [{"txt": "a"}]}}, r"\['predict'\] is not a valid request of predict\(\) at 'queries\[0\].txt': unknown field"),
+    ({"predict": {}}, r"at 'queries': required field is missing"),
+    (["predict"], r"must map endpoint names to one request's JSON body each"),
+])
+def test_an_example_that_does_not_fit_its_endpoint_fails_the_load(examples, error: str) -> None:
+    model = WithExamples()
+    model.endpoint_examples = examples  # type: ignore[assignment]
+    with pytest.raises(HandlerError, match=error):
+        discover_endpoints(model)
+
+
+def test_an_endpoint_annotated_bytes_answers_raw_bytes() -> None:
+    endpoints = discover_endpoints(WithExamples())
+    assert endpoints["blob"].binary_response and not endpoints["predict"].binary_response
+    assert endpoints["blob"].call({"size": 3}) == b"\0\0\0"

@@ -94,6 +94,8 @@ def describe_endpoints(endpoints: dict[str, Endpoint]) -> dict[str, Any]:
             "request": request,
             "response": schema_for(endpoint.returns, definitions),
             "binary_parameter": binary_parameter,
+            "binary_response": endpoint.binary_response,
+            "example": endpoint.example,
             "doc": (endpoint.method.__doc__ or "").strip(),
             "batch": endpoint.batch.to_json() if endpoint.batch else None,
         }

@@ -97,6 +97,8 @@ def _payload(header: dict[str, Any], body: bytes) -> Any:
 
 
 def _result(result: Any, request_id: Any) -> tuple[int, bytes]:
+    if isinstance(result, bytes):  # an endpoint annotated `-> bytes`: its answer as it is
+        return 200, result
     try:
         return 200, wire.dumps(result)
     except wire.NonFiniteNumber as e:

@@ -14,7 +14,7 @@ from ml_runtime import wire
 from ml_runtime.errors import MALFORMED_JSON
 from ml_serving import oip
 from ml_serving.metrics import Metrics
-from ml_serving.openapi import BINARY_CONTENT_TYPES, build_openapi, compile_schema, schema_error
+from ml_serving.openapi import BINARY_CONTENT_TYPES, BINARY_RESPONSE_TYPE, build_openapi, compile_schema, schema_error
 from ml_serving.workers import QueueFull, WorkerLost, WorkerPool, WorkerTimeout
 
 logger = logging.getLogger("ml_serving.app")
@@ -154,6 +154,8 @@ class ModelApp:
                                        "request_id": request_id})
         if result.status != 200:
             return Response(result.status, _with_request_id(result.body, request_id))
+        if self.endpoints[endpoint]["binary_response"]:
+            return Response(200, result.body, content_type=BINARY_RESPONSE_TYPE)
         return Response(200, result.body)
 
 

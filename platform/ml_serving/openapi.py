@@ -175,6 +175,8 @@ def _ready(summary: str) -> dict[str, Any]:
 # Raw request bodies that fill an endpoint's one bytes parameter (in JSON it is base64): images
 # are sent as they are, with their own type.
 BINARY_CONTENT_TYPES = ("application/octet-stream", "image/png", "image/jpeg")
+# What an endpoint annotated `-> bytes` answers with.
+BINARY_RESPONSE_TYPE = "application/octet-stream"
 
 
 def build_openapi(manifest: dict[str, Any], description: Optional[dict[str, Any]]) -> dict[str, Any]:
@@ -185,6 +187,8 @@ def build_openapi(manifest: dict[str, Any], description: Optional[dict[str, Any]
     paths: dict[str, Any] = {}
     for endpoint, spec in sorted(endpoints.items()):
         content: dict[str, Any] = {"application/json": {"schema": spec["request"]}}
+        if spec.get("example") is not None:
+            content["application/json"]["example"] = spec["example"]
         if spec["binary_parameter"]:
             for content_type in BINARY_CONTENT_TYPES:
                 content[content_type] = {"schema": {"type": "string", "format": "binary"}}
@@ -193,7 +197,9 @@ def build_openapi(manifest: dict[str, Any], description: Optional[dict[str, Any]
             "summary": spec["doc"].splitlines()[0] if spec["doc"] else endpoint,
             # An empty body is an empty object: required only when some parameter is.
             "requestBody": {"required": bool(spec["request"].get("required")), "content": content},
-            "responses": {"200": _response("OK", spec["response"]), **_errors(MODEL_ERRORS)},
+            "responses": {"200": (_response("OK", {"type": "string", "format": "binary"}, BINARY_RESPONSE_TYPE)
+                                  if spec.get("binary_response") else _response("OK", spec["response"])),
+                          **_errors(MODEL_ERRORS)},
         }
         if spec.get("batch"):
             # One request, one answer; the server gathers concurrent ones into one model call.

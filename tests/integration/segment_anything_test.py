@@ -12,29 +12,67 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import hashlib
+import json
+import struct
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from integration.served_model import ServedModel
+from ml_contract.model_settings import LAMBDA_MAX_PAYLOAD_BYTES
 from ml_shared.masks import decode_counts
 
 PACKAGE = Path("models.segment_anything/segment_anything")
 SHAPES = (Path(__file__).parent / "images" / "shapes.png").read_bytes()
 SCENE = (Path(__file__).parent / "images" / "scene.png").read_bytes()
+SCENE_JPEG = (Path(__file__).parent / "images" / "scene.jpg").read_bytes()
 WIDTH, HEIGHT = 320, 240
 RECTANGLE_CENTRE = {"x": 90, "y": 120}
 TIMEOUT = 180  # an embedding takes seconds on this busy 2-core CPU
+MiB = 2**20
+# The documented tolerance of fp16 embeddings: masks within this IoU of the fp32 path's, scores
+# within this difference.
+FP16_MIN_IOU, FP16_MAX_SCORE_DIFFERENCE = 0.99, 0.01
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedModel]:
-    served = ServedModel(PACKAGE, tmp_path_factory.mktemp("sam"), start_timeout=300)
+    # Two workers (the model's default is one per GPU) to prove that they share the cache.
+    served = ServedModel(PACKAGE, tmp_path_factory.mktemp("sam"), "--workers", "2", "--threads", "1",
+                         start_timeout=300)
     try:
         yield served
     finally:
         assert served.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def exact(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedModel]:
+    """fp32 embeddings (4 MiB each) in a cache that holds two of them."""
+    served = ServedModel(PACKAGE, tmp_path_factory.mktemp("sam-fp32"), "--workers", "1", start_timeout=300,
+                         env={"SAM_EMBEDDING_DTYPE": "float32", "ML_SHARED_CACHE_BYTES": str(10 * MiB)})
+    try:
+        yield served
+    finally:
+        assert served.stop() == 0
+
+
+def embed(served: ServedModel, image: bytes) -> dict:
+    status, _, embedded = served.request("POST", "/v1/embed", raw=image, headers={"content-type": "application/octet-stream"},
+                                         timeout=TIMEOUT)
+    assert status == 200, embedded
+    return embedded
+
+
+def mask_pixels(segment: dict) -> set[int]:
+    """The indices (column-major, as COCO counts them) of a segment's mask pixels."""
+    pixels, position = set(), 0
+    for i, run in enumerate(decode_counts(segment["mask"]["counts"])):
+        if i % 2:
+            pixels.update(range(position, position + run))
+        position += run
+    return pixels
 
 
 def post(served: ServedModel, endpoint: str, body: dict) -> tuple[int, dict]:
@@ -92,16 +130,54 @@ def test_the_cached_path_and_the_one_shot_path_give_the_same_masks(served: Serve
 
 
 def test_the_stateless_round_trip_gives_the_same_masks(served: ServedModel) -> None:
-    status, held = post(served, "embedding", {"image": base64.b64encode(SHAPES).decode()})
-    assert status == 200, held
-    blob = base64.b64decode(held["embedding"])
-    # fp16: 2 MiB plus a small header; with base64 and the prompt, well inside Lambda's 6 MB.
-    assert 2 * 2**20 < len(blob) < 2 * 2**20 + 512
+    status, headers, blob = served.request("POST", "/v1/embedding", raw=SHAPES,
+                                           headers={"content-type": "image/png"}, timeout=TIMEOUT)
+    assert status == 200 and headers["content-type"] == "application/octet-stream", blob
+    assert blob.startswith(b"SAM-EMB1")
+    (length,) = struct.unpack_from("<I", blob, 8)
+    header = json.loads(blob[12:12 + length])
+    assert header["embedding_id"] == hashlib.sha256(SHAPES).hexdigest()
+    assert header["original_size"] == [HEIGHT, WIDTH] and header["dtype"] == "<f2"
+    assert 2 * MiB < len(blob) < 2 * MiB + 512  # fp16: 2 MiB and a small header
     prompt = {"points": [RECTANGLE_CENTRE]}
-    status, stateless = post(served, "segment", {**prompt, "embedding": held["embedding"]})
+    stateless_prompt = {**prompt, "embedding": base64.b64encode(blob).decode()}
+    # Base64 in JSON, the prompt included: inside what one Lambda invocation may carry.
+    assert len(json.dumps(stateless_prompt)) < LAMBDA_MAX_PAYLOAD_BYTES
+    status, stateless = post(served, "segment", stateless_prompt)
     assert status == 200, stateless
-    status, cached = post(served, "segment", {**prompt, "embedding_id": held["embedding_id"]})
+    assert stateless["embedding_id"] == header["embedding_id"]
+    status, cached = post(served, "segment", {**prompt, "embedding_id": header["embedding_id"]})
     assert stateless["segments"] == cached["segments"]
+
+
+def test_fp16_embeddings_give_the_fp32_masks_within_the_documented_tolerance(
+        served: ServedModel, exact: ServedModel) -> None:
+    prompts = [{"points": [RECTANGLE_CENTRE]}, {"box": {"x0": 180, "y0": 60, "x1": 300, "y1": 180}},
+               {"points": [{"x": 240, "y": 120}, {"x": 20, "y": 20, "label": 0}]}]
+    image = base64.b64encode(SHAPES).decode()
+    for prompt in prompts:
+        answers = []
+        for server in (served, exact):
+            status, answer = post(server, "segment", {"image": image, **prompt, "multimask": False})
+            assert status == 200, answer
+            answers.append(answer["segments"][0])
+        half, full = answers
+        half_pixels, full_pixels = mask_pixels(half), mask_pixels(full)
+        iou = len(half_pixels & full_pixels) / max(1, len(half_pixels | full_pixels))
+        print(f"fp16 vs fp32, {prompt}: IoU {iou:.4f}, score {half['score']:.4f} vs {full['score']:.4f}")
+        assert iou >= FP16_MIN_IOU and abs(half["score"] - full["score"]) <= FP16_MAX_SCORE_DIFFERENCE
+
+
+def test_the_cache_is_bounded_in_bytes_and_evicts_the_least_recently_used(exact: ServedModel) -> None:
+    evictions = metric(exact, "ml_shared_cache_evictions_total")
+    first, second, third = (embed(exact, image)["embedding_id"] for image in (SHAPES, SCENE, SCENE_JPEG))
+    # 10 MiB holds two fp32 embeddings (4 MiB each): the third pushed out the least recently used.
+    assert metric(exact, "ml_shared_cache_evictions_total") > evictions
+    assert metric(exact, "ml_shared_cache_bytes") <= metric(exact, "ml_shared_cache_max_bytes") == 10 * MiB
+    status, answer = post(exact, "segment", {"embedding_id": first, "points": [RECTANGLE_CENTRE]})
+    assert status == 409 and "/v1/embed" in answer["detail"], answer
+    for kept in (second, third):
+        assert post(exact, "segment", {"embedding_id": kept, "points": [{"x": 10, "y": 10}]})[0] == 200
 
 
 def test_concurrent_first_requests_for_an_image_embed_it_once_and_both_workers_hit(served: ServedModel) -> None:
@@ -135,9 +211,16 @@ def test_an_embedding_the_server_does_not_hold_is_409_saying_embed_first(served:
     assert status == 422 and answer["detail"].startswith("embedding:"), answer
 
 
-def test_openapi_lists_the_three_stages(served: ServedModel) -> None:
+def test_openapi_lists_the_stages_with_examples_that_work(served: ServedModel) -> None:
     _, _, spec = served.request("GET", "/openapi.json")
+    examples = {}
     for endpoint in ("embed", "segment", "predict", "embedding"):
-        assert f"/v1/{endpoint}" in spec["paths"]
+        operation = spec["paths"][f"/v1/{endpoint}"]["post"]
+        examples[endpoint] = operation["requestBody"]["content"]["application/json"]["example"]
     assert "409" in spec["paths"]["/v1/segment"]["post"]["responses"]
+    assert "application/octet-stream" in spec["paths"]["/v1/embedding"]["post"]["responses"]["200"]["content"]
     assert "random" in spec["info"]["description"]
+    # The examples are real requests: embedding the example image makes the segment example work.
+    for endpoint in ("embed", "segment", "predict"):
+        status, answer = post(served, endpoint, examples[endpoint])
+        assert status == 200, (endpoint, answer)

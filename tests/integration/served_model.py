@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import subprocess
 import time
@@ -20,7 +21,8 @@ SHUTDOWN_GRACE = 10.0
 class ServedModel:
     """`<package>/model.pex serve` on a free port; `stop()` (SIGTERM) ends it."""
 
-    def __init__(self, package: Path, tmp: Path, *args: str, start_timeout: float = 60) -> None:
+    def __init__(self, package: Path, tmp: Path, *args: str, start_timeout: float = 60,
+                 env: Optional[dict[str, str]] = None) -> None:
         self.ready_file = tmp / "url"
         self.stdout_path, self.stderr_path = tmp / "stdout.log", tmp / "stderr.log"
         self.process = subprocess.Popen(
@@ -28,6 +30,7 @@ class ServedModel:
              "--ready-file", str(self.ready_file), "--shutdown-grace", str(SHUTDOWN_GRACE), *args],
             stdout=self.stdout_path.open("wb"),
             stderr=self.stderr_path.open("wb"),
+            env=None if env is None else {**os.environ, **env},
         )
         deadline = time.monotonic() + start_timeout
         while not self.ready_file.exists():

@@ -151,6 +151,18 @@ def test_openapi_describes_every_endpoint(server: Server) -> None:
     upload = spec["paths"]["/v1/upload"]["post"]["requestBody"]["content"]
     assert "application/octet-stream" in upload
     assert "/v2/models/probe/infer" in spec["paths"]
+    # The model's own example, checked against its endpoint when it loaded.
+    predict = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert predict["example"] == {"items": [{"name": "a", "size": 1, "tags": ["x"]}]}
+    assert server.request("POST", "/v1/predict", predict["example"])[0] == 200
+    download = spec["paths"]["/v1/download"]["post"]["responses"]["200"]["content"]
+    assert download == {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def test_an_endpoint_annotated_bytes_answers_them_raw(server: Server) -> None:
+    status, headers, body = server.request("POST", "/v1/download", {"size": 300})
+    assert status == 200 and headers["content-type"] == "application/octet-stream"
+    assert body == bytes(i % 256 for i in range(300))
 
 
 def test_timeout_is_504_and_the_worker_is_replaced(server: Server) -> None:

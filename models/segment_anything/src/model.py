@@ -8,17 +8,20 @@ step against that embedding, answered by any worker of the server.
                         itself) + points and/or a box -> masks (COCO run-length), scores, and a
                         handle on the best mask's low-resolution logits for the next refinement
     POST /v1/predict    image + prompts in one request
-    POST /v1/embedding  the embedding itself (fp16, ~2 MiB) for clients that hold it: replicas
-                        that share no memory (Lambda, several ECS tasks) then need no cache
+    POST /v1/embedding  the embedding itself, as a binary body (fp16, 2 MiB and a header) for
+                        clients that hold it: replicas that share no memory (Lambda, several
+                        ECS tasks) then need no cache
 
 Embeddings live in the server's shared cache (ml_runtime.shared_cache: every worker sees every
-entry; bounded by ML_SHARED_CACHE_BYTES, least recently used out) as fp16, 2 MiB each. The
+entry; bounded by ML_SHARED_CACHE_BYTES, least recently used out) as fp16, 2 MiB each
+(SAM_EMBEDDING_DTYPE=float32 keeps them exact, at 4 MiB). The
 weights are seeded random ones of a small image encoder (weights.py): masks are meaningless,
 shapes and the pipeline are real.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -40,11 +43,20 @@ ARCHITECTURE = os.environ.get("SAM_ARCH", "small")
 # The checkpoint: the build-time one (artifacts_script) unless SAM_CHECKPOINT names another file,
 # relative to this folder (where committed or fetched artifacts are) or absolute.
 CHECKPOINT_FILE = Path(__file__).resolve().parent / os.environ.get("SAM_CHECKPOINT", str(CHECKPOINT))
-# A compact embedding: this magic, a little-endian u32 header length, the JSON header, then the
-# (1, 256, 64, 64) features as little-endian float16.
+# A compact embedding: this magic, a little-endian u32 header length, the JSON header (the
+# embedding id, the image's and the encoder's sizes), then the (1, 256, 64, 64) features as
+# little-endian float16 (or float32: the header's dtype says which).
 MAGIC = b"SAM-EMB1"
+# How embeddings are kept and sent: float16 halves them (2 MiB: 64 images in 128 MiB, and a
+# stateless prompt fits Lambda's 6 MB payload) for masks within the tolerance the tests check.
+DTYPES = {"float16": "<f2", "float32": "<f4"}
+EMBEDDING_DTYPE = os.environ.get("SAM_EMBEDDING_DTYPE", "float16")
 EMBEDDING_SHAPE = (1, 256, 64, 64)
 LOGITS_SHAPE = (1, 256, 256)
+# The requests /openapi.json shows: a 64x48 PNG with a red rectangle at (8..30, 8..40).
+EXAMPLE_IMAGE = ("iVBORw0KGgoAAAANSUhEUgAAAEAAAAAwCAIAAAAuKetIAAAAYUlEQVR42u3ZwQnAIBAEQBVLsIgrxnItyyKswJchwTD7PTgY9rk5I"
+                 "tLNKenyAAAAAHybujuM1s6/9zk1AAAAAAAAAAAAAAAAAAAAAAAAAAAAAADwdLYDxwvbhAYAAAB+AFja4gYAbqccDQAAAABJRU5ErkJggg==")
+EXAMPLE_POINTS = [{"x": 19, "y": 24, "label": 1}]
 
 
 @dataclass
@@ -71,14 +83,6 @@ class Embedded:
 
 
 @dataclass
-class Embedding:
-    embedding_id: str
-    width: int
-    height: int
-    embedding: bytes  # compact (fp16): send it back as `embedding` with prompts
-
-
-@dataclass
 class Segmented:
     embedding_id: str
     width: int
@@ -89,15 +93,16 @@ class Segmented:
 
 @dataclass
 class _Features:
-    features: np.ndarray  # EMBEDDING_SHAPE, float16
+    features: np.ndarray  # EMBEDDING_SHAPE, float16 or float32
     original_size: tuple[int, int]  # (height, width) of the image
     input_size: tuple[int, int]  # (height, width) the encoder saw before padding
+    embedding_id: str = ""  # the image's sha256, as a packed embedding carries it
 
 
-def pack(f: _Features) -> bytes:
-    header = json.dumps({"original_size": f.original_size, "input_size": f.input_size,
-                         "shape": list(EMBEDDING_SHAPE), "dtype": "<f2"}).encode()
-    return MAGIC + struct.pack("<I", len(header)) + header + f.features.astype("<f2").tobytes()
+def pack(key: str, f: _Features) -> bytes:
+    header = json.dumps({"embedding_id": key, "original_size": f.original_size, "input_size": f.input_size,
+                         "shape": list(EMBEDDING_SHAPE), "dtype": f.features.dtype.str}).encode()
+    return MAGIC + struct.pack("<I", len(header)) + header + f.features.tobytes()
 
 
 def unpack(blob: bytes) -> _Features:
@@ -108,21 +113,35 @@ def unpack(blob: bytes) -> _Features:
     start = len(MAGIC) + 4 + length
     try:
         header = json.loads(blob[len(MAGIC) + 4:start])
-        original, size = tuple(header["original_size"]), tuple(header["input_size"])
+        key, original, size = str(header["embedding_id"]), tuple(header["original_size"]), tuple(header["input_size"])
     except (ValueError, KeyError, TypeError):
         raise ValueError("embedding: its header is damaged") from None
-    expected = int(np.prod(EMBEDDING_SHAPE)) * 2
+    if header.get("dtype") not in DTYPES.values():
+        raise ValueError(f"embedding: its dtype is {header.get('dtype')!r}, not one of {', '.join(DTYPES.values())}")
+    dtype = np.dtype(header["dtype"])
+    expected = int(np.prod(EMBEDDING_SHAPE)) * dtype.itemsize
     if header.get("shape") != list(EMBEDDING_SHAPE) or len(blob) - start != expected:
-        raise ValueError(f"embedding: expected {EMBEDDING_SHAPE} float16 ({expected:,} bytes)")
-    features = np.frombuffer(blob, dtype="<f2", offset=start).reshape(EMBEDDING_SHAPE)
-    return _Features(features, (int(original[0]), int(original[1])), (int(size[0]), int(size[1])))
+        raise ValueError(f"embedding: expected {EMBEDDING_SHAPE} {dtype.name} ({expected:,} bytes)")
+    features = np.frombuffer(blob, dtype=dtype, offset=start).reshape(EMBEDDING_SHAPE)
+    return _Features(features, (int(original[0]), int(original[1])), (int(size[0]), int(size[1])), key)
 
 
 class Model:
+    endpoint_examples = {
+        "embed": {"image": EXAMPLE_IMAGE},
+        "embedding": {"image": EXAMPLE_IMAGE},
+        "segment": {"embedding_id": hashlib.sha256(base64.b64decode(EXAMPLE_IMAGE)).hexdigest(),
+                    "points": EXAMPLE_POINTS, "multimask": True},
+        "predict": {"image": EXAMPLE_IMAGE, "points": EXAMPLE_POINTS, "box": {"x0": 6, "y0": 6, "x1": 32, "y1": 42}},
+    }
+
     def load(self) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.predictor = SamPredictor(build(ARCHITECTURE, CHECKPOINT_FILE).to(self.device).eval())
         self.cache = SharedCache.from_env()
+        if EMBEDDING_DTYPE not in DTYPES:
+            raise ValueError(f"SAM_EMBEDDING_DTYPE is {EMBEDDING_DTYPE!r}: one of {', '.join(DTYPES)}")
+        self.dtype = np.dtype(DTYPES[EMBEDDING_DTYPE])
         print(f"segment_anything: {ARCHITECTURE} serving on {self.device}", flush=True)
 
     # -- endpoints --------------------------------------------------------------------------
@@ -133,12 +152,13 @@ class Model:
         height, width = unpack(blob).original_size
         return Embedded(key, width, height, cached)
 
-    def embedding(self, image: bytes) -> Embedding:
-        """The image's compact embedding itself (fp16), for a client that keeps it and sends it
-        back with each prompt: no server-side state needed (Lambda, several replicas)."""
-        key, blob, _ = self._embedded(image)
-        height, width = unpack(blob).original_size
-        return Embedding(key, width, height, blob)  # the cache holds it in the compact form
+    def embedding(self, image: bytes) -> bytes:
+        """The image's compact embedding itself, as a binary body: a client keeps it and sends it
+        back (base64) as `embedding` with each prompt, so no server-side state is needed
+        (Lambda, several replicas). It starts with "SAM-EMB1", a little-endian u32 length and
+        that many bytes of JSON (`embedding_id`, `original_size`: [height, width], ...), then
+        256x64x64 float16 features (float32 with SAM_EMBEDDING_DTYPE=float32)."""
+        return self._embedded(image)[1]  # the cache holds it in this compact form
 
     def segment(self, points: Optional[list[Point]] = None, box: Optional[Box] = None,
                 embedding_id: str = "", image: Optional[bytes] = None, embedding: Optional[bytes] = None,
@@ -147,7 +167,8 @@ class Model:
         (from /v1/embed), or sent as `image` (embedded on a miss) or as `embedding` (from
         /v1/embedding). `mask_input_id` (a previous answer's `logits_id`) refines that mask."""
         if embedding is not None:
-            features, key = unpack(embedding), content_key(embedding)
+            features = unpack(embedding)
+            key = features.embedding_id
         elif image is not None:
             key, blob, _ = self._embedded(image)
             features = unpack(blob)
@@ -176,14 +197,14 @@ class Model:
         """The image's id, its compact embedding (from the shared cache, made on a miss) and
         whether it was cached."""
         key = content_key(image)
-        blob, cached = self.cache.get_or_create(key, lambda: pack(self._encode(image)))
+        blob, cached = self.cache.get_or_create(key, lambda: pack(key, self._encode(image)))
         return key, blob, cached
 
     def _encode(self, image: bytes) -> _Features:
         picture = np.asarray(decode_image(image))
         with torch.inference_mode():
             self.predictor.set_image(picture)
-            features = self.predictor.features.to(torch.float16).cpu().numpy()
+            features = self.predictor.features.cpu().numpy().astype(self.dtype)
         return _Features(features, tuple(self.predictor.original_size), tuple(self.predictor.input_size))
 
     def _segment(self, key: str, f: _Features, points: list[Point], box: Optional[Box],

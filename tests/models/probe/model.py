@@ -1,5 +1,5 @@
 """A test model that misbehaves on request: crashes, hangs, raises, answers NaN, keeps state, takes bytes,
-and batches (`upper`).
+batches (`upper`) and answers raw bytes (`download`).
 
 Used by the serving tests to prove the server's fault handling with a real worker process.
 """
@@ -57,6 +57,7 @@ class Shouted:
 
 class Model:
     batched_endpoints = {"upper": {"max_batch_size": 8, "max_wait_ms": 50}}
+    endpoint_examples = {"predict": {"items": [{"name": "a", "size": 1, "tags": ["x"]}]}}
 
     def load(self) -> None:
         self.calls = 0
@@ -111,6 +112,10 @@ class Model:
 
     def upload(self, data: bytes) -> dict[str, int]:
         return {"length": len(data), "first": data[0] if data else -1}
+
+    def download(self, size: int) -> bytes:
+        """`size` bytes counting up from 0 (mod 256), sent as they are (application/octet-stream)."""
+        return bytes(i % 256 for i in range(max(0, min(size, 2**20))))
 
     def upper(self, requests: list[Word]) -> list[Shouted]:
         """Upper-case each word, saying how large a batch answered it. "refuse" is refused
