@@ -36,6 +36,7 @@ from ml_contract.model_settings import (
     DEFAULT_CPU,
     DEFAULT_GPU,
     DEFAULT_MEMORY_MIB,
+    DEFAULT_LOAD_TIMEOUT_SECONDS,
     DEFAULT_TIMEOUT_SECONDS,
     DEFAULT_VERSION,
     GPU_COMPUTES,
@@ -264,6 +265,22 @@ class MLModelTimeoutField(IntField):
     valid_numbers = ValidNumbers.positive_only
 
 
+class MLModelLoadTimeoutField(IntField):
+    alias = "load_timeout"
+    default = DEFAULT_LOAD_TIMEOUT_SECONDS
+    help = help_text(
+        """
+        Seconds a new replica may take from its start until it is ready (its workers have
+        loaded the model), on a busy host: the image's pull does not count. Deploys wait this
+        long for it (`local`), and on `ecs` and `fargate` it is the service's health-check grace
+        period, during which failed load-balancer checks do not stop the task. Raise it for a
+        model with big weights or a slow first import, e.g. the CUDA build of torch.
+        """
+    )
+
+    valid_numbers = ValidNumbers.positive_only
+
+
 class MLModelEnvField(DictStringToStringField):
     alias = "env"
     help = help_text(
@@ -347,6 +364,7 @@ class MLModelTarget(Target):
         MLModelWorkersField,
         MLModelThreadsField,
         MLModelWorkerMemoryField,
+        MLModelLoadTimeoutField,
         MLModelTimeoutField,
         MLModelEnvField,
         MLModelDependenciesField,
@@ -376,6 +394,7 @@ class MLModelTarget(Target):
             memory=self[MLModelMemoryField].value,
             gpu=self[MLModelGpuField].value,
             timeout=self[MLModelTimeoutField].value,
+            load_timeout=self[MLModelLoadTimeoutField].value,
             env=dict(self[MLModelEnvField].value or {}),
             description=self[DescriptionField].value or "",
             workers=self[MLModelWorkersField].value,

@@ -55,6 +55,7 @@ DEFAULT_CPU = 0.5
 DEFAULT_MEMORY_MIB = 1024
 DEFAULT_GPU = 0
 DEFAULT_TIMEOUT_SECONDS = 60
+DEFAULT_LOAD_TIMEOUT_SECONDS = 180
 # Lambda allots CPU in proportion to memory: one vCPU per this many MiB (AWS's documented figure).
 LAMBDA_MIB_PER_VCPU = 1769
 
@@ -97,6 +98,7 @@ class ModelSettings:
     memory: Optional[int] = None  # MiB; None: DEFAULT_MEMORY_MIB
     gpu: int = DEFAULT_GPU
     timeout: int = DEFAULT_TIMEOUT_SECONDS  # seconds per request
+    load_timeout: int = DEFAULT_LOAD_TIMEOUT_SECONDS  # seconds from start until ready
     env: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
     workers: Optional[int] = None  # model worker processes; None: from cpu and gpu

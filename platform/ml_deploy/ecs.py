@@ -43,8 +43,6 @@ DEPLOYMENT = {
     "maximumPercent": 200,
     "minimumHealthyPercent": 100,
 }
-# Models load before /v2/health/ready answers; ALB failures meanwhile must not kill the task.
-HEALTH_CHECK_GRACE_SECONDS = 120
 # Fargate's task sizes: vCPU units -> the memory sizes (MiB) allowed with them.
 FARGATE_SIZES = {
     256: (512, 1024, 2048),
@@ -233,6 +231,12 @@ def _plan_task_definition(result: Plan, ecs: Any, release: Release, environment:
     result.add(UPDATE, resource, f"new revision: {'; '.join(changes) or size}", register)
 
 
+def _grace(release: Release) -> int:
+    """Models load before /v2/health/ready answers: failed load-balancer checks meanwhile must
+    not stop the task."""
+    return release.settings.load_timeout
+
+
 def _plan_service(result: Plan, ecs: Any, release: Release, environment: Environment, state: State,
                   outputs: Dict[str, str]) -> None:
     name = release.resource_name
@@ -258,7 +262,7 @@ def _plan_service(result: Plan, ecs: Any, release: Release, environment: Environ
                 cluster=cluster, serviceName=name, taskDefinition=outputs[TASK_DEFINITION_ARN],
                 desiredCount=1, launchType=launch_type, loadBalancers=load_balancers(),
                 networkConfiguration=network, deploymentConfiguration=DEPLOYMENT,
-                healthCheckGracePeriodSeconds=HEALTH_CHECK_GRACE_SECONDS,
+                healthCheckGracePeriodSeconds=_grace(release),
                 propagateTags="SERVICE", enableECSManagedTags=True,
                 tags=[{"key": k, "value": v} for k, v in release.labels().items()])
             return f"starting 1 task of {_revision(outputs[TASK_DEFINITION_ARN])}"
@@ -285,6 +289,9 @@ def _plan_service(result: Plan, ecs: Any, release: Release, environment: Environ
     if network_changed:
         changes.append("subnets / security groups")
     # moto does not keep deploymentConfiguration; ECS returns it, and then it is compared too.
+    grace = service.get("healthCheckGracePeriodSeconds")
+    if grace is not None and grace != _grace(release):
+        changes.append(f"health-check grace {grace} s -> {_grace(release)} s")
     reported = service.get("deploymentConfiguration")
     if reported is not None and _deployment_key(reported) != _deployment_key(DEPLOYMENT):
         changes.append("deployment circuit breaker")
@@ -301,7 +308,7 @@ def _plan_service(result: Plan, ecs: Any, release: Release, environment: Environ
             extra["networkConfiguration"] = network
         ecs.update_service(cluster=cluster, service=name, taskDefinition=outputs[TASK_DEFINITION_ARN],
                            deploymentConfiguration=DEPLOYMENT,
-                           healthCheckGracePeriodSeconds=HEALTH_CHECK_GRACE_SECONDS, **extra)
+                           healthCheckGracePeriodSeconds=_grace(release), **extra)
         return (f"rolling out {_revision(outputs[TASK_DEFINITION_ARN])}; ECS rolls back to "
                 f"{_revision(current_arn)} if its tasks do not get healthy (deployment circuit breaker)")
 

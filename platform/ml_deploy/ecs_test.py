@@ -229,6 +229,34 @@ def test_ecs_on_ec2_with_a_gpu(deployer: Deployer, environment: Environment) -> 
     assert "assignPublicIp" not in svc["networkConfiguration"]["awsvpcConfiguration"]
 
 
+def test_the_health_check_grace_is_the_models_load_timeout(deployer: Deployer, environment: Environment) -> None:
+    session = aws.session(environment)
+    sent: Dict[str, Any] = {}
+
+    def record(params: Dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name in ("CreateService", "UpdateService"):
+            sent[model.name] = params.get("healthCheckGracePeriodSeconds")
+
+    session.events.register("before-parameter-build.ecs", record)
+    release = deployer.release("slow", compute="ecs", gpu=1, cpu=4, memory=16384, load_timeout=420)
+    assert deployer.deploy(release)
+    assert sent == {"CreateService": 420}
+
+    # moto keeps no grace period; ECS reports the one a service has: add it as ECS would.
+    def report_grace(parsed: Dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name == "DescribeServices":
+            for described in parsed.get("services", []):
+                described.setdefault("healthCheckGracePeriodSeconds", 420)
+
+    session.events.register("after-call.ecs", report_grace)
+    slower = deployer.release("slow", compute="ecs", gpu=1, cpu=4, memory=16384, load_timeout=600)
+    plan = deployer.plan(slower)
+    (step,) = [s for s in plan.steps if s.resource == "ECS service ml-iris-v1"]
+    assert step.action == UPDATE and "health-check grace 420 s -> 600 s" in step.detail
+    assert execute(plan, say=deployer.output.append)
+    assert sent == {"CreateService": 420, "UpdateService": 600}
+
+
 def test_settings_are_checked_before_any_call(deployer: Deployer, environment: Environment) -> None:
     with pytest.raises(ConfigError, match=r"deploying iris v1 to fargate needs listener, execution_role"):
         ecs.plan(deployer.release("cfg"), dataclasses.replace(environment, listener=None, execution_role=None))

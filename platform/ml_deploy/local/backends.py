@@ -38,7 +38,6 @@ from ml_deploy.local.state import (
 from ml_deploy.plan import CREATE, UNCHANGED, Plan
 from ml_deploy.release import Release, short_digest
 
-READY_TIMEOUT = 180.0  # a model slower than this to load fails its deploy
 COMPLETE_MARK = ".complete"  # in a release copy, once every file is in place
 
 
@@ -164,12 +163,12 @@ class ProcessBackend(Backend):
             return BackendFailed(f"{release.name} v{release.version} {release.short_digest} {why}; "
                                  f"the end of its log ({log}):\n{tail(log)}")
 
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + release.settings.load_timeout
         while not ready_file.exists():
             if process.poll() is not None:
                 raise fail(f"exited with code {process.returncode} before it was ready")
             if time.monotonic() > deadline:
-                raise fail(f"was not ready within {READY_TIMEOUT:g} s")
+                raise fail(f"was not ready within {release.settings.load_timeout} s (its `load_timeout`)")
             time.sleep(0.02)
         backend = ready_file.read_text().strip().removeprefix("http://")
         ready_file.unlink()
@@ -265,12 +264,12 @@ class ContainerBackend(Backend):
             container.reload()
             return container.status not in ("exited", "dead")
 
-        if wait_for_200(f"http://127.0.0.1:{port}{READY_PATH}", READY_TIMEOUT, running, interval=0.05):
+        if wait_for_200(f"http://127.0.0.1:{port}{READY_PATH}", release.settings.load_timeout, running, interval=0.05):
             return deployment
         logs = container.logs().decode(errors="replace")[-3000:]
         container.remove(force=True)
         raise BackendFailed(f"{release.name} v{release.version} {release.short_digest} (container {name}) was not "
-                            f"ready within {READY_TIMEOUT:g} s or exited; its log:\n{logs}")
+                            f"ready within {release.settings.load_timeout} s (its `load_timeout`) or exited; its log:\n{logs}")
 
     def _container(self, deployment: Deployment) -> Any:
         """The deployment's container, or None if it is gone."""

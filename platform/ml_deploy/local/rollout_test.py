@@ -251,7 +251,7 @@ def test_a_redeploy_under_load_fails_no_request(environment: Environment, tmp_pa
 
 
 def test_a_release_that_fails_to_start_leaves_the_previous_one_serving(
-        environment: Environment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        environment: Environment, tmp_path: Path) -> None:
     good = fake_release(tmp_path)
     deploy(good, environment)
     before = live(environment)
@@ -264,9 +264,10 @@ def test_a_release_that_fails_to_start_leaves_the_previous_one_serving(
     assert live(environment) == before
     assert call(environment, "/v1/predict")[2]["id"] == good.settings.env["FAKE_ID"]
 
-    monkeypatch.setattr(backends, "READY_TIMEOUT", 1.0)
-    with pytest.raises(DeployFailed, match="was not ready within 1 s"):
-        deploy(fake_release(tmp_path, FAKE_HANG="1"), environment)
+    hanging = fake_release(tmp_path, FAKE_HANG="1")
+    hanging = dataclasses.replace(hanging, settings=dataclasses.replace(hanging.settings, load_timeout=1))
+    with pytest.raises(DeployFailed, match=r"was not ready within 1 s \(its `load_timeout`\)"):
+        deploy(hanging, environment)
     assert live(environment) == before
     # Only the good backend (and the gateway) run.
     groups = {os.getpgid(pid) for pid in marked_processes(Site(environment))}
