@@ -291,3 +291,57 @@ def test_the_torch_models_deploy_and_answer_by_name(tmp_path: Path) -> None:
         for pid in left:
             os.kill(pid, signal.SIGKILL)
     assert not left, f"processes left running after stop: {left}"
+
+
+def test_segment_anything_client_session_through_the_gateway(tmp_path: Path) -> None:
+    """An interactive client's session: the image embedded once, then many clicks, each a real
+    HTTP request through the gateway on one kept-alive connection, each answered from the
+    server's embedding cache."""
+    teardown_on_sigterm()
+    environment = Environment(name="sam", compute="local", gateway_port=free_port(),
+                              state_dir=str(tmp_path / "state"), engine="process")
+    release = Release.from_spec(
+        {"name": "segment_anything", "version": 1, "address": "models/segment_anything:segment_anything",
+         "compute": "ecs", "gpu": 1, "cpu": 2, "memory": 4096, "load_timeout": 300,
+         "env": {"ML_SHARED_CACHE_BYTES": str(128 * 2**20)}},
+        Path("models.segment_anything/segment_anything").resolve()).placed("local")
+    host = f"segment-anything.ml.localhost:{environment.gateway_port}"
+    conn = http.client.HTTPConnection("127.0.0.1", environment.gateway_port, timeout=180)
+
+    def call(method: str, path: str, body: bytes = b"", content_type: str = "application/json") -> Tuple[int, str, bytes]:
+        conn.request(method, path, body=body, headers={"host": host, "content-type": content_type})
+        response = conn.getresponse()
+        return response.status, response.getheader("x-ml-digest", ""), response.read()
+
+    def metric(name: str) -> float:
+        _, _, text = call("GET", "/metrics")
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines() if line.startswith(name + "{"))
+
+    try:
+        deploy(release, environment)
+        status, digest, body = call("POST", "/v1/embed", (Path(__file__).parent / "images" / "shapes.png").read_bytes(),
+                                    "image/png")
+        assert status == 200 and digest == release.digest, body
+        embedded = json.loads(body)
+        assert (embedded["width"], embedded["height"]) == (320, 240) and not embedded["cached"]
+        clicks = [(40 + 13 * i, 60 + 6 * i) for i in range(20)]
+        logits_id = ""
+        for x, y in clicks:
+            prompt = {"embedding_id": embedded["embedding_id"], "points": [{"x": x, "y": y}], "multimask": False}
+            if logits_id:  # each click refines the previous mask, as an interactive client does
+                prompt["mask_input_id"] = logits_id
+            status, _, body = call("POST", "/v1/segment", json.dumps(prompt).encode())
+            assert status == 200, body
+            answer = json.loads(body)
+            assert answer["segments"][0]["mask"]["size"] == [240, 320]
+            logits_id = answer["logits_id"]
+        # One miss (the embedding), and every click a hit on it and on the previous logits.
+        assert metric("ml_shared_cache_misses_total") == 1
+        assert metric("ml_shared_cache_hits_total") >= 2 * len(clicks) - 1
+    finally:
+        conn.close()
+        local.stop(environment, say=lambda _: None)
+        left = marked_processes(Site(environment))
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left running after stop: {left}"

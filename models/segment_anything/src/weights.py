@@ -9,7 +9,10 @@ own locked environment, as a cached process (the same seed and torch build give 
 No SAM weights can be had here; the official checkpoints drop in (see the README): set
 SAM_ARCH=vit_b (or vit_l, vit_h) and SAM_CHECKPOINT to the file, nothing else changes.
 
-    ./pants run models/segment_anything/src/weights.py -- <output dir>   (default: next to this file)
+    ./pants run models/segment_anything/src/weights.py -- [<output dir> [<architecture>]]
+
+(default: next to this file, "small"); bench/segment_anything.py writes a random vit_b this way
+to time the real architecture.
 """
 
 from __future__ import annotations
@@ -28,8 +31,15 @@ ARCHITECTURES = {
     "vit_l": dict(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=[5, 11, 17, 23]),
     "vit_h": dict(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31]),
 }
-CHECKPOINT = Path("artifacts") / "segment_anything" / "sam_small.pth"
 SEED = 0
+
+
+def checkpoint(architecture: str) -> Path:
+    """Where the generated checkpoint of `architecture` goes, under the output directory."""
+    return Path("artifacts") / "segment_anything" / f"sam_{architecture}.pth"
+
+
+CHECKPOINT = checkpoint("small")  # the one the model serves
 
 
 def build(architecture: str, checkpoint: Optional[Path] = None) -> torch.nn.Module:
@@ -39,9 +49,10 @@ def build(architecture: str, checkpoint: Optional[Path] = None) -> torch.nn.Modu
 
 
 def main(argv: list[str]) -> int:
-    out = (Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent) / CHECKPOINT
+    architecture = argv[2] if len(argv) > 2 else "small"
+    out = (Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent) / checkpoint(architecture)
     torch.manual_seed(SEED)
-    sam = build("small")
+    sam = build(architecture)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(sam.state_dict(), out)
     print(f"wrote {out}: {sum(p.numel() for p in sam.parameters()):,} parameters, seed {SEED}")
