@@ -62,6 +62,11 @@ def main(model: Mapping[str, Any], argv: Optional[Sequence[str]] = None) -> int:
         traceback.print_exc()
         print(f"error: the model {model['address']} raised an exception.", file=sys.stderr)
         return EXIT_MODEL_ERROR
+    if isinstance(result, bytes):  # an endpoint annotated `-> bytes`: its bytes as they are
+        sys.stdout.flush()
+        sys.stdout.buffer.write(result)
+        sys.stdout.buffer.flush()
+        return 0
     try:
         out = wire.dumps(result)
     except wire.NonFiniteNumber as e:

@@ -23,6 +23,9 @@ def echo_module(tmp_path, monkeypatch):
         "        if value == 9:\n"
         "            return {'double': float('nan')}\n"
         "        return {'double': value * 2}\n"
+        "\n"
+        "    def raw(self, size: int) -> bytes:\n"
+        "        return bytes(range(size))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
@@ -64,3 +67,10 @@ def test_errors(monkeypatch, capsys, body: str, code: int, message: str) -> None
 def test_missing_input_file(capsys) -> None:
     assert once.main(MODEL, ["/nonexistent/request.json"]) == once.EXIT_BAD_INPUT
     assert "cannot read a JSON request from /nonexistent/request.json" in capsys.readouterr().err
+
+
+def test_a_bytes_endpoint_writes_its_bytes_as_they_are(tmp_path, capsysbinary) -> None:
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"size": 5}))
+    assert once.main(MODEL, ["--endpoint", "raw", str(request)]) == 0
+    assert capsysbinary.readouterr().out == bytes(range(5))
