@@ -72,6 +72,18 @@ class Backend:
                 backend.requests.append({"path": self.path, "headers": headers, "body": body})
                 if hook is not None and hook(self, body):
                     return
+                if self.path.startswith("/v1/trickle"):  # a stream: a chunk, then a pause
+                    self.send_response(200)
+                    self.send_header("content-type", "application/x-ndjson")
+                    self.send_header("transfer-encoding", "chunked")
+                    self.end_headers()
+                    for i in range(3):
+                        line = b'{"n":%d}\n' % i
+                        self.wfile.write(b"%x\r\n%b\r\n" % (len(line), line))
+                        self.wfile.flush()
+                        time.sleep(0.4)
+                    self.wfile.write(b"0\r\n\r\n")
+                    return
                 if self.path.startswith("/v1/chunked"):
                     self.send_response(200)
                     self.send_header("content-type", "application/octet-stream")
@@ -233,6 +245,21 @@ def test_bodies_are_streamed_both_ways(backends, gateway_for) -> None:
     status, headers, body = gateway.request("GET", "/v1/chunked")
     assert status == 200 and headers["transfer-encoding"] == "chunked"
     assert body == b"".join(bytes([i]) * 65536 for i in range(64))
+
+
+def test_a_stream_is_relayed_as_it_comes(backends, gateway_for) -> None:
+    gateway = gateway_for({"iris": {1: backends("v1")}})
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=20)
+    started = time.monotonic()
+    conn.request("POST", "/v1/trickle", body=b"{}", headers={"host": "iris.ml.localhost"})
+    response = conn.getresponse()
+    arrivals = []
+    for line in response:
+        arrivals.append((time.monotonic() - started, json.loads(line)["n"]))
+    conn.close()
+    assert [n for _, n in arrivals] == [0, 1, 2]
+    # The first line reached the client while the backend was still pausing: nothing buffered.
+    assert arrivals[0][0] < arrivals[-1][0] - 0.6, arrivals
 
 
 def test_backend_connections_are_kept_alive(backends, gateway_for) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Optional
+from typing import AsyncIterator, Awaitable, Callable, Optional
 
 import httptools
 
 from ml_http.messages import encode_head, status_line
+from ml_http.stream import frame
 from ml_runtime import wire
 
 
@@ -28,6 +29,8 @@ class Response:
     body: bytes = b""
     content_type: str = "application/json"
     headers: Optional[dict[str, str]] = None
+    # A streamed body (`body` unused): each part is sent as it comes, chunked on HTTP/1.1.
+    stream: Optional[AsyncIterator[bytes]] = None
 
     @classmethod
     def json(cls, status: int, payload: object, headers: Optional[dict[str, str]] = None) -> "Response":
@@ -37,11 +40,18 @@ class Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def render(response: Response, keep_alive: bool) -> bytes:
-    fields = [f"content-type: {response.content_type}", f"content-length: {len(response.body)}"]
+def render(response: Response, keep_alive: bool, chunked: bool = False) -> bytes:
+    """The whole response; of a streamed one, its head only (its parts follow: chunked, or
+    until the connection closes)."""
+    fields = [f"content-type: {response.content_type}"]
+    if response.stream is None:
+        fields.append(f"content-length: {len(response.body)}")
+    elif chunked:
+        fields.append("transfer-encoding: chunked")
     if response.headers:
         fields.extend(f"{k}: {v}" for k, v in response.headers.items())
-    return encode_head(status_line(response.status), fields, keep_alive) + response.body
+    head = encode_head(status_line(response.status), fields, keep_alive)
+    return head if response.stream is not None else head + response.body
 
 
 @dataclass(frozen=True)
@@ -189,10 +199,35 @@ class HttpProtocol(asyncio.Protocol):
             await previous  # pipelined requests are answered in order
         if self.transport is None or self.transport.is_closing() or self._rejected:
             return
+        if response.stream is not None:
+            await self._send_stream(response, keep_alive, http11=self.parser.get_http_version() == "1.1")
+            return
         self.transport.write(render(response, keep_alive))
         self._last_activity = self._loop.time()
         if not keep_alive:
             self.transport.close()
+
+    async def _send_stream(self, response: Response, keep_alive: bool, http11: bool) -> None:
+        """Each part as it comes: chunked on HTTP/1.1; to HTTP/1.0, until the connection closes."""
+        assert response.stream is not None
+        keep_alive = keep_alive and http11
+        transport = self.transport
+        assert transport is not None
+        transport.write(render(response, keep_alive, chunked=http11))
+        try:
+            async for part in response.stream:
+                if part and not transport.is_closing():
+                    transport.write(frame(part, http11))
+                    self._last_activity = self._loop.time()
+        finally:
+            await response.stream.aclose()  # type: ignore[attr-defined]
+        if transport.is_closing():
+            return
+        if http11:
+            transport.write(b"0\r\n\r\n")
+        self._last_activity = self._loop.time()
+        if not keep_alive:
+            transport.close()
 
     # limits and timers
     def _reject_too_large(self) -> None:

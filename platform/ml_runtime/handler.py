@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections.abc
 import dataclasses
 import importlib
 import inspect
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from ml_runtime.batching import BATCHED_ENDPOINTS_ATTRIBUTE, BatchDeclarationError, BatchPolicy, declared_policies
 from ml_runtime.codec import InputError, decode, encode, record_fields
@@ -18,6 +20,12 @@ LIFECYCLE_METHODS = frozenset({"load"})
 # attribute (model code imports nothing from the platform), checked at load, shown in
 # /openapi.json.
 EXAMPLES_ATTRIBUTE = "endpoint_examples"
+# How a streaming endpoint (a generator, or an async generator) annotates what it yields:
+# `-> Iterator[Item]` (or Iterable, Generator, AsyncIterator, AsyncIterable, AsyncGenerator).
+STREAM_ANNOTATIONS = frozenset({
+    collections.abc.Iterator, collections.abc.Iterable, collections.abc.Generator,
+    collections.abc.AsyncIterator, collections.abc.AsyncIterable, collections.abc.AsyncGenerator,
+})
 
 
 class HandlerError(Exception):
@@ -31,10 +39,11 @@ class Endpoint:
     # The fields of one request: name -> (type hint, has a default). For a batchable endpoint,
     # the fields of its item type.
     parameters: dict[str, tuple[Any, bool]]
-    returns: Any  # the result of one request
+    returns: Any  # the result of one request; of a streaming endpoint, one item it yields
     batch: Optional[BatchPolicy] = None
     item_type: Any = None  # batchable endpoints: the type one request decodes to
     example: Any = None  # one request's JSON body, from the handler's endpoint_examples
+    streaming: bool = False  # a generator: its items are sent as they are made
 
     @property
     def binary_response(self) -> bool:
@@ -56,8 +65,18 @@ class Endpoint:
                 raise InputError(name, "required field is missing")
         return kwargs
 
+    def stream(self, payload: Any) -> Iterator[Any]:
+        """A streaming endpoint's items, encoded, as the model makes them. The request is
+        decoded (and refused) before the first item; closing the iterator closes the model's
+        generator (its `finally` runs)."""
+        made = self.method(**self._decode(payload))
+        return _encoded(_drive(made) if inspect.isasyncgen(made) else made)
+
     def call(self, payload: Any) -> Any:
-        """Call the endpoint with a JSON body (an object keyed by parameter name)."""
+        """Call the endpoint with a JSON body (an object keyed by parameter name); a streaming
+        endpoint answers the list of its items."""
+        if self.streaming:
+            return list(self.stream(payload))
         if self.batch is not None:
             (outcome,) = self.call_batch([payload])
             if isinstance(outcome, BaseException):
@@ -171,11 +190,50 @@ def discover_endpoints(instance: object) -> dict[str, Endpoint]:
                 hints.get(param.name, Any),
                 param.default is not inspect.Parameter.empty,
             )
-        endpoints[name] = Endpoint(name, method, parameters, hints.get("return", Any))
+        returns = hints.get("return", Any)
+        streaming = inspect.isgeneratorfunction(method) or inspect.isasyncgenfunction(method)
+        if streaming:
+            returns = _stream_item(name, returns)
+        endpoints[name] = Endpoint(name, method, parameters, returns, streaming=streaming)
     if policies:
         raise HandlerError(f"{type(instance).__name__}.{BATCHED_ENDPOINTS_ATTRIBUTE} names "
                            f"{sorted(policies)}, which are not endpoint methods of it")
     return _with_examples(instance, endpoints)
+
+
+def _stream_item(name: str, returns: Any) -> Any:
+    """What a streaming endpoint yields, from its `-> Iterator[Item]` annotation."""
+    if returns is Any:
+        return Any
+    if typing.get_origin(returns) not in STREAM_ANNOTATIONS or not typing.get_args(returns):
+        raise HandlerError(f"streaming endpoint {name}() is a generator: annotate what it yields, "
+                           f"e.g. `-> Iterator[Token]` (collections.abc or typing), not {returns!r}")
+    return typing.get_args(returns)[0]
+
+
+def _encoded(items: Any) -> Iterator[Any]:
+    try:
+        for item in items:
+            yield encode(item)
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+def _drive(generator: Any) -> Iterator[Any]:
+    """An async generator's items, made on an event loop of this thread's own (a worker runs
+    one request at a time); closing this closes the async generator."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(generator.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(generator.aclose())
+        loop.close()
 
 
 def _with_examples(instance: object, endpoints: dict[str, Endpoint]) -> dict[str, Endpoint]:
@@ -202,6 +260,9 @@ def _with_examples(instance: object, endpoints: dict[str, Endpoint]) -> dict[str
 def _batchable_endpoint(name: str, method: Callable[..., Any], hints: dict[str, Any],
                         policy: BatchPolicy) -> Endpoint:
     """`def name(self, requests: list[Item]) -> list[Result]`, Item a dataclass or TypedDict."""
+    if inspect.isgeneratorfunction(method) or inspect.isasyncgenfunction(method):
+        raise HandlerError(f"endpoint {name}() is a generator (it streams): it cannot be batched too; "
+                           f"remove it from {BATCHED_ENDPOINTS_ATTRIBUTE}")
     parameters = list(inspect.signature(method).parameters.values())
     usage = (f"batchable endpoint {name}() must take one parameter annotated `list[Item]` (Item a "
              f"dataclass or TypedDict: the fields of one request) and return `list[Result]`")

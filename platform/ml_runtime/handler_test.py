@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 import sys
 from dataclasses import dataclass
+from typing import AsyncIterator, Iterator
 from textwrap import dedent
 
 import pytest
@@ -186,3 +188,58 @@ def test_an_endpoint_annotated_bytes_answers_raw_bytes() -> None:
     endpoints = discover_endpoints(WithExamples())
     assert endpoints["blob"].binary_response and not endpoints["predict"].binary_response
     assert endpoints["blob"].call({"size": 3}) == b"\0\0\0"
+
+
+class Streams:
+    def __init__(self) -> None:
+        self.closed: list[int] = []
+
+    def predict(self, text: str) -> str:
+        return text
+
+    def words(self, text: str) -> Iterator[Query]:
+        try:
+            for i, word in enumerate(text.split()):
+                yield Query(word)
+        finally:
+            self.closed.append(i)
+
+    async def letters(self, text: str) -> AsyncIterator[str]:
+        for letter in text:
+            await asyncio.sleep(0)
+            yield letter
+
+
+def test_a_generator_endpoint_streams_its_encoded_items_and_closing_it_closes_the_model() -> None:
+    model = Streams()
+    endpoints = discover_endpoints(model)
+    words = endpoints["words"]
+    assert words.streaming and words.returns is Query and not endpoints["predict"].streaming
+    items = words.stream({"text": "one two three"})
+    assert next(items) == {"text": "one"}
+    items.close()
+    assert model.closed == [0]  # the model's generator ran its `finally` at once
+    assert words.call({"text": "a b"}) == [{"text": "a"}, {"text": "b"}]
+    with pytest.raises(InputError):
+        words.stream({"txt": "x"})  # refused before any item
+
+
+def test_an_async_generator_endpoint_streams_too() -> None:
+    letters = discover_endpoints(Streams())["letters"]
+    assert letters.streaming and letters.returns is str
+    assert list(letters.stream({"text": "abc"})) == ["a", "b", "c"]
+
+
+def test_a_generator_endpoint_must_say_what_it_yields_and_cannot_be_batched() -> None:
+    class Unannotated(Streams):
+        def words(self, text: str) -> list:  # type: ignore[override]
+            yield text
+
+    with pytest.raises(HandlerError, match=r"annotate what it yields, e.g. `-> Iterator\[Token\]`"):
+        discover_endpoints(Unannotated())
+
+    class Batched(Streams):
+        batched_endpoints = {"words": {}}
+
+    with pytest.raises(HandlerError, match=r"is a generator \(it streams\): it cannot be batched too"):
+        discover_endpoints(Batched())

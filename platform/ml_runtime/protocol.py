@@ -24,6 +24,14 @@ WORKER_FDS_ENV = "ML_WORKER_FDS"
 BATCH_SIZES = "sizes"
 BATCH_STATUSES = "status"
 
+# A streaming endpoint answers with chunk frames (header {"id": ..., CHUNK: true}, body: one
+# item's JSON) as the model yields them, then the usual final frame (its status; an error's
+# body). The server may send {CANCEL: <id>} meanwhile (the client went away): the worker closes
+# the model's generator and ends the stream with CANCELLED_STATUS.
+CHUNK = "chunk"
+CANCEL = "cancel"
+CANCELLED_STATUS = 499
+
 
 def encode_frame(header: dict[str, Any], body: bytes = b"") -> bytes:
     header_bytes = json.dumps(header, separators=(",", ":")).encode()

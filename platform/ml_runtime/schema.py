@@ -95,6 +95,7 @@ def describe_endpoints(endpoints: dict[str, Endpoint]) -> dict[str, Any]:
             "response": schema_for(endpoint.returns, definitions),
             "binary_parameter": binary_parameter,
             "binary_response": endpoint.binary_response,
+            "streaming": endpoint.streaming,  # `response` is then one item's schema
             "example": endpoint.example,
             "doc": (endpoint.method.__doc__ or "").strip(),
             "batch": endpoint.batch.to_json() if endpoint.batch else None,

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sys
 import time
 import traceback
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Mapping
 
 from ml_runtime import protocol, wire
 from ml_runtime.codec import InputError
 from ml_runtime.errors import INVALID_REQUEST, MALFORMED_JSON, MODEL_REJECTED_INPUT, NOT_CACHED, NotCached
-from ml_runtime.handler import LoadedModel
+from ml_runtime.handler import Endpoint, LoadedModel
 from ml_runtime.schema import describe_endpoints
 
 
@@ -52,7 +53,49 @@ def main(model: Mapping[str, Any]) -> int:
         if frame is None:  # the server closed our input: shut down cleanly
             return 0
         header, body = frame
-        proto_out.write(handle(loaded, header, body))
+        if protocol.CANCEL in header:
+            continue  # for a stream that ended before the cancel arrived
+        endpoint = loaded.endpoints.get(header.get("endpoint", ""))
+        if endpoint is not None and endpoint.streaming and protocol.BATCH_SIZES not in header:
+            proto_out.write(stream(endpoint, header, body, proto_in, proto_out))
+        else:
+            proto_out.write(handle(loaded, header, body))
+
+
+def stream(endpoint: Endpoint, header: dict[str, Any], body: bytes, proto_in: BinaryIO, proto_out: BinaryIO) -> bytes:
+    """A streaming request: a chunk frame per item, written as it is made; returns the final
+    frame. Before each item it looks for the server's cancel (the client went away)."""
+    request_id = header.get("id")
+    items = None
+    try:
+        items = endpoint.stream(_payload(header, body))
+        while not _cancelled(proto_in, request_id):
+            try:
+                item = next(items)
+            except StopIteration:
+                return protocol.encode_frame({"id": request_id, "status": 200})
+            status, answer = _result(item, request_id)
+            if status != 200:
+                return protocol.encode_frame({"id": request_id, "status": status}, answer)
+            proto_out.write(protocol.encode_frame({"id": request_id, protocol.CHUNK: True}, answer))
+        return protocol.encode_frame({"id": request_id, "status": protocol.CANCELLED_STATUS})
+    except Exception as e:  # noqa: BLE001 - the stream's last event
+        status, answer = _error(e, request_id)
+        return protocol.encode_frame({"id": request_id, "status": status}, answer)
+    finally:
+        if items is not None:
+            items.close()  # the model's generator: its `finally` runs now, not at garbage collection
+
+
+def _cancelled(proto_in: BinaryIO, request_id: Any) -> bool:
+    """Whether the server has cancelled this request (a frame waits on the pipe: while a worker
+    streams, the server sends it nothing else)."""
+    if not select.select([proto_in], [], [], 0)[0]:
+        return False
+    frame = protocol.read_frame(proto_in)
+    if frame is None:
+        raise EOFError("the server closed the pipe")
+    return frame[0].get(protocol.CANCEL) == request_id
 
 
 def handle(loaded: LoadedModel, header: dict[str, Any], body: bytes) -> bytes:

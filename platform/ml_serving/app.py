@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any, AsyncIterator, Callable, Optional, Union
 
 from ml_http.messages import request_id as usable_request_id
 from ml_http.server import Request, Response
@@ -15,7 +16,8 @@ from ml_runtime.errors import MALFORMED_JSON
 from ml_serving import oip
 from ml_serving.metrics import Metrics
 from ml_serving.openapi import BINARY_CONTENT_TYPES, BINARY_RESPONSE_TYPE, build_openapi, compile_schema, schema_error
-from ml_serving.workers import QueueFull, WorkerLost, WorkerPool, WorkerTimeout
+from ml_serving import streams
+from ml_serving.workers import QueueFull, Stream, WorkerLost, WorkerPool, WorkerResponse, WorkerTimeout
 
 logger = logging.getLogger("ml_serving.app")
 
@@ -107,14 +109,21 @@ class ModelApp:
     async def _call(self, endpoint: str, request: Request, request_id: str, timeout: Optional[float]) -> Response:
         binary_parameter = self.endpoints[endpoint]["binary_parameter"]
         if binary_parameter and request_content_type(request) in BINARY_CONTENT_TYPES:
-            return await self.invoke(endpoint, request.body, request_id, binary_parameter, timeout)
+            return await self._run(endpoint, request, request.body, request_id, binary_parameter, timeout)
         payload = self.read_json(request, request_id, " or ".join(BINARY_CONTENT_TYPES) if binary_parameter else None)
         if isinstance(payload, Response):
             return payload
         error = self.validate(endpoint, payload)
         if error is not None:
             return Response.json(422, {**error, "request_id": request_id})
-        return await self.invoke(endpoint, request.body or b"{}", request_id, timeout=timeout)
+        return await self._run(endpoint, request, request.body or b"{}", request_id, None, timeout)
+
+    async def _run(self, endpoint: str, request: Request, body: bytes, request_id: str,
+                   binary_parameter: Optional[str], timeout: Optional[float]) -> Response:
+        if self.endpoints[endpoint].get("streaming"):
+            return await self.invoke_stream(endpoint, body, request_id, streams.negotiate(request.headers.get("accept", "")),
+                                            binary_parameter, timeout)
+        return await self.invoke(endpoint, body, request_id, binary_parameter, timeout)
 
     def read_json(self, request: Request, request_id: str, also_accepted: Optional[str] = None) -> Any:
         """The request's JSON body (an empty body is `{}`), or the 415 / 400 response to send."""
@@ -140,23 +149,67 @@ class ModelApp:
         try:
             result = await self.pool.submit(endpoint, body, request_id, binary_parameter,
                                             timeout=timeout)
-        except QueueFull:
-            return Response.json(503, {"error": "server is at capacity; retry later", "request_id": request_id},
-                                 headers={"retry-after": "1"})
-        except WorkerTimeout as e:
-            return Response.json(504, {"error": f"the model did not answer within {e.seconds:g} s",
-                                       "request_id": request_id})
-        except WorkerLost:
-            return Response.json(503, {"error": "the model worker died while handling this request; it is being restarted",
-                                       "request_id": request_id}, headers={"retry-after": "1"})
+        except (QueueFull, WorkerTimeout, WorkerLost) as e:
+            return _pool_error(e, request_id)
+        return self._answer(endpoint, result, request_id)
+
+    async def invoke_stream(self, endpoint: str, body: bytes, request_id: str, events: str,
+                            binary_parameter: Optional[str] = None, timeout: Optional[float] = None) -> Response:
+        """Run a streaming endpoint in a worker: each item is sent as it is made, as `events`
+        (ml_serving.streams). An error before the first item is an ordinary error response;
+        after it, the stream's last event."""
+        if not self.accepting:
+            return Response.json(503, {"error": "server is shutting down", "request_id": request_id})
+        try:
+            stream = self.pool.submit_stream(endpoint, body, request_id, binary_parameter, timeout=timeout)
+            first = await stream.next()
+        except (QueueFull, WorkerTimeout, WorkerLost) as e:
+            return _pool_error(e, request_id)
+        except asyncio.CancelledError:
+            stream.cancel()
+            raise
+        if isinstance(first, WorkerResponse) and first.status != 200:
+            return self._answer(endpoint, first, request_id)
+        return Response(200, content_type=streams.CONTENT_TYPES[events],
+                        stream=self._stream(stream, first, events, request_id))
+
+    async def _stream(self, stream: Stream, first: Union[bytes, WorkerResponse], events: str,
+                      request_id: str) -> AsyncIterator[bytes]:
+        event = first
+        try:
+            while isinstance(event, bytes):
+                yield streams.item(events, event)
+                event = await stream.next()
+            if event.status != 200:
+                yield streams.error(events, self._answer("", event, request_id))
+        except (WorkerTimeout, WorkerLost) as e:
+            yield streams.error(events, _pool_error(e, request_id))
+        except BaseException:  # the client went away (cancelled), or the server is stopping
+            stream.cancel()
+            raise
+
+    def _answer(self, endpoint: str, result: WorkerResponse, request_id: str) -> Response:
+        """The response for a worker's answer."""
         if result.status == 500 and not result.body:
             return Response.json(500, {"error": "the model raised an exception; see the server log",
                                        "request_id": request_id})
         if result.status != 200:
             return Response(result.status, _with_request_id(result.body, request_id))
-        if self.endpoints[endpoint]["binary_response"]:
+        if endpoint and self.endpoints[endpoint]["binary_response"]:
             return Response(200, result.body, content_type=BINARY_RESPONSE_TYPE)
         return Response(200, result.body)
+
+
+def _pool_error(error: Exception, request_id: str) -> Response:
+    """The response for a request the pool could not get answered."""
+    if isinstance(error, QueueFull):
+        return Response.json(503, {"error": "server is at capacity; retry later", "request_id": request_id},
+                             headers={"retry-after": "1"})
+    if isinstance(error, WorkerTimeout):
+        return Response.json(504, {"error": f"the model did not answer within {error.seconds:g} s",
+                                   "request_id": request_id})
+    return Response.json(503, {"error": "the model worker died while handling this request; it is being restarted",
+                               "request_id": request_id}, headers={"retry-after": "1"})
 
 
 def request_content_type(request: Request) -> str:

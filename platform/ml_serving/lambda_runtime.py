@@ -25,6 +25,7 @@ from urllib.parse import urlencode, urlsplit
 import httptools
 
 from ml_http.server import Request, Response
+from ml_serving import streams
 
 if TYPE_CHECKING:
     from ml_serving.app import ModelApp
@@ -34,7 +35,7 @@ logger = logging.getLogger("ml_serving.lambda")
 # Answer a little before Lambda's deadline: an invocation that times out makes Lambda discard the
 # execution environment, and the next request then pays for loading the model again.
 DEADLINE_MARGIN = 0.5
-_TEXT_TYPES = ("application/json", "application/xml", "application/javascript")
+_TEXT_TYPES = ("application/json", streams.CONTENT_TYPES[streams.NDJSON], "application/xml", "application/javascript")
 
 
 class UnsupportedEvent(ValueError):
@@ -137,6 +138,11 @@ async def _invoke_next(app: "ModelApp", client: "_RuntimeClient") -> None:
         return
     deadline_ms = headers.get("lambda-runtime-deadline-ms", "")
     response = await _handle(app, request, int(deadline_ms) / 1000 if deadline_ms.isdigit() else None)
+    if response.stream is not None:
+        # Buffered mode: the whole stream (every item, and an error event if it failed) in one
+        # response.
+        response.body = b"".join([part async for part in response.stream])
+        response.stream = None
     await client.post(f"/invocation/{request_id}/response", to_lambda_response(response))
 
 

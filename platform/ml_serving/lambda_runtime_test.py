@@ -153,6 +153,13 @@ class EchoApp:
     async def handle(self, request: Request, timeout: Optional[float] = None) -> Response:
         if request.path == "/slow":
             await asyncio.sleep(30)
+        if request.path == "/stream":
+            async def items():
+                for n in range(3):
+                    await asyncio.sleep(0.01)
+                    yield b'{"n":%d}\n' % n
+
+            return Response(200, content_type="application/x-ndjson", stream=items())
         return Response.json(200, {"method": request.method, "path": request.path},
                              headers={"x-request-id": request.headers["x-request-id"]})
 
@@ -205,6 +212,22 @@ def test_run_answers_events_and_survives_bad_ones(runtime_api: LambdaRuntimeApi,
     assert json.loads(result["body"])["request_id"] == "client-chosen-id"
     assert posts[3][0] == "/2018-06-01/runtime/invocation/id-4/response"
     assert posts[3][2]["headers"]["x-request-id"] == "id-4"
+
+
+def test_a_stream_is_answered_whole_in_buffered_mode(runtime_api: LambdaRuntimeApi) -> None:
+    runtime_api.put({**FUNCTION_URL_EVENT, "rawPath": "/stream"}, "id-s")
+
+    async def scenario() -> list[tuple[str, Any, Any]]:
+        task = asyncio.ensure_future(lambda_runtime.run(EchoApp(), runtime_api.address))  # type: ignore[arg-type]
+        posts = await _posts(runtime_api, 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return posts
+
+    ((path, _, result),) = asyncio.run(scenario())
+    assert path == "/2018-06-01/runtime/invocation/id-s/response"
+    assert result["statusCode"] == 200 and result["body"] == '{"n":0}\n{"n":1}\n{"n":2}\n'
 
 
 def test_report_init_error(runtime_api: LambdaRuntimeApi) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 
 import fastjsonschema
 
+from ml_serving import streams
 from ml_runtime.errors import INVALID_REQUEST, MALFORMED_JSON, MODEL_REJECTED_INPUT, NOT_CACHED
 
 SCHEMAS = "#/components/schemas/"
@@ -179,6 +180,19 @@ BINARY_CONTENT_TYPES = ("application/octet-stream", "image/png", "image/jpeg")
 BINARY_RESPONSE_TYPE = "application/octet-stream"
 
 
+def _ok(spec: dict[str, Any]) -> dict[str, Any]:
+    """An endpoint's 200: JSON, raw bytes (`-> bytes`), or a stream of items (a generator)."""
+    if spec.get("streaming"):
+        ok = _response("A stream of items as they are made: newline-delimited JSON, or Server-Sent "
+                       "Events for `Accept: text/event-stream`; a failure after the first item is "
+                       "its last event", spec["response"], streams.CONTENT_TYPES[streams.NDJSON])
+        ok["content"][streams.CONTENT_TYPES[streams.SSE]] = {"schema": {"type": "string"}}
+        return ok
+    if spec.get("binary_response"):
+        return _response("OK", {"type": "string", "format": "binary"}, BINARY_RESPONSE_TYPE)
+    return _response("OK", spec["response"])
+
+
 def build_openapi(manifest: dict[str, Any], description: Optional[dict[str, Any]]) -> dict[str, Any]:
     """The document; `description` is what a worker reported after loading the model (None
     until then: the health and metadata routes already answer)."""
@@ -197,9 +211,7 @@ def build_openapi(manifest: dict[str, Any], description: Optional[dict[str, Any]
             "summary": spec["doc"].splitlines()[0] if spec["doc"] else endpoint,
             # An empty body is an empty object: required only when some parameter is.
             "requestBody": {"required": bool(spec["request"].get("required")), "content": content},
-            "responses": {"200": (_response("OK", {"type": "string", "format": "binary"}, BINARY_RESPONSE_TYPE)
-                                  if spec.get("binary_response") else _response("OK", spec["response"])),
-                          **_errors(MODEL_ERRORS)},
+            "responses": {"200": _ok(spec), **_errors(MODEL_ERRORS)},
         }
         if spec.get("batch"):
             # One request, one answer; the server gathers concurrent ones into one model call.

@@ -47,6 +47,43 @@ class _Job:
     binary_parameter: Optional[str]
     future: asyncio.Future = field(repr=False)
     timeout: float = 0.0
+    # A streaming request: its items as they arrive (the final answer is the future's).
+    chunks: Optional[asyncio.Queue] = field(default=None, repr=False)
+    worker: Optional["_Worker"] = field(default=None, repr=False)  # while one runs it
+
+
+class Stream:
+    """A streaming request, as its client reads it: `next()` gives each item's JSON as the
+    worker sends it, then the final WorkerResponse (200, or the error that ended the stream);
+    `cancel()` when the client is gone stops the model's generator."""
+
+    def __init__(self, job: _Job) -> None:
+        self._job = job
+        assert job.chunks is not None
+        self._chunks: asyncio.Queue = job.chunks
+
+    async def next(self) -> Union[bytes, "WorkerResponse"]:
+        """The next item, or the final answer; raises what the pool failed the request with
+        (QueueFull, WorkerTimeout, WorkerLost)."""
+        if self._chunks.empty() and not self._job.future.done():
+            getter = asyncio.ensure_future(self._chunks.get())
+            try:
+                await asyncio.wait({getter, self._job.future}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not getter.done():
+                    getter.cancel()
+            if getter.done() and not getter.cancelled():
+                return getter.result()
+        if not self._chunks.empty():  # every chunk arrives before the final frame
+            return self._chunks.get_nowait()
+        return self._job.future.result()
+
+    def cancel(self) -> None:
+        job = self._job
+        if not job.future.done():
+            job.future.cancel()  # still queued: it is dropped
+        if job.worker is not None:
+            job.worker.cancel(job.request_id)
 
 
 @dataclass
@@ -181,6 +218,24 @@ class _Worker:
         header, body = await self._read_frame()
         return WorkerResponse(header["status"], body)
 
+    async def call_stream(self, job: _Job) -> WorkerResponse:
+        """A streaming request: its chunks into `job.chunks`, as they arrive; the final answer."""
+        assert job.chunks is not None
+        self._send(protocol.encode_frame(
+            {"id": job.request_id, "endpoint": job.endpoint, "binary_parameter": job.binary_parameter},
+            job.body,
+        ))
+        while True:
+            header, body = await self._read_frame()
+            if not header.get(protocol.CHUNK):
+                return WorkerResponse(header["status"], body)
+            job.chunks.put_nowait(body)
+
+    def cancel(self, request_id: str) -> None:
+        """Tell the worker to stop streaming `request_id` (its client is gone)."""
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(protocol.encode_frame({protocol.CANCEL: request_id}))
+
     async def call_batch(self, batch: _Batch) -> list[WorkerResponse]:
         self._send(protocol.encode_frame(
             {"id": [job.request_id for job in batch.jobs], "endpoint": batch.endpoint,
@@ -275,7 +330,7 @@ class WorkerPool:
     ) -> WorkerResponse:
         """Queue a request; `timeout` can only shorten the pool's limit, never extend it."""
         future = asyncio.get_running_loop().create_future()
-        limit = self.timeout if timeout is None else max(0.0, min(timeout, self.timeout))
+        limit = self._limit(timeout)
         job = _Job(endpoint, body, request_id, binary_parameter, future, limit)
         batcher = self._batcher(endpoint, binary_parameter)
         if batcher is not None:
@@ -286,6 +341,24 @@ class WorkerPool:
         except asyncio.QueueFull:
             raise QueueFull() from None
         return await future
+
+    def _limit(self, timeout: Optional[float]) -> float:
+        """A request's time limit: `timeout` can only shorten the pool's, never extend it."""
+        return self.timeout if timeout is None else max(0.0, min(timeout, self.timeout))
+
+    def submit_stream(
+        self, endpoint: str, body: bytes, request_id: str, binary_parameter: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> Stream:
+        """Queue a request to a streaming endpoint; its `timeout` bounds the whole stream."""
+        future = asyncio.get_running_loop().create_future()
+        limit = self._limit(timeout)
+        job = _Job(endpoint, body, request_id, binary_parameter, future, limit, chunks=asyncio.Queue())
+        try:
+            self.queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise QueueFull() from None
+        return Stream(job)
 
     def _batcher(self, endpoint: str, binary_parameter: Optional[str]) -> Optional[_Batcher]:
         """The batcher of a batchable endpoint (per kind of body), None for the others; decided
@@ -350,6 +423,12 @@ class WorkerPool:
                         self.metrics.batch_calls += 1
                         self.metrics.batched_requests += len(job.jobs)
                     response: Any = await asyncio.wait_for(worker.call_batch(job), job.timeout)
+                elif job.chunks is not None:
+                    job.worker = worker
+                    try:
+                        response = await asyncio.wait_for(worker.call_stream(job), job.timeout)
+                    finally:
+                        job.worker = None
                 else:
                     response = await asyncio.wait_for(worker.call(job), job.timeout)
             except asyncio.TimeoutError:

@@ -20,9 +20,9 @@ from integration.served_model import ServedModel
 FUZZER = Path("tests/fuzz/fuzz.pex")
 PACKAGES = sorted(p.parent for p in Path(".").glob("*/*/model.pex"))
 # The probe's fault injection, which the serving tests use to crash, hang or break workers:
-# these fail on purpose, so fuzzing them would only find what they are for (`remember` sleeps
-# up to a second on purpose: its cache-sharing test needs a slow first request).
-FAILS_BY_DESIGN = {"probe": ["fail", "exit", "segfault", "kill", "sleep", "nan", "remember"]}
+# these fail on purpose, so fuzzing them would only find what they are for (`remember` and
+# `ticks` sleep on purpose: a slow first request, a slow stream).
+FAILS_BY_DESIGN = {"probe": ["fail", "exit", "segfault", "kill", "sleep", "nan", "remember", "ticks"]}
 
 
 def package_dir(build_file: Path) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import http.client
 import json
 import signal
 import socket
@@ -157,6 +158,9 @@ def test_openapi_describes_every_endpoint(server: Server) -> None:
     assert server.request("POST", "/v1/predict", predict["example"])[0] == 200
     download = spec["paths"]["/v1/download"]["post"]["responses"]["200"]["content"]
     assert download == {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    ticks = spec["paths"]["/v1/ticks"]["post"]["responses"]["200"]["content"]
+    assert ticks["application/x-ndjson"]["schema"] == {"$ref": "#/components/schemas/Tick"}
+    assert "text/event-stream" in ticks
 
 
 def test_an_endpoint_annotated_bytes_answers_them_raw(server: Server) -> None:
@@ -256,6 +260,99 @@ def test_a_request_whose_client_disconnected_is_dropped_from_the_queue(tmp_path:
         assert server.request("POST", "/v1/sleep", {"seconds": 0})[0] == 200
         assert time.monotonic() - started < 0.8
         assert server.metric("ml_abandoned_requests_total") == 1
+    finally:
+        assert server.stop() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming: the probe's `ticks` is a generator
+
+
+def open_stream(server: Server, body: dict, accept: str = "") -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    headers = {"content-type": "application/json", **({"accept": accept} if accept else {})}
+    connection.request("POST", "/v1/ticks", body=json.dumps(body), headers=headers)
+    return connection, connection.getresponse()
+
+
+def test_a_generator_endpoint_streams_each_item_as_it_is_made(server: Server) -> None:
+    server.wait_ready()
+    started = time.monotonic()
+    connection, response = open_stream(server, {"to": 4, "delay": 0.4})
+    try:
+        assert response.status == 200 and response.getheader("content-type") == "application/x-ndjson"
+        assert response.getheader("transfer-encoding") == "chunked"
+        arrivals, items = [], []
+        for line in response:
+            arrivals.append(time.monotonic() - started)
+            items.append(json.loads(line))
+    finally:
+        connection.close()
+    assert [item["n"] for item in items] == [0, 1, 2, 3]
+    # The first tick arrived before the model made the last one (1.2 s of delays later).
+    assert arrivals[0] < arrivals[-1] - 0.8, arrivals
+
+
+def test_sse_when_the_client_accepts_event_streams(server: Server) -> None:
+    connection, response = open_stream(server, {"to": 3}, accept="text/event-stream")
+    try:
+        assert response.getheader("content-type") == "text/event-stream"
+        text = response.read().decode()
+    finally:
+        connection.close()
+    events = [block for block in text.split("\n\n") if block]
+    assert [json.loads(e.removeprefix("data: "))["n"] for e in events] == [0, 1, 2]
+
+
+def test_a_failure_after_the_first_item_is_the_streams_last_event(server: Server) -> None:
+    for accept in ("", "text/event-stream"):
+        connection, response = open_stream(server, {"to": 5, "fail_at": 2}, accept)
+        try:
+            text = response.read().decode()  # ends: not a hung connection
+        finally:
+            connection.close()
+        if accept:
+            *items, last = [block for block in text.split("\n\n") if block]
+            assert last.startswith("event: error\ndata: ")
+            error = json.loads(last.split("data: ", 1)[1])
+        else:
+            *items, error_line = text.splitlines()
+            error = json.loads(error_line)
+        assert len(items) == 2
+        assert error["status"] == 422 and error["detail"] == "fail_at: refusing tick 2" and error["request_id"]
+    # Refused before its first item: an ordinary error response.
+    status, _, body = server.request("POST", "/v1/ticks", {"to": 5, "fail_at": 0})
+    assert status == 422 and body["detail"] == "fail_at: refusing tick 0"
+    status, _, body = server.request("POST", "/v1/ticks", {"to": "five"})
+    assert status == 422 and body["field"] == "to"
+
+
+def test_the_request_timeout_bounds_a_stream(server: Server) -> None:
+    server.wait_ready()
+    restarts = server.metric("ml_worker_restarts_total")
+    connection, response = open_stream(server, {"to": 10, "delay": 0.5})  # 4.5 s; the probe's timeout is 2
+    try:
+        *items, error_line = response.read().decode().splitlines()
+    finally:
+        connection.close()
+    assert 2 <= len(items) <= 5 and json.loads(error_line)["status"] == 504
+    server.wait_ready()
+    assert server.metric("ml_worker_restarts_total") == restarts + 1  # the stuck worker was replaced
+
+
+def test_a_client_that_disconnects_stops_the_generation(tmp_path: Path) -> None:
+    server = Server(tmp_path, "--workers", "1")
+    try:
+        body = json.dumps({"to": 100, "delay": 0.1}).encode()
+        with socket.create_connection((server.host, server.port)) as gone:
+            gone.sendall(b"POST /v1/ticks HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                         b"content-length: %d\r\n\r\n%s" % (len(body), body))
+            assert b'"n":0' in gone.recv(4096)
+        # Had the generation gone on, the only worker would be busy for ten more seconds.
+        started = time.monotonic()
+        assert server.request("POST", "/v1/sleep", {"seconds": 0})[0] == 200
+        assert time.monotonic() - started < 1.0
+        assert server.metric("ml_worker_restarts_total") == 0  # stopped, not killed
     finally:
         assert server.stop() == 0
 

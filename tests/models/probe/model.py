@@ -1,5 +1,5 @@
 """A test model that misbehaves on request: crashes, hangs, raises, answers NaN, keeps state, takes bytes,
-batches (`upper`) and answers raw bytes (`download`).
+batches (`upper`), answers raw bytes (`download`) and streams (`ticks`).
 
 Used by the serving tests to prove the server's fault handling with a real worker process.
 """
@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import fastjsonschema
 import httptools
@@ -46,6 +46,12 @@ class Remembered:
 class Word:
     text: str
     delay: float = 0.0  # seconds the model call takes (the longest of its batch, at most 1)
+
+
+@dataclass
+class Tick:
+    n: int
+    pid: int  # the worker that made it
 
 
 @dataclass
@@ -112,6 +118,16 @@ class Model:
 
     def upload(self, data: bytes) -> dict[str, int]:
         return {"length": len(data), "first": data[0] if data else -1}
+
+    def ticks(self, to: int, delay: float = 0.0, fail_at: int = -1) -> Iterator[Tick]:
+        """Streams ticks 0 .. to-1 (at most 1000), `delay` seconds apart (at most 1); refuses
+        to go on at tick `fail_at` (a 422 as the stream's last event)."""
+        for n in range(max(0, min(to, 1000))):
+            if n == fail_at:
+                raise ValueError(f"fail_at: refusing tick {n}")
+            if n:
+                time.sleep(min(1.0, max(0.0, delay)))
+            yield Tick(n, os.getpid())
 
     def download(self, size: int) -> bytes:
         """`size` bytes counting up from 0 (mod 256), sent as they are (application/octet-stream)."""
