@@ -16,6 +16,9 @@ GATEWAY_PEX = "gateway.pex"  # the local gateway: in no package, handed to local
 OWN_LAYER_MIN_BYTES = 256 * 2**10
 
 CONTAINER_PORT = 8080  # what the server listens on in the image (ML_PORT)
+# Set ("1") on a Lambda function whose Function URL streams responses (InvokeMode
+# RESPONSE_STREAM): the runtime then answers in Lambda's streaming response mode.
+LAMBDA_RESPONSE_STREAMING_ENV = "ML_LAMBDA_RESPONSE_STREAMING"
 READY_PATH = "/v2/health/ready"  # 200 once a worker has loaded the model
 
 # Results the image tool leaves in files for the plugin, never on standard output (where any

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ml_contract.model_settings import ModelSettings
+from ml_contract.package_layout import LAMBDA_RESPONSE_STREAMING_ENV
 from ml_deploy import aws, publish
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.plan import CREATE, DELETE, UNCHANGED, UPDATE, Plan
@@ -90,6 +91,7 @@ class FunctionState:
     alias_description: str = ""
     url: str = ""
     url_auth: str = ""
+    url_invoke_mode: str = ""
     public_permission: bool = False
 
     @property
@@ -115,8 +117,8 @@ def plan(release: Release, environment: Environment) -> Plan:
     lam = aws.client(environment, "lambda")
     function = release.resource_name
     state = read_state(lam, function)
-    wanted = Settings(release.digest, release.settings.effective_memory, release.settings.timeout, tuple(sorted(release.settings.env.items())),
-                      environment.lambda_role or "")
+    wanted = Settings(release.digest, release.settings.effective_memory, release.settings.timeout,
+                      tuple(sorted(_function_env(release, environment).items())), environment.lambda_role or "")
     result = Plan(target=f"{release.name} v{release.version} -> lambda ({environment.name})",
                   digest=release.digest, serving=state.serving(), url=state.url)
     publish.plan_push(result, release, environment)
@@ -194,6 +196,7 @@ def read_state(lam: Any, function: str) -> FunctionState:
         pass
     else:
         state.url, state.url_auth = url["FunctionUrl"], url["AuthType"]
+        state.url_invoke_mode = url.get("InvokeMode") or "BUFFERED"
     try:
         policy = json.loads(lam.get_policy(FunctionName=function, Qualifier=ALIAS)["Policy"])
     except lam.exceptions.ResourceNotFoundException:
@@ -319,24 +322,33 @@ def _plan_tags(result: Plan, lam: Any, state: FunctionState, tags: Dict[str, str
     result.add(UPDATE, resource, ", ".join(f"{k}={v}" for k, v in sorted(changed.items())), tag)
 
 
+def _function_env(release: Release, environment: Environment) -> Dict[str, str]:
+    """The function's environment: the model's, and whether its Function URL streams (the
+    runtime then answers in Lambda's streaming response mode)."""
+    streaming = {LAMBDA_RESPONSE_STREAMING_ENV: "1"} if environment.function_url_invoke_mode == "RESPONSE_STREAM" else {}
+    return {**release.settings.env, **streaming}
+
+
 def _plan_url(result: Plan, lam: Any, function: str, environment: Environment, state: FunctionState) -> None:
-    auth = environment.function_url_auth
+    auth, mode = environment.function_url_auth, environment.function_url_invoke_mode
     resource = f"Function URL of {function}:{ALIAS}"
 
     def create_url() -> str:
-        url = lam.create_function_url_config(FunctionName=function, Qualifier=ALIAS, AuthType=auth)
+        url = lam.create_function_url_config(FunctionName=function, Qualifier=ALIAS, AuthType=auth, InvokeMode=mode)
         result.url = url["FunctionUrl"]
         return result.url
 
     def update_url() -> None:
-        lam.update_function_url_config(FunctionName=function, Qualifier=ALIAS, AuthType=auth)
+        lam.update_function_url_config(FunctionName=function, Qualifier=ALIAS, AuthType=auth, InvokeMode=mode)
 
+    changes = [f"{name} {now} -> {wanted}" for name, now, wanted in
+               (("AuthType", state.url_auth, auth), ("InvokeMode", state.url_invoke_mode, mode)) if now != wanted]
     if not state.url:
-        result.add(CREATE, resource, f"AuthType {auth}", create_url)
-    elif state.url_auth != auth:
-        result.add(UPDATE, resource, f"AuthType {state.url_auth} -> {auth}", update_url)
+        result.add(CREATE, resource, f"AuthType {auth}, InvokeMode {mode}", create_url)
+    elif changes:
+        result.add(UPDATE, resource, "; ".join(changes), update_url)
     else:
-        result.add(UNCHANGED, resource, f"AuthType {auth}")
+        result.add(UNCHANGED, resource, f"AuthType {auth}, InvokeMode {mode}")
 
     permission = f"public invoke permission of {function}:{ALIAS}"
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import List
+from typing import Any, Dict, List
 
 import pytest
 
+from ml_contract.package_layout import LAMBDA_RESPONSE_STREAMING_ENV
 from ml_deploy import aws, aws_lambda
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.conftest import Deployer
@@ -238,6 +239,33 @@ def test_public_url_gets_the_invoke_permission_and_loses_it_again(deployer: Depl
     assert lam.get_function_url_config(FunctionName=function, Qualifier="live")["AuthType"] == "AWS_IAM"
     with pytest.raises(lam.exceptions.ResourceNotFoundException):
         lam.get_policy(FunctionName=function, Qualifier="live")
+
+
+def test_a_streaming_function_url_and_the_runtime_told_so(deployer: Deployer, environment: Environment) -> None:
+    release = deployer.release("streams")
+    deployer.environment = dataclasses.replace(environment, function_url_invoke_mode="RESPONSE_STREAM")
+    deployer.deploy(release)
+    function, lam = release.resource_name, lambda_client(environment)
+    assert lam.get_function_url_config(FunctionName=function, Qualifier="live")["InvokeMode"] == "RESPONSE_STREAM"
+    live = lam.get_function_configuration(FunctionName=function, Qualifier="live")
+    assert live["Environment"]["Variables"][LAMBDA_RESPONSE_STREAMING_ENV] == "1"
+
+    sent: Dict[str, Any] = {}
+
+    def record(params: Dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name == "UpdateFunctionUrlConfig":
+            sent.update(params)
+
+    aws.session(environment).events.register("before-parameter-build.lambda", record)
+    deployer.environment = environment  # back to BUFFERED: the URL and the runtime both change
+    plan = deployer.plan(release)
+    (url_step,) = [s for s in plan.changes if s.resource == f"Function URL of {function}:live"]
+    assert url_step.detail == "InvokeMode RESPONSE_STREAM -> BUFFERED"
+    execute(plan, say=lambda _: None)
+    # moto's update keeps the old InvokeMode (AWS applies it): what was asked is checked.
+    assert sent["InvokeMode"] == "BUFFERED" and sent["AuthType"] == "AWS_IAM"
+    live = lam.get_function_configuration(FunctionName=function, Qualifier="live")
+    assert LAMBDA_RESPONSE_STREAMING_ENV not in (live.get("Environment") or {}).get("Variables", {})
 
 
 @pytest.mark.parametrize("settings, error", [

@@ -69,6 +69,10 @@ class Environment:
     lambda_role: Optional[str] = field(default=None, metadata={"help": "Lambda execution role ARN."})
     function_url_auth: str = field(default="AWS_IAM", metadata={
         "help": "Function URL auth of Lambda models: AWS_IAM (default) or NONE."})
+    function_url_invoke_mode: str = field(default="BUFFERED", metadata={
+        "help": "Function URL invoke mode of Lambda models: BUFFERED (default: a response of at "
+                "most 6 MB, sent once complete) or RESPONSE_STREAM (streamed endpoints reach the "
+                "client as they are made; Function URLs only, not API Gateway)."})
     log_retention_days: int = field(default=30, metadata={"help": "CloudWatch Logs retention."})
     instance_type: str = field(default="t3.medium", metadata={"help": "EC2 instance type for `ec2` models."})
     gpu_instance_type: str = field(default="g5.xlarge", metadata={
@@ -106,6 +110,7 @@ _CHOICES = {
     "compute": COMPUTE_TYPES,
     "registry_auth": ("auto", "ecr"),
     "function_url_auth": ("AWS_IAM", "NONE"),
+    "function_url_invoke_mode": ("BUFFERED", "RESPONSE_STREAM"),
     "engine": ("auto", "docker", "process"),
 }
 

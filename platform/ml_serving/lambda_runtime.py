@@ -18,12 +18,14 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Union
 from urllib.parse import urlencode, urlsplit
 
 import httptools
 
+from ml_contract.package_layout import LAMBDA_RESPONSE_STREAMING_ENV
 from ml_http.server import Request, Response
 from ml_serving import streams
 
@@ -35,6 +37,12 @@ logger = logging.getLogger("ml_serving.lambda")
 # Answer a little before Lambda's deadline: an invocation that times out makes Lambda discard the
 # execution environment, and the next request then pays for loading the model again.
 DEADLINE_MARGIN = 0.5
+# Lambda's streaming response mode (custom runtimes): the body's content type, the end of its
+# prelude, and the trailers that say a stream failed after it started.
+_STREAMED_RESPONSE_TYPE = "application/vnd.awslambda.http-integration-response"
+_PRELUDE_END = b"\0" * 8
+_ERROR_TYPE_TRAILER = "Lambda-Runtime-Function-Error-Type"
+_ERROR_BODY_TRAILER = "Lambda-Runtime-Function-Error-Body"
 _TEXT_TYPES = ("application/json", streams.CONTENT_TYPES[streams.NDJSON], "application/xml", "application/javascript")
 
 
@@ -138,6 +146,9 @@ async def _invoke_next(app: "ModelApp", client: "_RuntimeClient") -> None:
         return
     deadline_ms = headers.get("lambda-runtime-deadline-ms", "")
     response = await _handle(app, request, int(deadline_ms) / 1000 if deadline_ms.isdigit() else None)
+    if client.streaming:
+        await client.post_stream(f"/invocation/{request_id}/response", response)
+        return
     if response.stream is not None:
         # Buffered mode: the whole stream (every item, and an error event if it failed) in one
         # response.
@@ -173,22 +184,30 @@ def _log(level: int, event: str, **fields: Any) -> None:
 class _RuntimeClient:
     """HTTP/1.1 to the Runtime API over one kept-alive connection."""
 
-    def __init__(self, api: str) -> None:
+    def __init__(self, api: str, streaming: Optional[bool] = None) -> None:
         url = urlsplit(f"http://{api}")
         self.api, self.host, self.port = api, url.hostname, url.port or 80
         self._streams: Optional[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = None
+        # Lambda's streaming response mode, for a Function URL that streams (the deploy says so).
+        self.streaming = (os.environ.get(LAMBDA_RESPONSE_STREAMING_ENV) == "1") if streaming is None else streaming
 
-    async def request(self, method: str, path: str, body: bytes = b"",
+    async def request(self, method: str, path: str, body: Union[bytes, AsyncIterator[bytes]] = b"",
                       headers: Optional[dict[str, str]] = None) -> tuple[int, dict[str, str], bytes]:
+        """One request; a body that is an async iterator is sent chunked, each part as it comes
+        (an exception from it ends the body with Lambda's error trailers)."""
         if self._streams is None:
             self._streams = await asyncio.open_connection(self.host, self.port)
         reader, writer = self._streams
-        head = [f"{method} /2018-06-01/runtime{path} HTTP/1.1", f"host: {self.api}", f"content-length: {len(body)}"]
+        streamed = not isinstance(body, bytes)
+        head = [f"{method} /2018-06-01/runtime{path} HTTP/1.1", f"host: {self.api}",
+                "transfer-encoding: chunked" if streamed else f"content-length: {len(body)}"]
         head += [f"{k}: {v}" for k, v in (headers or {}).items()]
         message = _Message()
         parser = httptools.HttpResponseParser(message)
         try:
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (b"" if streamed else body))
+            if streamed:
+                await _send_chunked(writer, body)  # type: ignore[arg-type]
             while not message.complete:
                 data = await reader.read(65536)
                 if not data:
@@ -210,10 +229,47 @@ class _RuntimeClient:
             _log(logging.ERROR, "lambda_post_rejected", path=path, status=status,
                  body=body[:500].decode("utf-8", "replace"))
 
+    async def post_stream(self, path: str, response: Response) -> None:
+        """The response in Lambda's streaming response mode: a JSON prelude (status, headers),
+        eight NUL bytes, then the body as it comes."""
+        prelude = json.dumps({"statusCode": response.status,
+                              "headers": {"content-type": response.content_type, **(response.headers or {})}})
+
+        async def body() -> AsyncIterator[bytes]:
+            yield prelude.encode() + _PRELUDE_END
+            if response.stream is None:
+                yield response.body
+            else:
+                async for part in response.stream:
+                    yield part
+
+        status, _, answer = await self.request("POST", path, body(), {
+            "lambda-runtime-function-response-mode": "streaming",
+            "content-type": _STREAMED_RESPONSE_TYPE,
+            "trailer": f"{_ERROR_TYPE_TRAILER}, {_ERROR_BODY_TRAILER}"})
+        if status >= 300:
+            _log(logging.ERROR, "lambda_post_rejected", path=path, status=status,
+                 body=answer[:500].decode("utf-8", "replace"))
+
     def close(self) -> None:
         if self._streams is not None:
             self._streams[1].close()
             self._streams = None
+
+
+async def _send_chunked(writer: asyncio.StreamWriter, parts: AsyncIterator[bytes]) -> None:
+    trailers = b""
+    try:
+        async for part in parts:
+            if part:
+                writer.write(b"%x\r\n%b\r\n" % (len(part), part))
+                await writer.drain()
+    except Exception as e:  # noqa: BLE001 - the response is under way: Lambda's trailers say it failed
+        error = json.dumps(_error(type(e).__name__, str(e))).encode()
+        trailers = (f"{_ERROR_TYPE_TRAILER}: {type(e).__name__}\r\n"
+                    f"{_ERROR_BODY_TRAILER}: {base64.b64encode(error).decode()}\r\n").encode()
+        _log(logging.ERROR, "lambda_stream_failed", error=f"{type(e).__name__}: {e}")
+    writer.write(b"0\r\n" + trailers + b"\r\n")
 
 
 class _Message:

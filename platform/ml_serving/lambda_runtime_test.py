@@ -9,6 +9,7 @@ from typing import Any, Optional
 import pytest
 from fakes.lambda_runtime_api import LambdaRuntimeApi
 
+from ml_contract.package_layout import LAMBDA_RESPONSE_STREAMING_ENV
 from ml_serving import lambda_runtime
 from ml_http.server import Request, Response
 from ml_serving.lambda_runtime import UnsupportedEvent, event_to_request, to_lambda_response
@@ -153,10 +154,12 @@ class EchoApp:
     async def handle(self, request: Request, timeout: Optional[float] = None) -> Response:
         if request.path == "/slow":
             await asyncio.sleep(30)
-        if request.path == "/stream":
+        if request.path in ("/stream", "/broken-stream"):
             async def items():
                 for n in range(3):
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.2)
+                    if n == 2 and request.path == "/broken-stream":
+                        raise RuntimeError("lost the model")
                     yield b'{"n":%d}\n' % n
 
             return Response(200, content_type="application/x-ndjson", stream=items())
@@ -228,6 +231,38 @@ def test_a_stream_is_answered_whole_in_buffered_mode(runtime_api: LambdaRuntimeA
     ((path, _, result),) = asyncio.run(scenario())
     assert path == "/2018-06-01/runtime/invocation/id-s/response"
     assert result["statusCode"] == 200 and result["body"] == '{"n":0}\n{"n":1}\n{"n":2}\n'
+
+
+def test_streaming_mode_sends_the_prelude_then_each_part_as_it_comes(runtime_api: LambdaRuntimeApi,
+                                                                     monkeypatch) -> None:
+    monkeypatch.setenv(LAMBDA_RESPONSE_STREAMING_ENV, "1")
+    runtime_api.put({**FUNCTION_URL_EVENT, "rawPath": "/stream"}, "id-s")
+    runtime_api.put({**FUNCTION_URL_EVENT, "rawPath": "/broken-stream"}, "id-b")
+    runtime_api.put(FUNCTION_URL_EVENT, "id-p")  # a plain response, streamed in one part
+
+    async def scenario() -> list:
+        task = asyncio.ensure_future(lambda_runtime.run(EchoApp(), runtime_api.address))  # type: ignore[arg-type]
+        posts = [await asyncio.get_running_loop().run_in_executor(None, runtime_api.next_post, 10) for _ in range(3)]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return posts
+
+    streamed, broken, plain = asyncio.run(scenario())
+    for post in (streamed, broken, plain):
+        assert post.headers["lambda-runtime-function-response-mode"] == "streaming"
+        assert post.headers["content-type"] == "application/vnd.awslambda.http-integration-response"
+    prelude, _, body = streamed.body.partition(b"\0" * 8)
+    assert json.loads(prelude) == {"statusCode": 200, "headers": {"content-type": "application/x-ndjson"}}
+    assert body == b'{"n":0}\n{"n":1}\n{"n":2}\n' and not streamed.trailers
+    # The parts arrived as they were made (0.2 s apart), not all at the end.
+    assert streamed.chunk_times[-1] - streamed.chunk_times[1] > 0.3, streamed.chunk_times
+    # A failure once the body is under way: Lambda's error trailers.
+    assert broken.body.partition(b"\0" * 8)[2] == b'{"n":0}\n{"n":1}\n'
+    assert broken.trailers["lambda-runtime-function-error-type"] == "RuntimeError"
+    assert json.loads(base64.b64decode(broken.trailers["lambda-runtime-function-error-body"]))["errorMessage"] == "lost the model"
+    prelude, _, body = plain.body.partition(b"\0" * 8)
+    assert json.loads(prelude)["statusCode"] == 200 and json.loads(body) == {"method": "POST", "path": "/v1/predict"}
 
 
 def test_report_init_error(runtime_api: LambdaRuntimeApi) -> None:

@@ -41,6 +41,9 @@ class Post:
     kind: str  # "response" or "error"
     body: bytes
     headers: Dict[str, str] = field(repr=False)  # names lower-cased
+    # A chunked post: when each chunk arrived (seconds after its head), and its trailers.
+    chunk_times: Tuple[float, ...] = ()
+    trailers: Dict[str, str] = field(default_factory=dict)
 
     @property
     def payload(self) -> Any:
@@ -104,7 +107,7 @@ class LambdaRuntimeApi:
                     self.wfile.write(body)
 
             def do_POST(self) -> None:
-                body = self._read_body()
+                body, chunk_times, trailers = self._read_body()
                 parts = self.path[len(PREFIX):].strip("/").split("/") if self.path.startswith(PREFIX) else []
                 if len(parts) == 3 and parts[0] == "invocation" and parts[2] in ("response", "error"):
                     key, kind = parts[1], parts[2]
@@ -112,21 +115,25 @@ class LambdaRuntimeApi:
                     key, kind = "init", "error"
                 else:
                     return self._reply(404)
-                api._record(Post(self.path, key, kind, body, {k.lower(): v for k, v in self.headers.items()}))
+                api._record(Post(self.path, key, kind, body, {k.lower(): v for k, v in self.headers.items()},
+                                 chunk_times, trailers))
                 self._reply(202)
 
-            def _read_body(self) -> bytes:
+            def _read_body(self) -> Tuple[bytes, Tuple[float, ...], Dict[str, str]]:
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    chunks = []
+                    started = time.monotonic()
+                    chunks, times, trailers = [], [], {}
                     while True:
                         size = int(self.rfile.readline().split(b";")[0], 16)
                         if not size:
-                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
-                                pass
-                            return b"".join(chunks)
+                            while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
+                                name, _, value = line.decode("latin-1").partition(":")
+                                trailers[name.strip().lower()] = value.strip()
+                            return b"".join(chunks), tuple(times), trailers
                         chunks.append(self.rfile.read(size))
+                        times.append(time.monotonic() - started)
                         self.rfile.readline()
-                return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                return self.rfile.read(int(self.headers.get("Content-Length", "0"))), (), {}
 
             def _reply(self, status: int) -> None:
                 self.send_response(status)
