@@ -21,12 +21,11 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from serving import REPO, Server, WrkResult, ensure_wrk, log, run_wrk, wrk_script
+from serving import REPO, Server, package_model, WrkResult, ensure_wrk, log, run_wrk, wrk_script
 from testutil.net import free_port
 
 DIST = REPO / "dist" / "models.doc_links" / "doc_links"
@@ -63,18 +62,6 @@ def label(answer: object) -> str:
     return answer[0]["url"]  # type: ignore[index]
 
 
-def build(skip: bool) -> None:
-    if skip:
-        if not (DIST / "model.pex" / "__main__.py").exists():
-            sys.exit(f"error: {DIST} is missing; run ./pants package models/doc_links: (or drop --no-build)")
-        return
-    log("./pants package models/doc_links: ...")
-    result = subprocess.run(["./pants", "--no-dynamic-ui", "package", "models/doc_links:"], cwd=REPO,
-                            env={**os.environ, "PANTS_CONCURRENT": "true"}, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"error: `./pants package models/doc_links:` failed:\n{result.stderr[-3000:]}")
-
-
 def floor(calls: int) -> dict[str, float]:
     result = subprocess.run(
         [str(DIST / "model.pex" / "__main__.py"), "-c", FLOOR_CODE, QUESTION, str(calls)],
@@ -100,7 +87,7 @@ def main() -> None:
     parser.add_argument("--no-build", action="store_true", help="Use the doc_links package already in dist/.")
     args = parser.parse_args()
     wrk = ensure_wrk()
-    build(args.no_build)
+    package_model("models/doc_links:", DIST, args.no_build)
     log("floor: the model in process ...")
     floors = floor(20)
     tmp = Path(tempfile.mkdtemp(prefix="ml-batching-bench-"))

@@ -39,6 +39,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Optional
 
+from serving import package_model
 from testutil import scratch
 
 REPO = scratch.repo_root()
@@ -200,18 +201,6 @@ def vit_b_checkpoint(tmp: Path) -> Path:
     return path
 
 
-def build(skip: bool) -> None:
-    if skip:
-        if not MODEL.exists():
-            sys.exit(f"error: {DIST} is missing; run ./pants package models/segment_anything: (or drop --no-build)")
-        return
-    log("./pants package models/segment_anything: ...")
-    result = subprocess.run(["./pants", "--no-dynamic-ui", "package", "models/segment_anything:"], cwd=REPO,
-                            env={**os.environ, "PANTS_CONCURRENT": "true"}, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"error: `./pants package models/segment_anything:` failed:\n{result.stderr[-3000:]}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-build", action="store_true", help="Use the package already in dist/.")
@@ -220,7 +209,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="Seconds of the clicks/s load.")
     parser.add_argument("--no-vit-b", action="store_true", help="Skip the vit_b architecture (it embeds slowly).")
     args = parser.parse_args()
-    build(args.no_build)
+    package_model("models/segment_anything:", DIST, args.no_build)
     tmp = Path(tempfile.mkdtemp(prefix="bench-sam-"))
     rows: dict[str, Any] = {}
     servers: list[Served] = []

@@ -456,6 +456,19 @@ def run_wrk(wrk: str, server: Server, script: Path, threads: int, connections: i
 # ---------------------------------------------------------------------------------------------
 
 
+def package_model(target: str, dist: Path, skip: bool) -> None:
+    """`./pants package <target>` into dist/, or, with `skip`, check that it is there already."""
+    if skip:
+        if not (dist / "model.pex" / "__main__.py").exists():
+            sys.exit(f"error: {dist} is missing; run ./pants package {target} (or drop --no-build)")
+        return
+    log(f"./pants package {target} ...")
+    result = subprocess.run(["./pants", "--no-dynamic-ui", "package", target], cwd=REPO,
+                            env={**os.environ, "PANTS_CONCURRENT": "true"}, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"error: `./pants package {target}` failed:\n{result.stderr[-3000:]}")
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
