@@ -142,8 +142,10 @@ class LoadedModel:
         if callable(load):
             load()
         self.endpoints = discover_endpoints(self.instance)
-        if "predict" not in self.endpoints:
-            raise HandlerError(f"{handler_spec} has no `predict` method.")
+        if not self.endpoints:
+            # `predict` is the usual one (the Open Inference Protocol's infer maps onto it); a
+            # model that generates text may have only `generate` (ml_runtime.generation).
+            raise HandlerError(f"{handler_spec} has no endpoints: give it a public method, e.g. `predict`.")
 
     def call(self, endpoint: str, payload: Any) -> Any:
         try:

@@ -38,8 +38,8 @@ def counter_module(tmp_path, monkeypatch):
             """\
             from ml_runtime.handler_test import Counter as Model
 
-            class NoPredict:
-                def other(self) -> int:
+            class NoEndpoints:
+                def _helper(self) -> int:
                     return 1
 
             not_a_class = 1
@@ -81,7 +81,7 @@ def test_bad_payloads(counter_module: str) -> None:
     [
         ("counter_model:Nope", "has no class 'Nope'"),
         ("counter_model:not_a_class", "is not a class"),
-        ("counter_model:NoPredict", "has no `predict` method"),
+        ("counter_model:NoEndpoints", "has no endpoints"),
         ("counter_model", "must look like `module:Class`"),
     ],
 )

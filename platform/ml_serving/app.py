@@ -13,7 +13,7 @@ from ml_http.messages import request_id as usable_request_id
 from ml_http.server import Request, Response
 from ml_runtime import wire
 from ml_runtime.errors import MALFORMED_JSON
-from ml_serving import oip
+from ml_serving import generation, oip, openai_api
 from ml_serving.metrics import Metrics
 from ml_serving.openapi import BINARY_CONTENT_TYPES, BINARY_RESPONSE_TYPE, build_openapi, compile_schema, schema_error
 from ml_serving import streams
@@ -37,6 +37,7 @@ class ModelApp:
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.validators: dict[str, Callable[[Any], Any]] = {}
         self.predict_inputs: dict[str, oip.PredictInput] = {}
+        self.generates = False  # whether the model generates text: the OpenAI routes are served
         self._publish(build_openapi(manifest, None))
         metrics.gauges["ml_queue_depth"] = lambda: pool.queue.qsize()
         metrics.gauges["ml_workers_ready"] = lambda: pool.ready_workers
@@ -48,7 +49,11 @@ class ModelApp:
         for name, endpoint in self.endpoints.items():
             self.validators[name] = compile_schema(endpoint["request"], definitions)
         self.predict_inputs = oip.predict_inputs(description)
-        self._publish(build_openapi(self.manifest, description))
+        self.generates = generation.supported(description)
+        document = build_openapi(self.manifest, description)
+        if self.generates:
+            openai_api.describe(document, self.version)
+        self._publish(document)
 
     def _publish(self, document: dict[str, Any]) -> None:
         # The document is the route table: the server answers exactly what it lists.
@@ -100,6 +105,8 @@ class ModelApp:
             return path, Response(200, self.metrics.render(), content_type="text/plain; version=0.0.4")
         if path == "/openapi.json":
             return path, Response(200, self.openapi)
+        if self.generates and path.startswith(openai_api.prefix(self.version) + "/"):
+            return await openai_api.route(self, request, path, request_id, timeout)
         return await oip.route(self, request, path, request_id, timeout)
 
     def _not_found(self, request: Request) -> Response:
@@ -150,8 +157,8 @@ class ModelApp:
             result = await self.pool.submit(endpoint, body, request_id, binary_parameter,
                                             timeout=timeout)
         except (QueueFull, WorkerTimeout, WorkerLost) as e:
-            return _pool_error(e, request_id)
-        return self._answer(endpoint, result, request_id)
+            return self.pool_error(e, request_id)
+        return self.answer(endpoint, result, request_id)
 
     async def invoke_stream(self, endpoint: str, body: bytes, request_id: str, events: str,
                             binary_parameter: Optional[str] = None, timeout: Optional[float] = None) -> Response:
@@ -164,12 +171,12 @@ class ModelApp:
             stream = self.pool.submit_stream(endpoint, body, request_id, binary_parameter, timeout=timeout)
             first = await stream.next()
         except (QueueFull, WorkerTimeout, WorkerLost) as e:
-            return _pool_error(e, request_id)
+            return self.pool_error(e, request_id)
         except asyncio.CancelledError:
             stream.cancel()
             raise
         if isinstance(first, WorkerResponse) and first.status != 200:
-            return self._answer(endpoint, first, request_id)
+            return self.answer(endpoint, first, request_id)
         return Response(200, content_type=streams.CONTENT_TYPES[events],
                         stream=self._stream(stream, first, events, request_id))
 
@@ -181,14 +188,26 @@ class ModelApp:
                 yield streams.item(events, event)
                 event = await stream.next()
             if event.status != 200:
-                yield streams.error(events, self._answer("", event, request_id))
+                yield streams.error(events, self.answer("", event, request_id))
         except (WorkerTimeout, WorkerLost) as e:
-            yield streams.error(events, _pool_error(e, request_id))
+            yield streams.error(events, self.pool_error(e, request_id))
         except BaseException:  # the client went away (cancelled), or the server is stopping
             stream.cancel()
             raise
 
-    def _answer(self, endpoint: str, result: WorkerResponse, request_id: str) -> Response:
+    @staticmethod
+    def pool_error(error: Exception, request_id: str) -> Response:
+        """The response for a request the pool could not get answered."""
+        if isinstance(error, QueueFull):
+            return Response.json(503, {"error": "server is at capacity; retry later", "request_id": request_id},
+                                 headers={"retry-after": "1"})
+        if isinstance(error, WorkerTimeout):
+            return Response.json(504, {"error": f"the model did not answer within {error.seconds:g} s",
+                                       "request_id": request_id})
+        return Response.json(503, {"error": "the model worker died while handling this request; it is being restarted",
+                                   "request_id": request_id}, headers={"retry-after": "1"})
+
+    def answer(self, endpoint: str, result: WorkerResponse, request_id: str) -> Response:
         """The response for a worker's answer."""
         if result.status == 500 and not result.body:
             return Response.json(500, {"error": "the model raised an exception; see the server log",
@@ -198,18 +217,6 @@ class ModelApp:
         if endpoint and self.endpoints[endpoint]["binary_response"]:
             return Response(200, result.body, content_type=BINARY_RESPONSE_TYPE)
         return Response(200, result.body)
-
-
-def _pool_error(error: Exception, request_id: str) -> Response:
-    """The response for a request the pool could not get answered."""
-    if isinstance(error, QueueFull):
-        return Response.json(503, {"error": "server is at capacity; retry later", "request_id": request_id},
-                             headers={"retry-after": "1"})
-    if isinstance(error, WorkerTimeout):
-        return Response.json(504, {"error": f"the model did not answer within {error.seconds:g} s",
-                                   "request_id": request_id})
-    return Response.json(503, {"error": "the model worker died while handling this request; it is being restarted",
-                               "request_id": request_id}, headers={"retry-after": "1"})
 
 
 def request_content_type(request: Request) -> str:

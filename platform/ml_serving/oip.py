@@ -4,16 +4,20 @@ Tensors map onto `predict`'s parameters by name (or, when it has one parameter, 
 single input is called). A tensor whose last dimension matches an all-numeric record type
 (e.g. `list[Flower]` with four float fields) becomes a list of those records, in field order.
 Outputs: one tensor per field of the returned records, or one tensor `output` for a plain list.
+A model that generates text (ml_runtime.generation) also has the generate extension:
+`generate` and `generate_stream`.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional
 
 from ml_runtime.errors import TENSORS_DO_NOT_FIT
 from ml_http.server import Request, Response
+from ml_serving import streams
+from ml_serving.generation import Generation, GenerationFailed, model_parameters
 from ml_serving.openapi import OIP, OIP_SCHEMAS, compile_schema, schema_error
 
 if TYPE_CHECKING:
@@ -40,7 +44,8 @@ async def route(app: "ModelApp", request: Request, path: str, request_id: str,
     if parts == ["health", "ready"]:
         return "/v2/health/ready", _ready(app)
     if parts == []:
-        return "/v2", Response.json(200, {"name": "ml-platform", "version": "1", "extensions": []})
+        return "/v2", Response.json(200, {"name": "ml-platform", "version": "1",
+                                          "extensions": ["generate"] if app.generates else []})
     rest = parts[2:]  # after "models/<name>"
     if rest[:1] == ["versions"]:
         rest = rest[2:]
@@ -49,6 +54,8 @@ async def route(app: "ModelApp", request: Request, path: str, request_id: str,
         return template, _ready(app)
     if rest == ["infer"]:
         return template, await infer(app, request, request_id, timeout)
+    if rest in (["generate"], ["generate_stream"]):
+        return template, await generate(app, request, request_id, timeout, stream=rest == ["generate_stream"])
     return template, Response.json(200, metadata(app))
 
 
@@ -110,6 +117,55 @@ async def infer(app: "ModelApp", request: Request, request_id: str, timeout: Opt
         outputs = [o for o in outputs if o["name"] in requested]
     return Response.json(200, {"model_name": app.name, "model_version": str(app.version),
                                "id": body.get("id", request_id), "outputs": outputs})
+
+
+# The generate extension's parameters that map onto the contract's (ml_runtime.generation); others
+# pass on when the model's generate takes them, or are ignored.
+_GENERATE_PARAMETERS = ("max_tokens", "temperature", "top_p", "seed")
+_VALID_GENERATE = compile_schema({"$ref": OIP + "GenerateRequest"}, OIP_SCHEMAS)
+
+
+async def generate(app: "ModelApp", request: Request, request_id: str, timeout: Optional[float],
+                   stream: bool) -> Response:
+    """The generate extension (KServe / Triton): `text_input` and sampling parameters, at the top
+    level or under `parameters`, -> `text_output`; `generate_stream` sends Server-Sent Events of
+    the text as it comes, the last one with `finish_reason`."""
+    body = app.read_json(request, request_id)
+    if isinstance(body, Response):
+        return body
+    error = schema_error(_VALID_GENERATE, body)
+    if error is not None:
+        return Response.json(400, {**error, "request_id": request_id})
+    parameters = {**body, **(body.get("parameters") or {})}
+    payload = {**model_parameters(app, parameters), "prompt": body["text_input"],
+               **{k: parameters.get(k) for k in _GENERATE_PARAMETERS}}
+    stop = parameters.get("stop")
+    run = Generation(app, payload, (stop,) if isinstance(stop, str) else tuple(stop or ()), request_id, timeout)
+    failed = await run.start()
+    if failed is not None:
+        return failed
+    head = {"model_name": app.name, "model_version": str(app.version), "id": body.get("id", request_id)}
+    if stream:
+        return Response(200, content_type=streams.CONTENT_TYPES[streams.SSE], stream=_generated_events(run, head))
+    try:
+        text = await run.text()
+    except GenerationFailed as e:
+        return e.response
+    return Response.json(200, {**head, "text_output": text, **_details(run)})
+
+
+def _details(run: Generation) -> dict[str, Any]:
+    return {"finish_reason": run.finish_reason, **run.usage.to_json()}
+
+
+async def _generated_events(run: Generation, head: dict[str, Any]) -> AsyncIterator[bytes]:
+    try:
+        async for piece in run.pieces():
+            yield streams.item(streams.SSE, json.dumps({**head, "text_output": piece}).encode())
+    except GenerationFailed as e:
+        yield streams.error(streams.SSE, e.response)
+        return
+    yield streams.item(streams.SSE, json.dumps({**head, "text_output": "", **_details(run)}).encode())
 
 
 def _inputs_to_payload(parameters: dict[str, PredictInput], inputs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 import fastjsonschema
 
-from ml_serving import streams
+from ml_serving import generation, streams
 from ml_runtime.errors import INVALID_REQUEST, MALFORMED_JSON, MODEL_REJECTED_INPUT, NOT_CACHED
 
 SCHEMAS = "#/components/schemas/"
@@ -136,6 +136,32 @@ OIP_SCHEMAS: dict[str, Any] = {
                        "extensions": {"type": "array", "items": {"type": "string"}}},
         "required": ["name", "version", "extensions"],
     },
+    "oip.GenerateRequest": {
+        "type": "object",
+        "description": "Generate extension: the text to continue, and sampling parameters at the top level "
+                       "or under `parameters` (max_tokens, temperature, top_p, stop, seed).",
+        "properties": {
+            "id": {"type": "string"},
+            "text_input": {"type": "string"},
+            "parameters": {"type": "object"},
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "temperature": {"type": "number", "minimum": 0},
+            "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+            "seed": {"type": "integer"},
+        },
+        "required": ["text_input"],
+    },
+    "oip.GenerateResponse": {
+        "type": "object",
+        "properties": {
+            "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+            "text_output": {"type": "string"}, "finish_reason": {"enum": ["stop", "length"]},
+            "prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
+            "total_tokens": {"type": "integer"},
+        },
+        "required": ["model_name", "text_output"],
+    },
     "oip.Liveness": {"type": "object", "properties": {"live": {"type": "boolean"}}, "required": ["live"]},
     "oip.Readiness": {"type": "object", "properties": {"ready": {"type": "boolean"}}, "required": ["ready"]},
 }
@@ -240,6 +266,8 @@ def build_openapi(manifest: dict[str, Any], description: Optional[dict[str, Any]
                                "inference request or whose tensors do not fit predict's parameters"}),
                 },
             }}
+        if generation.supported(description):
+            paths.update(_generate_paths(prefix, prefix == model))
     paths["/metrics"] = _get("Prometheus metrics", {"200": _response("OK", {"type": "string"}, "text/plain")})
     paths["/openapi.json"] = _get("This document", {"200": _response("OK", {"type": "object"})})
     schemas = {**(description or {}).get("definitions", {}), **OIP_SCHEMAS, "ml.Error": ERROR}
@@ -249,6 +277,24 @@ def build_openapi(manifest: dict[str, Any], description: Optional[dict[str, Any]
                  "description": manifest.get("description") or f"Generated API of {manifest['address']}."},
         "paths": paths,
         "components": {"schemas": schemas},
+    }
+
+
+def _generate_paths(prefix: str, latest: bool) -> dict[str, Any]:
+    """The generate extension's routes of a model that generates text."""
+    def operation(name: str, summary: str, ok: dict[str, Any]) -> dict[str, Any]:
+        return {"post": {
+            "operationId": name if latest else f"{name}_version", "summary": summary,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": OIP + "GenerateRequest"}}}},
+            "responses": {"200": ok, **_errors(MODEL_ERRORS)},
+        }}
+    return {
+        f"{prefix}/generate": operation("generate_text", "Generate text (Open Inference Protocol generate extension)",
+                                        _response("OK", {"$ref": OIP + "GenerateResponse"})),
+        f"{prefix}/generate_stream": operation(
+            "generate_text_stream", "Generate text as Server-Sent Events (generate extension)",
+            _response("Server-Sent Events, each a GenerateResponse with the new `text_output`; the last "
+                      "has `finish_reason`", {"type": "string"}, streams.CONTENT_TYPES[streams.SSE])),
     }
 
 

@@ -1,5 +1,6 @@
 """A test model that misbehaves on request: crashes, hangs, raises, answers NaN, keeps state, takes bytes,
-batches (`upper`), answers raw bytes (`download`) and streams (`ticks`).
+batches (`upper`), answers raw bytes (`download`), streams (`ticks`) and generates text (`generate`:
+it echoes its prompt back three characters at a time, as an LLM that needs no weights).
 
 Used by the serving tests to prove the server's fault handling with a real worker process.
 """
@@ -18,7 +19,11 @@ import fastjsonschema
 import httptools
 
 # The platform runtime is in every model's environment (no requirement, no resolve).
+from ml_runtime.generation import FINISH_LENGTH, FINISH_STOP, ChatMessage, Generated  # pants: no-infer-dep
 from ml_runtime.shared_cache import SharedCache  # pants: no-infer-dep
+
+# How many characters of the echo each generated "token" is.
+ECHO_TOKEN_CHARS = 3
 
 
 @dataclass
@@ -148,6 +153,23 @@ class Model:
     def environment(self, name: str) -> Optional[str]:
         """One variable of the worker's environment (what the server gave it)."""
         return os.environ.get(name)
+
+    def generate(self, prompt: str = "", messages: Optional[list[ChatMessage]] = None, max_tokens: int = 256,
+                 temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None,
+                 delay: float = 0.0) -> Iterator[Generated]:
+        """Echoes `prompt` (or the messages' contents, as "role: content" lines) back,
+        ECHO_TOKEN_CHARS characters per token, `delay` seconds apart (at most 1); at "FAIL" it
+        raises (a 422 as the stream's last event)."""
+        text = prompt or "\n".join(f"{m.role}: {m.content}" for m in messages or [])
+        tokens = [text[i:i + ECHO_TOKEN_CHARS] for i in range(0, len(text), ECHO_TOKEN_CHARS)]
+        prompt_tokens = len(tokens)
+        for n, token in enumerate(tokens[:max_tokens], start=1):
+            if n > 1:
+                time.sleep(min(1.0, max(0.0, delay)))
+            if "FAIL" in text and text.index("FAIL") < n * ECHO_TOKEN_CHARS:
+                raise ValueError("FAIL: the prompt asked the generation to fail here")
+            last = n == min(len(tokens), max_tokens)
+            yield Generated(token, prompt_tokens, n, (FINISH_LENGTH if n < len(tokens) else FINISH_STOP) if last else None)
 
     def shout(self, text: str) -> str:
         print("model output on stdout must not break the protocol")
