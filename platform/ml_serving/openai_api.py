@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Optional
 from ml_http.server import Request, Response
 from ml_runtime.generation import DEFAULT_MAX_TOKENS
 from ml_serving.generation import Generation, GenerationFailed, model_parameters
-from ml_serving.openapi import MODEL_ERRORS, SCHEMAS, _errors, _get, _response, compile_schema, schema_error
+from ml_serving.openapi import (
+    MODEL_ERRORS, SCHEMAS, _errors, _get, _response, compile_schema, schema_error, sse_events,
+)
 from ml_serving.streams import CONTENT_TYPES, SSE
 
 if TYPE_CHECKING:
@@ -127,7 +129,7 @@ def _paths(base: str) -> dict[str, Any]:
     def operation(name: str, request: str, answer: str, summary: str) -> dict[str, Any]:
         ok = _response("The answer; with `stream`, Server-Sent Events of its chunks, ending in "
                        "`data: [DONE]`", {"$ref": OPENAI + answer})
-        ok["content"][CONTENT_TYPES[SSE]] = {"schema": {"type": "string"}}
+        ok["content"][CONTENT_TYPES[SSE]] = {"schema": sse_events()}
         return {"post": {"operationId": name, "summary": summary, "tags": ["OpenAI-compatible"],
                          "requestBody": {"required": True, "content": {
                              "application/json": {"schema": {"$ref": OPENAI + request}}}},

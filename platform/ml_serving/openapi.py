@@ -206,13 +206,30 @@ BINARY_CONTENT_TYPES = ("application/octet-stream", "image/png", "image/jpeg")
 BINARY_RESPONSE_TYPE = "application/octet-stream"
 
 
+def sse_events(data: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The schema of one Server-Sent Event, as an event stream's `schema` describes it (OpenAPI
+    3.2's reading, which validators apply to 3.1 too): its fields, `data` being JSON of the
+    schema `data` when given (OpenAI's `data: [DONE]` is not JSON, so its streams give none)."""
+    data_field: dict[str, Any] = {"type": "string"}
+    if data is not None:
+        data_field.update(contentMediaType="application/json", contentSchema=data)
+    return {"type": "object", "required": ["data"], "properties": {
+        "event": {"type": "string"}, "data": data_field, "id": {"type": "string"}, "retry": {"type": "integer"}}}
+
+
+# A stream's last event when it fails after its first item (ml_serving.streams.error).
+STREAM_ERROR = {"allOf": [{"$ref": ERROR_REF}, {"type": "object", "required": ["status"],
+                                                 "properties": {"status": {"type": "integer"}}}]}
+
+
 def _ok(spec: dict[str, Any]) -> dict[str, Any]:
     """An endpoint's 200: JSON, raw bytes (`-> bytes`), or a stream of items (a generator)."""
     if spec.get("streaming"):
         ok = _response("A stream of items as they are made: newline-delimited JSON, or Server-Sent "
                        "Events for `Accept: text/event-stream`; a failure after the first item is "
                        "its last event", spec["response"], streams.CONTENT_TYPES[streams.NDJSON])
-        ok["content"][streams.CONTENT_TYPES[streams.SSE]] = {"schema": {"type": "string"}}
+        ok["content"][streams.CONTENT_TYPES[streams.SSE]] = {
+            "schema": sse_events({"anyOf": [spec["response"], STREAM_ERROR]})}
         return ok
     if spec.get("binary_response"):
         return _response("OK", {"type": "string", "format": "binary"}, BINARY_RESPONSE_TYPE)
@@ -294,7 +311,8 @@ def _generate_paths(prefix: str, latest: bool) -> dict[str, Any]:
         f"{prefix}/generate_stream": operation(
             "generate_text_stream", "Generate text as Server-Sent Events (generate extension)",
             _response("Server-Sent Events, each a GenerateResponse with the new `text_output`; the last "
-                      "has `finish_reason`", {"type": "string"}, streams.CONTENT_TYPES[streams.SSE])),
+                      "has `finish_reason`", sse_events({"anyOf": [{"$ref": OIP + "GenerateResponse"}, STREAM_ERROR]}),
+                      streams.CONTENT_TYPES[streams.SSE])),
     }
 
 

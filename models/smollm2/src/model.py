@@ -26,6 +26,9 @@ from weights import WEIGHTS
 WEIGHTS_DIR = Path(__file__).resolve().parent / WEIGHTS
 # The context the model was trained with; a prompt and its completion must fit in it.
 CONTEXT_TOKENS = 8192
+# The most tokens one request may ask for: at ~10 tokens/s on one core, 1024 take under two
+# minutes, inside the model's timeout. A deployment sets its own (env SMOLLM2_MAX_TOKENS).
+MAX_TOKENS = int(os.environ.get("SMOLLM2_MAX_TOKENS", "1024"))
 
 
 class Model:
@@ -52,6 +55,8 @@ class Model:
             text = prompt
         else:
             raise ValueError("give `prompt` or `messages`")
+        if max_tokens > MAX_TOKENS:
+            raise ValueError(f"max_tokens: at most {MAX_TOKENS} per request here (SMOLLM2_MAX_TOKENS), not {max_tokens}")
         ids = self.tokenizer(text, return_tensors="pt").input_ids
         prompt_tokens = ids.shape[1]
         if prompt_tokens + max_tokens > CONTEXT_TOKENS:
