@@ -25,6 +25,7 @@ from pants.engine.target import (
     InvalidTargetException,
     SpecialCasedDependencies,
     StringField,
+    StringSequenceField,
     Target,
     ValidNumbers,
 )
@@ -293,6 +294,20 @@ class MLModelEnvField(DictStringToStringField):
     )
 
 
+class MLModelSecretsField(StringSequenceField):
+    alias = "secrets"
+    help = help_text(
+        """
+        Names of the secrets the model needs, e.g. `secrets=["SUPPORT_REPLY_API_KEY"]`: each is
+        an environment variable of the model's process whose value the deploy environment
+        supplies (`secrets:` in platform/deploy.yaml maps each name to AWS Secrets Manager, SSM
+        Parameter Store, an environment variable or an uncommitted file). A value never enters
+        the image, the lockfile, the deploy plan, a log or the metrics; a deploy that cannot find
+        one fails naming it and where it looked.
+        """
+    )
+
+
 class MLModelDependenciesField(Dependencies):
     help = help_text(
         """
@@ -369,6 +384,7 @@ class MLModelTarget(Target):
         MLModelLoadTimeoutField,
         MLModelTimeoutField,
         MLModelEnvField,
+        MLModelSecretsField,
         MLModelDependenciesField,
         MLModelServerField,
         MLModelBaseImageField,
@@ -402,6 +418,7 @@ class MLModelTarget(Target):
             workers=self[MLModelWorkersField].value,
             threads=self[MLModelThreadsField].value,
             worker_memory=self[MLModelWorkerMemoryField].value,
+            secrets=tuple(self[MLModelSecretsField].value or ()),
         )
 
     def validate(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -65,6 +66,12 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                    "VECLIB_MAXIMUM_THREADS")
 
 
+# A secret is an environment variable of the model's process: a name a shell could export. The
+# platform's own (ML_*) and Lambda's (AWS_*, LAMBDA_*) are not the model's to take.
+SECRET_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+RESERVED_ENV_PREFIXES = ("ML_", "AWS_", "LAMBDA_")
+
+
 class SettingError(ValueError):
     """One setting is invalid for the model's compute; `setting` names it."""
 
@@ -104,6 +111,7 @@ class ModelSettings:
     workers: Optional[int] = None  # model worker processes; None: from cpu and gpu
     threads: Optional[int] = None  # math-library threads per worker; None: from cpu and workers
     worker_memory: Optional[int] = None  # MiB one loaded worker needs; checked against memory
+    secrets: Tuple[str, ...] = ()  # environment variables each deploy environment supplies
 
     @property
     def effective_cpu(self) -> float:
@@ -155,6 +163,13 @@ class ModelSettings:
             if self.timeout > LAMBDA_MAX_TIMEOUT_SECONDS:
                 raise SettingError("timeout", f"is {self.timeout} s, but Lambda allows at most "
                                    f"{LAMBDA_MAX_TIMEOUT_SECONDS} s.")
+        for secret in self.secrets:
+            if not SECRET_NAME.match(secret) or secret.startswith(RESERVED_ENV_PREFIXES):
+                raise SettingError("secrets", f"names {secret!r}: a secret is an environment variable, upper-case "
+                                   f"letters, digits and _, not starting with {', '.join(RESERVED_ENV_PREFIXES)}.")
+            if secret in self.env:
+                raise SettingError("secrets", f"names {secret!r}, which `env` sets too: a secret's value comes "
+                                   "from the deploy environment, never from the BUILD file. Remove it from `env`.")
         for name in ("workers", "threads", "worker_memory"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -192,7 +207,7 @@ class ModelSettings:
         return f"cpu={self.effective_cpu:g}"
 
     def to_dict(self) -> Dict[str, Any]:
-        return {**dataclasses.asdict(self), "env": dict(self.env)}
+        return {**dataclasses.asdict(self), "env": dict(self.env), "secrets": list(self.secrets)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -207,4 +222,4 @@ class ModelSettings:
         unknown = sorted(set(data) - known)
         if unknown:  # written by another version of the plugin than these tools
             raise ValueError(f"unknown model settings {unknown}; rebuild with the same commit's plugin")
-        return cls(**data)
+        return cls(**{**data, "secrets": tuple(data.get("secrets", ()))})

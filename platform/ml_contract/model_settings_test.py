@@ -23,6 +23,9 @@ from ml_contract.model_settings import DEFAULT_CPU, ModelSettings, SettingError
         (dict(cpu=4.0, memory=2048, workers=3, worker_memory=800), "workers", "raise `memory` to at least 2400"),
         (dict(compute="lambda", workers=2), "workers", "Lambda sends one request at a time"),
         (dict(workers=0), "workers", "must be at least 1"),
+        (dict(secrets=("api-key",)), "secrets", "upper-case letters, digits and _"),
+        (dict(secrets=("AWS_SECRET_ACCESS_KEY",)), "secrets", "not starting with ML_, AWS_, LAMBDA_"),
+        (dict(secrets=("KEY",), env={"KEY": "x"}), "secrets", "which `env` sets too"),
     ],
 )
 def test_each_compute_rule_names_the_setting(settings: dict, setting: str, fragment: str) -> None:
@@ -54,3 +57,8 @@ def test_workers_and_threads_come_from_the_declared_cpu_and_gpu(settings: dict, 
     model.check()
     assert (model.effective_workers, model.effective_threads) == (workers, threads)
 
+
+
+def test_secrets_round_trip_through_json() -> None:
+    settings = ModelSettings(name="m", secrets=("API_KEY", "DB_PASSWORD"))
+    assert ModelSettings.from_json(settings.to_json()) == settings

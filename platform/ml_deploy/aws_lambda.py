@@ -25,7 +25,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ml_contract.model_settings import ModelSettings
 from ml_contract.package_layout import LAMBDA_RESPONSE_STREAMING_ENV
-from ml_deploy import aws, publish
+from ml_deploy import aws, publish, secrets
+from ml_runtime.aws_secrets import SECRETS_ENV
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.plan import CREATE, DELETE, UNCHANGED, UPDATE, Plan
 from ml_deploy.release import Release
@@ -116,6 +117,9 @@ def plan(release: Release, environment: Environment) -> Plan:
     _check(release, environment)
     lam = aws.client(environment, "lambda")
     function = release.resource_name
+    # Each secret must exist now; the function reads it with its own role at start.
+    found = secrets.sources(release.settings.secrets, environment, release.name, secrets.AWS_KINDS)
+    secrets.aws_arns(found, lambda service: aws.client(environment, service))
     state = read_state(lam, function)
     wanted = Settings(release.digest, release.settings.effective_memory, release.settings.timeout,
                       tuple(sorted(_function_env(release, environment).items())), environment.lambda_role or "")
@@ -323,10 +327,13 @@ def _plan_tags(result: Plan, lam: Any, state: FunctionState, tags: Dict[str, str
 
 
 def _function_env(release: Release, environment: Environment) -> Dict[str, str]:
-    """The function's environment: the model's, and whether its Function URL streams (the
-    runtime then answers in Lambda's streaming response mode)."""
+    """The function's environment: the model's, whether its Function URL streams (the runtime
+    then answers in Lambda's streaming response mode), and where its secrets are (the server
+    reads them at start, ml_runtime.aws_secrets): their sources, never their values."""
     streaming = {LAMBDA_RESPONSE_STREAMING_ENV: "1"} if environment.function_url_invoke_mode == "RESPONSE_STREAM" else {}
-    return {**release.settings.env, **streaming}
+    found = secrets.sources(release.settings.secrets, environment, release.name, secrets.AWS_KINDS)
+    listed = {SECRETS_ENV: json.dumps({s.name: f"{s.kind}:{s.where}" for s in found}, sort_keys=True)} if found else {}
+    return {**release.runtime_env(environment), **streaming, **listed}
 
 
 def _plan_url(result: Plan, lam: Any, function: str, environment: Environment, state: FunctionState) -> None:

@@ -65,7 +65,8 @@ def test_first_deploy_creates_the_function_version_alias_and_url(deployer: Deplo
     assert found["Code"]["ImageUri"] == f"{registry.host}/ml/{release.name}@{release.digest}"
     assert "@sha256:" in found["Code"]["ImageUri"]  # by digest, never by tag
     assert (configuration["MemorySize"], configuration["Timeout"]) == (512, 30)
-    assert configuration["Environment"]["Variables"] == {"MODEL_FLAVOUR": "tiny"}
+    assert configuration["Environment"]["Variables"] == {"MODEL_FLAVOUR": "tiny",
+                                                         "ML_MODEL_URL": "https://{model}.ml.localhost"}
     assert configuration["Role"] == environment.lambda_role
     assert found["Tags"]["ml.digest"] == release.digest
     assert found["Tags"]["ml.model"] == release.name and found["Tags"]["ml.version"] == "1"

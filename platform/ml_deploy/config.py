@@ -87,6 +87,12 @@ class Environment:
     state_dir: Optional[str] = field(default=None, metadata={
         "help": "Where local deploys keep releases, logs and the route table "
                 "(default: $XDG_STATE_HOME/ml-platform/<environment>)."})
+    secrets: Mapping[str, str] = field(default_factory=dict, metadata={
+        "help": "Where each model secret (an ml_model's `secrets`) comes from, by name: "
+                "`secretsmanager:<name or ARN>` or `ssm:<parameter name or ARN>` on AWS compute (read "
+                "with the task's or function's role), `env:<VAR>` (the deploy's environment) or "
+                "`file:<path>` (an uncommitted file; `~` allowed) on `local`. Values never appear in "
+                "images, plans or logs."})
     engine: str = field(default="auto", metadata={
         "help": "How `local` runs models: `auto` (a Docker-API engine if one answers, else the "
                 "packaged server), `docker` (require an engine) or `process` (never an engine)."})
@@ -97,6 +103,14 @@ class Environment:
             raise ConfigError(
                 f"environment {self.name!r}: {why} needs {', '.join(missing)} in the deploy "
                 f"environments file (platform/deploy.yaml)")
+
+    @property
+    def model_url(self) -> str:
+        """Where models answer, `{model}` standing for a model's host label: the local gateway,
+        or the load balancer's HTTPS listener."""
+        if self.compute == Compute.LOCAL.value:
+            return f"http://{{model}}.ml.{self.domain}:{self.gateway_port}"
+        return f"https://{{model}}.ml.{self.domain}"
 
     def local_state_dir(self) -> Path:
         if self.state_dir:
@@ -135,7 +149,11 @@ def _coerce(name: str, raw: Any, where: str, env: Mapping[str, str]) -> Any:
     f = _FIELDS[name]
     kind = f.type if isinstance(f.type, str) else str(f.type)
     if raw is None:
-        return f.default
+        return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if "Mapping" in kind:
+        if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+            raise ConfigError(f"{where}: expected a mapping of names to strings, got {raw!r}")
+        return {k: _expand(v, f"{where}.{k}", env) for k, v in raw.items()}
     if "Tuple" in kind:
         items = [raw] if isinstance(raw, str) else raw
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from ml_image.registry import is_ecr_host
 
 from ml_deploy import alb, aws, publish
-from ml_deploy.config import Environment
+from ml_deploy.config import ConfigError, Environment
 from ml_deploy.ecs import log_group
 from ml_deploy.plan import CREATE, REPLACE, UNCHANGED, UPDATE, Plan
 from ml_contract.package_layout import CONTAINER_PORT
@@ -64,6 +64,10 @@ class State:
 def plan(release: Release, environment: Environment) -> Plan:
     """Push, log group, target group, listener rule, launch template, instance."""
     _check(release, environment)
+    if release.settings.secrets:
+        raise ConfigError(f"{release.name} declares secrets ({', '.join(release.settings.secrets)}), which `ec2` "
+                          "cannot supply yet (its user data has no way to read them without putting them "
+                          "where instance metadata readers see them): use compute fargate, ecs or lambda")
     ec2 = aws.client(environment, "ec2")
     elb = aws.client(environment, "elbv2")
     outputs: Dict[str, str] = {}
@@ -130,7 +134,7 @@ def user_data(release: Release, environment: Environment) -> str:
         login = (f"ecr_login() {{ aws ecr get-login-password --region {q(ecr_region)} | "
                  f"\"$engine\" login --username AWS --password-stdin {q(registry)}; }}\n"
                  f"retry ecr_login\n")
-    env_args = "".join(f" \\\n  -e {q(f'{k}={v}')}" for k, v in sorted(release.settings.env.items()))
+    env_args = "".join(f" \\\n  -e {q(f'{k}={v}')}" for k, v in sorted(release.runtime_env(environment).items()))
     gpu_args = ' "${gpus[@]}"' if release.settings.gpu else ""
     return f"""#!/bin/bash
 # ml-platform: {release.name} v{release.version}, image {release.digest} (written by ml_deploy.ec2).

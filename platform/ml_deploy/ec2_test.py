@@ -227,7 +227,8 @@ def test_user_data_pulls_by_digest_and_runs_the_image(tmp_path: Path, engine: st
     assert f"{engine} pull {image}" in calls
     (run,) = [c for c in calls if c.startswith(f"{engine} run ")]
     assert run.startswith(f"{engine} run -d --name ml-iris-v2 --restart=always -p 8080:8080 --memory 4096m --cpus 2 ")
-    assert run.endswith(f"-e GREETING=it's $HOME {image}")  # one argument, not expanded
+    assert f"-e GREETING=it's $HOME -e ML_MODEL_URL=https://{{model}}.ml." in run  # one argument, not expanded
+    assert run.endswith(f" {image}")
     if engine == "docker":
         assert "--log-driver awslogs" in run and "--gpus 1" in run
         assert "systemctl enable --now docker" in calls

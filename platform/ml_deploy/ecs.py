@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
-from ml_deploy import alb, aws, publish
+from ml_deploy import alb, aws, publish, secrets
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.plan import CREATE, UNCHANGED, UPDATE, Plan
 from ml_contract.package_layout import CONTAINER_PORT
@@ -100,19 +100,23 @@ def plan(release: Release, environment: Environment) -> Plan:
     # The rule comes before the service: ECS refuses a service whose target group is on no load
     # balancer, and the rule is what attaches the group to the listener's load balancer.
     alb.plan_listener_rule(result, release, environment, outputs)
-    _plan_task_definition(result, ecs, release, environment, state, outputs)
+    found = secrets.sources(release.settings.secrets, environment, release.name, secrets.AWS_KINDS)
+    arns = secrets.aws_arns(found, lambda service: aws.client(environment, service))
+    _plan_task_definition(result, ecs, release, environment, state, outputs, arns)
     _plan_service(result, ecs, release, environment, state, outputs)
     return result
 
 
-def task_definition(release: Release, environment: Environment) -> Dict[str, Any]:
-    """The register_task_definition arguments for the release (without tags)."""
+def task_definition(release: Release, environment: Environment,
+                    secret_arns: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    """The register_task_definition arguments for the release (without tags); `secret_arns`:
+    the ARN of each of the model's secrets, which ECS reads with the execution role at start."""
     container: Dict[str, Any] = {
         "name": CONTAINER,
         "image": release.image_uri(environment),
         "essential": True,
         "portMappings": [{"containerPort": CONTAINER_PORT, "hostPort": CONTAINER_PORT, "protocol": "tcp"}],
-        "environment": [{"name": k, "value": v} for k, v in sorted(release.settings.env.items())],
+        "environment": [{"name": k, "value": v} for k, v in sorted(release.runtime_env(environment).items())],
         "dockerLabels": release.labels(),
         "logConfiguration": {"logDriver": "awslogs", "options": {
             "awslogs-group": log_group(release),
@@ -120,6 +124,8 @@ def task_definition(release: Release, environment: Environment) -> Dict[str, Any
             "awslogs-stream-prefix": f"v{release.version}",
         }},
     }
+    if secret_arns:
+        container["secrets"] = [{"name": k, "valueFrom": v} for k, v in sorted(secret_arns.items())]
     if release.settings.gpu:
         container["resourceRequirements"] = [{"type": "GPU", "value": str(release.settings.gpu)}]
     spec: Dict[str, Any] = {
@@ -201,8 +207,8 @@ def _plan_cluster(result: Plan, ecs: Any, environment: Environment, state: State
 
 
 def _plan_task_definition(result: Plan, ecs: Any, release: Release, environment: Environment,
-                          state: State, outputs: Dict[str, str]) -> None:
-    spec = task_definition(release, environment)
+                          state: State, outputs: Dict[str, str], secret_arns: Mapping[str, str]) -> None:
+    spec = task_definition(release, environment, secret_arns)
     wanted = fingerprint(spec)
     family = release.resource_name
     resource = f"ECS task definition {family}"
@@ -364,6 +370,8 @@ def _differences(current: Mapping[str, Any], spec: Mapping[str, Any]) -> List[st
     if sorted((e["name"], e["value"]) for e in was.get("environment") or []) != \
             [(e["name"], e["value"]) for e in now["environment"]]:
         changes.append("environment variables")
+    if (was.get("secrets") or []) != (now.get("secrets") or []):
+        changes.append("secrets: " + (", ".join(f"{e['name']} <- {e['valueFrom']}" for e in now.get("secrets") or []) or "none"))
     if (was.get("resourceRequirements") or []) != (now.get("resourceRequirements") or []):
         changes.append(f"GPUs -> {now.get('resourceRequirements', [{}])[0].get('value', 0)}")
     return changes

@@ -92,7 +92,8 @@ def test_fargate_deploy_records_task_definition_service_and_load_balancer(
     (container,) = definition["containerDefinitions"]
     assert container["image"] == f"{registry.host}/ml/iris@{release.digest}"
     assert container["portMappings"][0]["containerPort"] == 8080
-    assert container["environment"] == [{"name": "MODEL_FLAVOUR", "value": "tiny"}]
+    assert container["environment"] == [{"name": "ML_MODEL_URL", "value": "https://{model}.ml.example.com"},
+                                        {"name": "MODEL_FLAVOUR", "value": "tiny"}]
     assert container["logConfiguration"] == {"logDriver": "awslogs", "options": {
         "awslogs-group": "/ml/iris", "awslogs-region": REGION, "awslogs-stream-prefix": "v1"}}
     assert "resourceRequirements" not in container or not container["resourceRequirements"]

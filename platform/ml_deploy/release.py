@@ -12,6 +12,7 @@ from ml_contract.model_settings import ModelSettings
 from ml_contract.package_layout import IMAGE_LAYOUT
 from ml_deploy.config import Environment
 from ml_image.registry import read_layout
+from ml_runtime.upstream import MODEL_URL_ENV
 
 
 def short_digest(digest: str) -> str:
@@ -54,6 +55,11 @@ class Release:
     @property
     def compute(self) -> str:
         return self.settings.compute
+
+    def runtime_env(self, environment: Environment) -> Dict[str, str]:
+        """The environment variables of the model's process, besides its secrets: its own `env`,
+        and where the environment's models answer (for model-to-model calls)."""
+        return {**self.settings.env, MODEL_URL_ENV: environment.model_url}
 
     def placed(self, compute: str) -> "Release":
         """This release run on `compute` (an environment may force one)."""

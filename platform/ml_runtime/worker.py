@@ -17,7 +17,9 @@ from typing import Any, BinaryIO, Mapping
 
 from ml_runtime import protocol, wire
 from ml_runtime.codec import InputError
-from ml_runtime.errors import INVALID_REQUEST, MALFORMED_JSON, MODEL_REJECTED_INPUT, NOT_CACHED, NotCached
+from ml_runtime.errors import (
+    INVALID_REQUEST, MALFORMED_JSON, MODEL_REJECTED_INPUT, NOT_CACHED, UPSTREAM_FAILED, NotCached, UpstreamError,
+)
 from ml_runtime.handler import Endpoint, LoadedModel
 from ml_runtime.schema import describe_endpoints
 
@@ -160,6 +162,10 @@ def _error(error: BaseException, request_id: Any) -> tuple[int, bytes]:
         return 400, wire.dumps({"error": MALFORMED_JSON, "detail": str(error)})
     if isinstance(error, NotCached):
         return 409, wire.dumps({"error": NOT_CACHED, "detail": str(error)})
+    if isinstance(error, UpstreamError):
+        _log(request_id, f"upstream failure ({error.status}): {error}")
+        return error.status, wire.dumps({"error": UPSTREAM_FAILED, "detail": str(error),
+                                         "upstream_status": error.upstream_status})
     if isinstance(error, ValueError):
         # The documented way for a model to refuse an input its schema cannot rule out.
         _log(request_id, f"the model rejected the input: {error}")

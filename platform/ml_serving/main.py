@@ -23,6 +23,7 @@ from ml_contract.model_settings import DEFAULT_TIMEOUT_SECONDS
 from ml_contract.package_layout import CONTAINER_PORT
 from ml_http.ready import write_ready_file
 from ml_http.server import HttpLimits, HttpProtocol
+from ml_runtime import aws_secrets
 from ml_runtime.shared_cache import CACHE_DIR_ENV, SharedCache, bound_from_env, new_directory
 from ml_serving.app import ModelApp
 from ml_serving.metrics import Metrics
@@ -179,6 +180,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from uvloop import run
     except ImportError:  # the locked serving environment has it; plain asyncio also works
         run = asyncio.run
+    try:
+        # Before any worker starts, so that they inherit them; only names are logged.
+        read = aws_secrets.load_into(os.environ)
+    except aws_secrets.SecretUnavailable as e:
+        print(json.dumps({"event": "failed", "error": str(e)}), file=sys.stderr, flush=True)
+        return 1
+    if read:
+        print(json.dumps({"event": "secrets", "read": read}), file=sys.stderr, flush=True)
     try:
         return run(serve(args))
     except ModelLoadError as e:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import fastjsonschema
 
 from ml_serving import generation, streams
-from ml_runtime.errors import INVALID_REQUEST, MALFORMED_JSON, MODEL_REJECTED_INPUT, NOT_CACHED
+from ml_runtime.errors import INVALID_REQUEST, MALFORMED_JSON, MODEL_REJECTED_INPUT, NOT_CACHED, UPSTREAM_FAILED
 
 SCHEMAS = "#/components/schemas/"
 # The server's own schemas have dotted names, which no Python class (a handler's types) can have.
@@ -39,8 +39,10 @@ MODEL_ERRORS = {
            f"where), or the model rejected a value the schema allows (`error`: \"{MODEL_REJECTED_INPUT}\")",
     "500": "The model raised, or produced a result JSON cannot carry (NaN or Infinity); the "
            "traceback is in the server log under the request id",
-    "503": "The server is at capacity or shutting down, or the worker died; retry later",
-    "504": "The model did not answer within the model's timeout",
+    "502": f"A service the model calls gave a bad answer (`error`: \"{UPSTREAM_FAILED}\", `upstream_status`)",
+    "503": "The server is at capacity or shutting down, or the worker died, or a service the model calls "
+           "is overloaded or unreachable; retry later",
+    "504": "The model (or a service it calls) did not answer within its timeout",
 }
 
 ERROR = {
@@ -52,6 +54,8 @@ ERROR = {
         "field": {"type": "string", "description": "Path of the offending request field, e.g. `flowers[0].petal_width`."},
         "request_id": {"type": "string", "description": "The request's id, as in the `x-request-id` header and the log."},
         "routes": {"type": "array", "items": {"type": "string"}, "description": "The routes there are (404)."},
+        "upstream_status": {"type": ["integer", "null"],
+                            "description": "The status a service the model calls answered with (502, 503)."},
     },
     "required": ["error"],
 }

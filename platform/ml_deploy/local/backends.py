@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 from ml_contract.package_layout import IMAGE_LAYOUT, MODEL_PEX, OCI_INDEX, READY_PATH, SERVER_PEX
+from ml_deploy import secrets
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.local import probe
 from ml_deploy.local.processes import STOP_TIMEOUT, alive, spawn, stop_process
@@ -154,7 +155,7 @@ class ProcessBackend(Backend):
             [str(release_dir / MODEL_PEX / "__main__.py"), "serve",
              "--host", "127.0.0.1", "--port", "0", "--ready-file", str(ready_file)],
             cwd=release_dir, log=log, banner=f"deploy of {release.name} v{release.version} {release.digest}",
-            extra_env=dict(release.settings.env))
+            extra_env=_model_env(site, release))
 
         def fail(why: str) -> BackendFailed:
             stop_process(process.pid, pid_start, timeout=10)
@@ -255,7 +256,7 @@ class ContainerBackend(Backend):
             self.image_of(release), detach=True, name=name,
             # Host networking keeps the server on 127.0.0.1 (no bridge network, no private addresses).
             network_mode="host",
-            environment={**release.settings.env, "ML_PORT": str(port), "ML_HOST": "127.0.0.1"},
+            environment={**_model_env(site, release), "ML_PORT": str(port), "ML_HOST": "127.0.0.1"},
             labels={**release.labels(), "ml.state": str(site.root), "ml.environment": site.environment.name},
         )
         deployment = self._deployment(site, release, f"127.0.0.1:{port}", container=container.id, engine=self.url)
@@ -303,6 +304,13 @@ class ContainerBackend(Backend):
                 container.stop(timeout=int(STOP_TIMEOUT - 5))
                 container.remove(force=True)
                 say(f"stopped a stray container {container.name}")
+
+
+def _model_env(site: Site, release: Release) -> Dict[str, str]:
+    """The model's environment variables, its secrets' values (read now, from this deploy's
+    environment variables or files) included: they go to the process or container only."""
+    found = secrets.sources(release.settings.secrets, site.environment, release.name, secrets.LOCAL_KINDS)
+    return {**release.runtime_env(site.environment), **secrets.local_values(found)}
 
 
 def choose(environment: Environment) -> Backend:

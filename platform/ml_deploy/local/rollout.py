@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ml_contract.model_settings import ModelSettings
+from ml_deploy import secrets
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.local import backends, probe
 from ml_deploy.local.backends import Backend
@@ -185,6 +186,9 @@ def plan(release: Release, environment: Environment, gateway_pex: Optional[Path]
     gateway = gateway_state(site)
     check_port_is_ours(site, gateway)
     backend = backends.choose(environment)
+    # Every secret can be read now, or the plan fails naming it and where it looked (the values
+    # are read again, and only, when the model starts).
+    secrets.local_values(secrets.sources(release.settings.secrets, environment, release.name, secrets.LOCAL_KINDS))
     url = site.url(release.name, release.version)
     current_ok = current is not None and backends.of(current).healthy(current)
     result = Plan(target=f"{release.name} v{release.version} -> local ({environment.name})",
