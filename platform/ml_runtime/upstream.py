@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any, Mapping, Optional
 
@@ -40,8 +41,9 @@ def model_url(model: str, version: int, environ: Optional[Mapping[str, str]] = N
 
 def post_json(url: str, body: Any, headers: Optional[Mapping[str, str]] = None, timeout: float = 30.0) -> Any:
     """POST `body` as JSON and return the JSON answer; raises UpstreamError for any failure."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"content-type": "application/json", **(headers or {})})
+    target, host = _loopback(url)
+    request = urllib.request.Request(target, data=json.dumps(body).encode(), method="POST",
+                                     headers={"content-type": "application/json", **host, **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             data = response.read()
@@ -62,3 +64,15 @@ def post_json(url: str, body: Any, headers: Optional[Mapping[str, str]] = None, 
     except ValueError:
         raise UpstreamError(f"{url} answered with something that is not JSON: {data[:_QUOTED_BYTES]!r}", 502) from None
 
+
+
+def _loopback(url: str) -> tuple:
+    """`url` with a `*.localhost` host (the local gateway's names) sent to 127.0.0.1 under its
+    own Host header: such names are loopback by definition (RFC 6761), but the C resolver does
+    not know them."""
+    parts = urllib.parse.urlsplit(url)
+    name = (parts.hostname or "").rstrip(".")
+    if name != "localhost" and not name.endswith(".localhost"):
+        return url, {}
+    netloc = "127.0.0.1" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), {"host": parts.netloc}

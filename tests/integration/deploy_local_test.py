@@ -254,10 +254,10 @@ def test_the_image_through_a_docker_api_engine(podman_api: Any, iris: Release,
 # The torch models, deployed locally once (in an environment of their own)
 
 
-def post(environment: Environment, model: str, body: dict) -> Tuple[int, str, Any]:
+def post(environment: Environment, model: str, body: dict, path: str = "/v1/predict") -> Tuple[int, str, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", environment.gateway_port, timeout=120)
     try:
-        conn.request("POST", "/v1/predict", body=json.dumps(body),
+        conn.request("POST", path, body=json.dumps(body),
                      headers={"host": f"{model.replace('_', '-')}.ml.localhost:{environment.gateway_port}",
                               "content-type": "application/json"})
         response = conn.getresponse()
@@ -345,3 +345,51 @@ def test_segment_anything_client_session_through_the_gateway(tmp_path: Path) -> 
         for pid in left:
             os.kill(pid, signal.SIGKILL)
     assert not left, f"processes left running after stop: {left}"
+
+
+def test_support_reply_calls_smollm2_through_the_gateway_with_its_secret(tmp_path: Path, monkeypatch) -> None:
+    """The prompt-engineering chain on the local default: support_reply (its API key a secret
+    from this deploy's environment) -> the gateway, by smollm2's namespace URL -> smollm2."""
+    teardown_on_sigterm()
+    key = "sk-local-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]
+    environment = Environment(name="chain", compute="local", gateway_port=free_port(),
+                              state_dir=str(tmp_path / "state"), engine="process",
+                              secrets={"SUPPORT_REPLY_API_KEY": "env:TEST_SUPPORT_REPLY_KEY"})
+    smollm2 = Release.from_spec({"name": "smollm2", "version": 1, "address": "models/smollm2:smollm2", "cpu": 1,
+                                 "memory": 2048, "workers": 1, "timeout": 300},
+                                Path("models.smollm2/smollm2").resolve())
+    support_reply = Release.from_spec(
+        {"name": "support_reply", "version": 1, "address": "models/support_reply:support_reply", "compute": "lambda",
+         "memory": 512, "timeout": 45, "secrets": ["SUPPORT_REPLY_API_KEY"]},
+        Path("models.support_reply/support_reply").resolve()).placed("local")
+    ticket = {"subject": "Refund", "message": "I was charged twice for order 123.", "max_tokens": 40}
+    output = ""
+    try:
+        # Without the secret the deploy fails, naming it and where it looked.
+        with pytest.raises(Exception, match="secret SUPPORT_REPLY_API_KEY: the environment variable "
+                                            "TEST_SUPPORT_REPLY_KEY is not set"):
+            deploy(support_reply, environment)
+        monkeypatch.setenv("TEST_SUPPORT_REPLY_KEY", key)
+        output = deploy(smollm2, environment) + deploy(support_reply, environment)
+        status, digest, reply = post(environment, "support_reply", ticket, "/v1/reply")
+        assert status == 200 and digest == support_reply.digest, reply
+        assert reply["model"] == "smollm2" and reply["text"] and 0 < reply["completion_tokens"] <= 40
+        # With smollm2 gone, the gateway has no route for it: a clear 502 naming its 404.
+        local.stop(environment, "smollm2", say=lambda _: None)
+        status, _, error = post(environment, "support_reply", ticket, "/v1/reply")
+        assert status == 502 and error["upstream_status"] == 404 and "smollm2.ml.localhost" in error["detail"]
+        conn = http.client.HTTPConnection("127.0.0.1", environment.gateway_port, timeout=30)
+        conn.request("GET", "/metrics", headers={"host": f"support-reply.ml.localhost:{environment.gateway_port}"})
+        metrics = conn.getresponse().read().decode()
+        conn.close()
+    finally:
+        local.stop(environment, say=lambda _: None)
+        left = marked_processes(Site(environment))
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left running after stop: {left}"
+    # The key reached the model, and nothing else: not the plan, the metrics or any state file.
+    assert key not in output and key not in metrics
+    for path in (tmp_path / "state").rglob("*"):
+        if path.is_file() and path.stat().st_size < 2**20:  # the release copies are the packages
+            assert key.encode() not in path.read_bytes(), path

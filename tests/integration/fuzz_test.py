@@ -25,8 +25,10 @@ PACKAGES = sorted(p.parent for p in Path(".").glob("*/*/model.pex"))
 FAILS_BY_DESIGN = {"probe": ["fail", "exit", "segfault", "kill", "sleep", "nan", "remember", "ticks"]}
 # A real LLM spends ~0.1 s a token: fuzz it with answers of two tokens at most (longer requests
 # are refused, which is fuzzed too) and fewer cases.
-ENV = {"smollm2": {"SMOLLM2_MAX_TOKENS": "2"}}
+ENV = {"smollm2": {"SMOLLM2_MAX_TOKENS": "2"}, "support_reply": {"SUPPORT_REPLY_API_KEY": "fuzz", "SUPPORT_REPLY_MODEL": "probe"}}
 MAX_EXAMPLES = {"smollm2": 10}
+# Models that call another: fuzzed against the probe's OpenAI-compatible echo (its base URL).
+UPSTREAM = {"support_reply": ("SUPPORT_REPLY_BASE_URL", Path("tests.models.probe/probe"), "/v1/openai/v1")}
 
 
 def package_dir(build_file: Path) -> Path:
@@ -46,7 +48,19 @@ def test_every_model_is_fuzzed() -> None:
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)
 def test_fuzzer_finds_no_failure(package: Path, tmp_path: Path) -> None:
     # A big model's first start unpacks its environment (doc_links: torch) and imports it.
-    served = ServedModel(package, tmp_path, "--workers", "1", start_timeout=300, env=ENV.get(package.name))
+    env = dict(ENV.get(package.name, {}))
+    upstream = None
+    if package.name in UPSTREAM:
+        variable, upstream_package, base = UPSTREAM[package.name]
+        (tmp_path / "upstream").mkdir()
+        upstream = ServedModel(upstream_package, tmp_path / "upstream", "--workers", "1")
+        env[variable] = upstream.url + base
+    try:
+        served = ServedModel(package, tmp_path, "--workers", "1", start_timeout=300, env=env)
+    except BaseException:
+        if upstream:
+            upstream.stop()
+        raise
     report = tmp_path / "report.json"
     command = [str(FUZZER), served.url, "--report", str(report)]
     if package.name in MAX_EXAMPLES:
@@ -57,6 +71,8 @@ def test_fuzzer_finds_no_failure(package: Path, tmp_path: Path) -> None:
         run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     finally:
         assert served.stop() == 0
+        if upstream:
+            assert upstream.stop() == 0
     assert report.exists(), run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(report.read_text())
     cases = result["test_cases"]
