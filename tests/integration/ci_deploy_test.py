@@ -48,7 +48,9 @@ def repo(tmp_path_factory):
     repo = scratch_repo(
         tmp_path_factory.mktemp("repo"),
         ("pants", "pants.toml", "BUILD", ".ci", "pants-plugins", "platform", "models", "tests"),
-        ignore_in={"pants-plugins": ("*_test.py",), "models": ("doc_links", "mask2former", "mask_rcnn", "segment_anything")},
+        # The torch models and the LLM chain have deploy tests of their own (deploy_local).
+        ignore_in={"pants-plugins": ("*_test.py",), "models": ("doc_links", "mask2former", "mask_rcnn", "segment_anything",
+                                                               "smollm2", "support_reply")},
         append={
             "platform/deploy.yaml": f"\nci:\n  compute: local\n  engine: process\n  state_dir: {state}\n"
                                     f"  gateway_port: {free_port()}\n",
