@@ -52,7 +52,7 @@ class ModelApp:
         self.generates = generation.supported(description)
         document = build_openapi(self.manifest, description)
         if self.generates:
-            openai_api.describe(document, self.version)
+            openai_api.describe(document, self.version, self.name)
         self._publish(document)
 
     def _publish(self, document: dict[str, Any]) -> None:

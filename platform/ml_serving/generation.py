@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Union
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Sequence, Union
 
 from ml_http.server import Response
 from ml_runtime.generation import FINISH_STOP, GENERATE_ENDPOINT, GENERATE_PARAMETERS
@@ -66,11 +66,12 @@ class Generation:
     text: a bad request, a full queue), then `async for piece in pieces()`; afterwards `usage`
     and `finish_reason`."""
 
-    def __init__(self, app: "ModelApp", payload: dict[str, Any], stop: tuple[str, ...], request_id: str,
-                 timeout: Optional[float]) -> None:
+    def __init__(self, app: "ModelApp", payload: dict[str, Any], stop: Union[str, Sequence[str], None],
+                 request_id: str, timeout: Optional[float]) -> None:
         self.app = app
         self.payload = {k: v for k, v in payload.items() if v is not None}
-        self.stop = tuple(s for s in stop if s)
+        # One stop string or several, as OpenAI's `stop` and the generate extension's take them.
+        self.stop = tuple(s for s in ([stop] if isinstance(stop, str) else stop or ()) if s)
         self.request_id = request_id
         self.timeout = timeout
         self.usage = Usage()

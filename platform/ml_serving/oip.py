@@ -139,8 +139,7 @@ async def generate(app: "ModelApp", request: Request, request_id: str, timeout: 
     parameters = {**body, **(body.get("parameters") or {})}
     payload = {**model_parameters(app, parameters), "prompt": body["text_input"],
                **{k: parameters.get(k) for k in _GENERATE_PARAMETERS}}
-    stop = parameters.get("stop")
-    run = Generation(app, payload, (stop,) if isinstance(stop, str) else tuple(stop or ()), request_id, timeout)
+    run = Generation(app, payload, parameters.get("stop"), request_id, timeout)
     failed = await run.start()
     if failed is not None:
         return failed

@@ -12,13 +12,15 @@ Requests: `model` (the model's name), `messages` / `prompt`, `max_tokens` (or
 (1 only), `stream`, `stream_options.include_usage`; a field that is a parameter of the model's own
 `generate` (an OpenAI client's `extra_body`) is passed on; other fields are ignored. Answers and stream chunks have OpenAI's
 exact shapes, usage counts included; a stream is Server-Sent Events ending in `data: [DONE]`.
-Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, so that the
-official clients raise their own exception types; an error after the first chunk is a last
+Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}` (`code`: the
+server's own error kind, e.g. "the model rejected the input"), so that the official clients
+raise their own exception types; an error after the first chunk is a last
 `data: {"error": ...}` event, which the official client raises too.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Optional
@@ -114,11 +116,15 @@ _VALID = {kind: compile_schema({"$ref": OPENAI + kind}, SCHEMAS_OPENAI)
           for kind in ("ChatCompletionRequest", "CompletionRequest")}
 
 
-def describe(document: dict[str, Any], version: int) -> None:
+def describe(document: dict[str, Any], version: int, name: str) -> None:
     """Add the OpenAI routes and their schemas to the model's OpenAPI document (which is the
-    server's route table)."""
+    server's route table). The document says which `model` this server serves (another is a
+    404, as OpenAI answers), so that clients and the fuzzer send it."""
     document["paths"].update(_paths(prefix(version)))
-    document["components"]["schemas"].update(SCHEMAS_OPENAI)
+    schemas = copy.deepcopy(SCHEMAS_OPENAI)
+    for request in ("ChatCompletionRequest", "CompletionRequest"):
+        schemas["openai." + request]["properties"]["model"]["enum"] = [name]
+    document["components"]["schemas"].update(schemas)
 
 
 def _paths(base: str) -> dict[str, Any]:
@@ -172,8 +178,7 @@ async def route(app: "ModelApp", request: Request, path: str, request_id: str,
                                 "content": _text(m["content"])} for m in body["messages"]]
     else:
         payload["prompt"] = body["prompt"] if isinstance(body["prompt"], str) else body["prompt"][0]
-    stop = body.get("stop")
-    generation = Generation(app, payload, (stop,) if isinstance(stop, str) else tuple(stop or ()), request_id, timeout)
+    generation = Generation(app, payload, body.get("stop"), request_id, timeout)
     failed = await generation.start()
     if failed is not None:
         return path, _openai_error(failed)
@@ -261,6 +266,7 @@ def _openai_error(response: Response) -> Response:
     if body.get("request_id"):
         message += f" (request {body['request_id']})"
     kind = "invalid_request_error" if response.status < 500 else "server_error"
-    out = _error(response.status, message, kind, body.get("field"), str(response.status))
+    # `code`: the server's own error kind (ml_runtime.errors), which clients can act on.
+    out = _error(response.status, message, kind, body.get("field"), str(body.get("error", response.status)))
     out.headers = response.headers
     return out

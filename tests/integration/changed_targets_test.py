@@ -16,7 +16,8 @@ from testutil.scratch import commit_change, scratch_repo
 
 ALL_MODELS = {"models/digits:digits", "models/doc_links:doc_links", "models/iris:iris",
               "models/mask2former:mask2former", "models/mask_rcnn:mask_rcnn",
-              "models/segment_anything:segment_anything"}
+              "models/segment_anything:segment_anything", "models/smollm2:smollm2",
+              "models/support_reply:support_reply"}
 # The models that import ml_shared.artifacts.
 ARTIFACTS_USERS = {"models/digits:digits", "models/iris:iris"}
 

@@ -29,6 +29,7 @@ CONTEXT_TOKENS = 8192
 # The most tokens one request may ask for: at ~10 tokens/s on one core, 1024 take under two
 # minutes, inside the model's timeout. A deployment sets its own (env SMOLLM2_MAX_TOKENS).
 MAX_TOKENS = int(os.environ.get("SMOLLM2_MAX_TOKENS", "1024"))
+MIN_TEMPERATURE = 1e-4
 
 
 class Model:
@@ -88,12 +89,13 @@ class Model:
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float, sampler: Optional[torch.Generator]) -> int:
     """The next token: the likeliest at temperature 0, else sampled from the top-p nucleus."""
-    if temperature <= 0:
+    if temperature < MIN_TEMPERATURE:  # below it, logits / temperature overflow: greedy is the limit
         return int(logits.argmax())
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1:
         ordered, order = probs.sort(descending=True)
         keep = ordered.cumsum(0) - ordered < top_p  # the smallest prefix reaching top_p
+        keep[0] = True  # and at least the likeliest token, however small top_p is
         probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
     return int(torch.multinomial(probs, 1, generator=sampler))
 
