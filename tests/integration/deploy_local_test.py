@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gzip
 import hashlib
 import http.client
 import io
@@ -33,6 +34,7 @@ from ml_deploy.local.state import Site
 from ml_deploy.config import Environment
 from ml_deploy.plan import UNCHANGED, DeployFailed, execute
 from ml_deploy.release import Release
+from ml_image.registry import read_layout
 from testutil.load import steady_load, teardown_on_sigterm
 from testutil.podman import podman_service, podman_store
 from testutil.net import free_port
@@ -388,8 +390,15 @@ def test_support_reply_calls_smollm2_through_the_gateway_with_its_secret(tmp_pat
         for pid in left:
             os.kill(pid, signal.SIGKILL)
     assert not left, f"processes left running after stop: {left}"
-    # The key reached the model, and nothing else: not the plan, the metrics or any state file.
+    # The key reached the model, and nothing else: not the plan, the metrics, any state file
+    # (support_reply's release copy whole, the others' small files), nor any layer or the config
+    # of its image.
     assert key not in output and key not in metrics
     for path in (tmp_path / "state").rglob("*"):
-        if path.is_file() and path.stat().st_size < 2**20:  # the release copies are the packages
+        if path.is_file() and (path.stat().st_size < 2**20 or "support_reply" in str(path)):
             assert key.encode() not in path.read_bytes(), path
+    layout = support_reply.package_dir / "image"
+    image = read_layout(layout)
+    for blob in image.blobs:
+        data = (layout / "blobs" / "sha256" / blob.digest.split(":", 1)[1]).read_bytes()
+        assert key.encode() not in (gzip.decompress(data) if "gzip" in blob.media_type else data), blob.digest
