@@ -1,4 +1,4 @@
-"""The packaged iris model in AWS Lambda mode, against a local stand-in for the Lambda Runtime API.
+"""The packaged iris model (and the probe's OpenAI stream) in AWS Lambda mode, against a local stand-in for the Lambda Runtime API.
 
 The server finds $AWS_LAMBDA_RUNTIME_API, long-polls it for events instead of opening a port,
 and answers them through the same routes as over HTTP; SIGTERM stops it cleanly.
@@ -17,6 +17,8 @@ from typing import Any, Iterator
 
 import pytest
 from fakes.lambda_runtime_api import LambdaRuntimeApi, function_url_event
+
+from ml_contract.package_layout import LAMBDA_RESPONSE_STREAMING_ENV
 
 MODEL = Path("models.iris/iris/model.pex/__main__.py")
 FLOWER = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -169,3 +171,37 @@ def test_sigterm_stops_the_server(server: LambdaServer) -> None:
             break
         assert time.monotonic() < deadline, "worker processes outlived the server"
         time.sleep(0.1)
+
+
+PROBE = Path("tests.models.probe/probe/model.pex/__main__.py")
+
+
+def test_an_openai_stream_in_lambdas_streaming_response_mode(tmp_path: Path) -> None:
+    """The probe's generate, behind a Function URL in RESPONSE_STREAM mode: the OpenAI chunks,
+    `data: [DONE]` last, posted in Lambda's streaming response mode."""
+    api = LambdaRuntimeApi(function_arn="arn:aws:lambda:us-east-1:0:function:probe")
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(PROBE)], env={**os.environ, "AWS_LAMBDA_RUNTIME_API": api.address, "ML_WORKERS": "1",
+                               LAMBDA_RESPONSE_STREAMING_ENV: "1"},
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        server = LambdaServer(api, process, log)
+        api.wait_for_poll(START_TIMEOUT, server.alive, server.logs)
+        body = json.dumps({"model": "probe", "messages": [{"role": "user", "content": "hello"}], "stream": True})
+        request_id = api.put(function_url_event("POST", "/v1/openai/v1/chat/completions", body,
+                                                {"content-type": "application/json"}))
+        post = api.wait_for_result(request_id, 60, server.alive, server.logs)
+        assert post.headers["lambda-runtime-function-response-mode"] == "streaming"
+        prelude, _, events = post.body.partition(b"\0" * 8)
+        assert json.loads(prelude)["headers"]["content-type"] == "text/event-stream"
+        lines = [block.removeprefix(b"data: ") for block in events.split(b"\n\n") if block]
+        assert lines[-1] == b"[DONE]" and not post.trailers
+        chunks = [json.loads(line) for line in lines[:-1]]
+        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "user: hello"
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        api.close()
