@@ -165,6 +165,18 @@ class ModelApp:
         """Run a streaming endpoint in a worker: each item is sent as it is made, as `events`
         (ml_serving.streams). An error before the first item is an ordinary error response;
         after it, the stream's last event."""
+        opened = await self.open_stream(endpoint, body, request_id, binary_parameter, timeout)
+        if isinstance(opened, Response):
+            return opened
+        stream, first = opened
+        return Response(200, content_type=streams.CONTENT_TYPES[events],
+                        stream=self._stream(stream, first, events, request_id))
+
+    async def open_stream(self, endpoint: str, body: bytes, request_id: str, binary_parameter: Optional[str] = None,
+                          timeout: Optional[float] = None) -> Union[Response, tuple[Stream, Union[bytes, WorkerResponse]]]:
+        """Queue a request to a streaming endpoint and wait for its first event: the stream and
+        that event (an item, or the final 200 of an empty stream), or the error response when it
+        failed before any item."""
         if not self.accepting:
             return Response.json(503, {"error": "server is shutting down", "request_id": request_id})
         try:
@@ -177,8 +189,7 @@ class ModelApp:
             raise
         if isinstance(first, WorkerResponse) and first.status != 200:
             return self.answer(endpoint, first, request_id)
-        return Response(200, content_type=streams.CONTENT_TYPES[events],
-                        stream=self._stream(stream, first, events, request_id))
+        return stream, first
 
     async def _stream(self, stream: Stream, first: Union[bytes, WorkerResponse], events: str,
                       request_id: str) -> AsyncIterator[bytes]:

@@ -10,14 +10,13 @@ the last piece and the model's generator is closed (its worker stops generating 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Sequence, Union
 
 from ml_http.server import Response
 from ml_runtime.generation import FINISH_STOP, GENERATE_ENDPOINT, GENERATE_PARAMETERS
-from ml_serving.workers import QueueFull, WorkerLost, WorkerResponse, WorkerTimeout
+from ml_serving.workers import Stream, WorkerLost, WorkerResponse, WorkerTimeout
 
 if TYPE_CHECKING:
     from ml_serving.app import ModelApp
@@ -76,25 +75,18 @@ class Generation:
         self.timeout = timeout
         self.usage = Usage()
         self.finish_reason = FINISH_STOP
+        self._stream: Optional[Stream] = None
         self._first: Union[bytes, WorkerResponse, None] = None
 
     async def start(self) -> Optional[Response]:
         error = self.app.validate(GENERATE_ENDPOINT, self.payload)
         if error is not None:
             return Response.json(422, {**error, "request_id": self.request_id})
-        if not self.app.accepting:
-            return Response.json(503, {"error": "server is shutting down", "request_id": self.request_id})
-        try:
-            self._stream = self.app.pool.submit_stream(GENERATE_ENDPOINT, json.dumps(self.payload).encode(),
-                                                       self.request_id, timeout=self.timeout)
-            self._first = await self._stream.next()
-        except (QueueFull, WorkerTimeout, WorkerLost) as e:
-            return self.app.pool_error(e, self.request_id)
-        except asyncio.CancelledError:
-            self._stream.cancel()
-            raise
-        if isinstance(self._first, WorkerResponse) and self._first.status != 200:
-            return self.app.answer("", self._first, self.request_id)
+        opened = await self.app.open_stream(GENERATE_ENDPOINT, json.dumps(self.payload).encode(), self.request_id,
+                                            timeout=self.timeout)
+        if isinstance(opened, Response):
+            return opened
+        self._stream, self._first = opened
         return None
 
     async def pieces(self) -> AsyncIterator[str]:

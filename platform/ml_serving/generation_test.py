@@ -41,8 +41,11 @@ class ScriptedPool:
 
 
 class ScriptedApp:
+    """The parts of ModelApp a generation uses, its own stream opening included."""
+
     accepting = True
     pool_error = staticmethod(ModelApp.pool_error)
+    open_stream = ModelApp.open_stream
 
     def __init__(self, stream: ScriptedStream) -> None:
         self.pool = ScriptedPool(stream)
