@@ -122,7 +122,7 @@ def plan(release: Release, environment: Environment) -> Plan:
     secrets.aws_arns(found, lambda service: aws.client(environment, service))
     state = read_state(lam, function)
     wanted = Settings(release.digest, release.settings.effective_memory, release.settings.timeout,
-                      tuple(sorted(_function_env(release, environment).items())), environment.lambda_role or "")
+                      tuple(sorted(_function_env(release, environment, found).items())), environment.lambda_role or "")
     result = Plan(target=f"{release.name} v{release.version} -> lambda ({environment.name})",
                   digest=release.digest, serving=state.serving(), url=state.url)
     publish.plan_push(result, release, environment)
@@ -326,12 +326,11 @@ def _plan_tags(result: Plan, lam: Any, state: FunctionState, tags: Dict[str, str
     result.add(UPDATE, resource, ", ".join(f"{k}={v}" for k, v in sorted(changed.items())), tag)
 
 
-def _function_env(release: Release, environment: Environment) -> Dict[str, str]:
+def _function_env(release: Release, environment: Environment, found: List[secrets.SecretSource]) -> Dict[str, str]:
     """The function's environment: the model's, whether its Function URL streams (the runtime
     then answers in Lambda's streaming response mode), and where its secrets are (the server
     reads them at start, ml_runtime.aws_secrets): their sources, never their values."""
     streaming = {LAMBDA_RESPONSE_STREAMING_ENV: "1"} if environment.function_url_invoke_mode == "RESPONSE_STREAM" else {}
-    found = secrets.sources(release.settings.secrets, environment, release.name, secrets.AWS_KINDS)
     listed = {SECRETS_ENV: json.dumps({s.name: f"{s.kind}:{s.where}" for s in found}, sort_keys=True)} if found else {}
     return {**release.runtime_env(environment), **streaming, **listed}
 

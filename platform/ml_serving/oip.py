@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Union
 
 from ml_runtime.errors import TENSORS_DO_NOT_FIT
 from ml_http.server import Request, Response
@@ -94,13 +94,20 @@ def metadata(app: "ModelApp") -> dict[str, Any]:
             "inputs": inputs, "outputs": []}
 
 
-async def infer(app: "ModelApp", request: Request, request_id: str, timeout: Optional[float]) -> Response:
+def _checked_body(app: "ModelApp", request: Request, request_id: str, validator: Any) -> Union[Response, Any]:
+    """The request's JSON body, valid under the published schema `validator` checks, or the
+    415 / 400 response to send."""
     body = app.read_json(request, request_id)
     if isinstance(body, Response):
         return body
-    error = schema_error(_VALID_REQUEST, body)
-    if error is not None:
-        return Response.json(400, {**error, "request_id": request_id})
+    error = schema_error(validator, body)
+    return body if error is None else Response.json(400, {**error, "request_id": request_id})
+
+
+async def infer(app: "ModelApp", request: Request, request_id: str, timeout: Optional[float]) -> Response:
+    body = _checked_body(app, request, request_id, _VALID_REQUEST)
+    if isinstance(body, Response):
+        return body
     try:
         payload = _inputs_to_payload(app.predict_inputs, body["inputs"])
     except TensorError as e:
@@ -130,12 +137,9 @@ async def generate(app: "ModelApp", request: Request, request_id: str, timeout: 
     """The generate extension (KServe / Triton): `text_input` and sampling parameters, at the top
     level or under `parameters`, -> `text_output`; `generate_stream` sends Server-Sent Events of
     the text as it comes, the last one with `finish_reason`."""
-    body = app.read_json(request, request_id)
+    body = _checked_body(app, request, request_id, _VALID_GENERATE)
     if isinstance(body, Response):
         return body
-    error = schema_error(_VALID_GENERATE, body)
-    if error is not None:
-        return Response.json(400, {**error, "request_id": request_id})
     parameters = {**body, **(body.get("parameters") or {})}
     payload = {**model_parameters(app, parameters), "prompt": body["text_input"],
                **{k: parameters.get(k) for k in _GENERATE_PARAMETERS}}

@@ -113,6 +113,15 @@ def leftovers(environment: Environment) -> Dict[int, str]:
     return marked_processes(Site(environment))
 
 
+def stop_everything(environment: Environment) -> Dict[int, str]:
+    """Stop what `environment` runs; the processes the stop left behind, killed now."""
+    local.stop(environment, say=lambda _: None)
+    left = leftovers(environment)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
+
+
 @pytest.fixture(scope="module")
 def iris() -> Release:
     return Release.from_spec({"name": "iris", "version": 1, "address": "models/iris:iris"}, PACKAGE.resolve())
@@ -125,10 +134,7 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Environmen
     env = Environment(name="it", compute="local", gateway_port=free_port(), state_dir=str(root / "state"),
                       engine="process")
     yield env
-    local.stop(env)
-    left = leftovers(env)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
+    left = stop_everything(env)
     assert not left, f"processes left running after stop: {left}"
 
 
@@ -288,10 +294,7 @@ def test_the_torch_models_deploy_and_answer_by_name(tmp_path: Path) -> None:
             assert status == 200 and digest == releases[vision_model].digest
             assert (answer["width"], answer["height"]) == (320, 240) and answer["segments"]
     finally:
-        local.stop(environment, say=lambda _: None)
-        left = marked_processes(Site(environment))
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
+        left = stop_everything(environment)
     assert not left, f"processes left running after stop: {left}"
 
 
@@ -342,10 +345,7 @@ def test_segment_anything_client_session_through_the_gateway(tmp_path: Path) -> 
         assert metric("ml_shared_cache_hits_total") >= 2 * len(clicks) - 1
     finally:
         conn.close()
-        local.stop(environment, say=lambda _: None)
-        left = marked_processes(Site(environment))
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
+        left = stop_everything(environment)
     assert not left, f"processes left running after stop: {left}"
 
 
@@ -385,10 +385,7 @@ def test_support_reply_calls_smollm2_through_the_gateway_with_its_secret(tmp_pat
         metrics = conn.getresponse().read().decode()
         conn.close()
     finally:
-        local.stop(environment, say=lambda _: None)
-        left = marked_processes(Site(environment))
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
+        left = stop_everything(environment)
     assert not left, f"processes left running after stop: {left}"
     # The key reached the model, and nothing else: not the plan, the metrics, any state file
     # (support_reply's release copy whole, the others' small files), nor any layer or the config
