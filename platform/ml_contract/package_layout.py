@@ -26,3 +26,7 @@ READY_PATH = "/v2/health/ready"  # 200 once a worker has loaded the model
 # pulled to, and an image's manifest digest, in its layout's index.json (OCI's own file).
 PULLED_BASE_INFO = "base.json"
 OCI_INDEX = "index.json"
+
+# A model's Debian packages (its `system_packages` and their dependency closure beyond the base),
+# pinned by sha256, in the model's folder beside its BUILD file (ml_image.system_packages).
+SYSTEM_PACKAGES_LOCK = "system-packages.lock.json"

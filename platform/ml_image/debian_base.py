@@ -38,7 +38,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import IO, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ml_image import layers
 
@@ -267,9 +267,10 @@ def read_ar(data: bytes) -> List[Tuple[str, bytes]]:
     return members
 
 
-def open_data_tar(deb: bytes, package_name: str) -> tarfile.TarFile:
+def open_member(deb: bytes, prefix: str, package_name: str) -> tarfile.TarFile:
+    """The .deb's `data.tar.*` or `control.tar.*` member, opened."""
     for name, body in read_ar(deb):
-        if not name.startswith("data.tar"):
+        if not name.startswith(prefix):
             continue
         if name.endswith(".zst"):
             raise DebError(
@@ -278,7 +279,7 @@ def open_data_tar(deb: bytes, package_name: str) -> tarfile.TarFile:
             )
         # "r:*" reads plain, gzip, bzip2 and xz tars.
         return tarfile.open(fileobj=io.BytesIO(body), mode="r:*")
-    raise DebError(f"{package_name}: no data.tar.* member in the .deb")
+    raise DebError(f"{package_name}: no {prefix}.* member in the .deb")
 
 
 @dataclass
@@ -317,7 +318,7 @@ def _moved_link(original: str, path: str, target: str) -> str:
 
 
 def deb_entries(deb: bytes, package_name: str) -> Iterator[Entry]:
-    with open_data_tar(deb, package_name) as tar:
+    with open_member(deb, "data.tar", package_name) as tar:
         for member in tar:
             original = posixpath.normpath("/" + member.name).lstrip("/")
             if not original:
@@ -430,6 +431,30 @@ def _system_files(entries: Dict[str, Entry], lock: Mapping) -> List[Entry]:
     return extra
 
 
+def unpack_packages(
+    packages: Iterable[Mapping],
+    cache_dir: str,
+    mirrors: Mapping[str, Sequence[str]],
+    log: IO[str] = sys.stderr,
+    each_deb: Callable[[str, bytes], None] = lambda name, deb: None,
+) -> Dict[str, Entry]:
+    """The merged contents of the locked `packages` (fetched and verified), by path; `each_deb`
+    sees every package's .deb on the way."""
+    entries: Dict[str, Entry] = {}
+    for package in sorted(packages, key=lambda p: p["name"]):
+        deb = fetch_deb(package, cache_dir, mirrors, log)
+        each_deb(package["name"], deb)
+        merge_entries(deb_entries(deb, package["name"]), entries)
+    return entries
+
+
+def finish_tree(entries: Dict[str, Entry]) -> List[Entry]:
+    """Parent directories added, hard links resolved, sorted by path: ready for a layer."""
+    _ensure_parents(entries)
+    _resolve_hardlinks(entries)
+    return [entries[path] for path in sorted(entries)]
+
+
 def build_base_rootfs(
     lock: Mapping,
     cache_dir: str,
@@ -437,15 +462,10 @@ def build_base_rootfs(
     log: IO[str] = sys.stderr,
 ) -> List[Entry]:
     """Every entry of the base root filesystem, sorted by path."""
-    entries: Dict[str, Entry] = {}
-    for package in sorted(lock["packages"], key=lambda p: p["name"]):
-        deb = fetch_deb(package, cache_dir, mirrors, log)
-        merge_entries(deb_entries(deb, package["name"]), entries)
+    entries = unpack_packages(lock["packages"], cache_dir, mirrors, log)
     for entry in _system_files(entries, lock):
         entries[entry.path] = entry  # ours win over anything a .deb shipped at that path
-    _ensure_parents(entries)
-    _resolve_hardlinks(entries)
-    return [entries[path] for path in sorted(entries)]
+    return finish_tree(entries)
 
 
 def layer_entries(entries: Iterable[Entry]) -> Iterator[layers.Entry]:
@@ -478,9 +498,14 @@ def build_base_layer(
     lock = load_lock(lock_path)
     if mirrors is None:
         mirrors = mirrors_from_sources(read_apt_sources())
-    entries = build_base_rootfs(lock, os.path.expanduser(cache_dir), mirrors, log)
+    return write_layer_tar(build_base_rootfs(lock, os.path.expanduser(cache_dir), mirrors, log), output)
+
+
+def write_layer_tar(entries: Iterable[Entry], output: str) -> str:
+    """Writes the uncompressed layer tar of `entries` at `output` (whole or not at all); returns
+    its sha256."""
     directory = os.path.dirname(os.path.abspath(output))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".base-layer-")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".layer-")
     try:
         with os.fdopen(fd, "wb") as f:
             layers.write_tar(layer_entries(entries), f)
