@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from ml_platform import register
-from ml_platform.package import GeneratedArtifacts, MLModelFieldSet, ResolvedModelHandler
+from ml_platform.package import (
+    GeneratedArtifacts,
+    LockedSystemPackages,
+    MLModelFieldSet,
+    ResolvedModelHandler,
+    SystemPackagesRequest,
+)
 from ml_platform.publish import PublishMLModelRequest
 from pants.core.goals.publish import PublishProcesses
 from pants.backend.python import target_types_rules
@@ -118,6 +124,7 @@ def make_rule_runner(*extra_rules: Any) -> RuleRunner:
             QueryRule(BuiltPackage, [MLModelFieldSet]),
             QueryRule(ResolvedModelHandler, [MLModelFieldSet]),
             QueryRule(GeneratedArtifacts, [MLModelFieldSet]),
+            QueryRule(LockedSystemPackages, [SystemPackagesRequest]),
             QueryRule(PublishProcesses, [PublishMLModelRequest]),
         ],
         target_types=[

@@ -1,10 +1,12 @@
-"""Dependencies every `ml_model` gets without writing them: its entry point's file and the
-platform runtime."""
+"""Dependencies every `ml_model` gets without writing them: its entry point's file (a Python
+module's `python_sources`, or the `resources` target that owns an R file) and the platform
+runtime."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ml_contract.runtimes import R, runtime_of
 from ml_platform.subsystem import MLPlatform
 from ml_platform.target_types import (
     MLModelDependenciesField,
@@ -18,6 +20,7 @@ from pants.backend.python.dependency_inference.module_mapper import (
 from pants.backend.python.subsystems.setup import PythonSetup
 from pants.backend.python.target_types import ResolvedPexEntryPoint, ResolvePexEntryPointRequest
 from pants.engine.addresses import Addresses, UnparsedAddressInputs
+from pants.engine.internals.graph import Owners, OwnersRequest
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import FieldSet, InferDependenciesRequest, InferredDependencies
 from pants.engine.unions import UnionRule
@@ -41,17 +44,20 @@ async def infer_ml_model_dependencies(
     request: InferMLModelDependencies, python_setup: PythonSetup, ml_platform: MLPlatform
 ) -> InferredDependencies:
     field_set = request.field_set
-    entry_point, runtime = await MultiGet(
-        Get(ResolvedPexEntryPoint, ResolvePexEntryPointRequest(field_set.entry_point)),
-        Get(
-            Addresses,
-            UnparsedAddressInputs(
-                [ml_platform.runtime],
-                owning_address=None,
-                description_of_origin="the option `[ml-platform].runtime`",
-            ),
+    runtime = await Get(
+        Addresses,
+        UnparsedAddressInputs(
+            [ml_platform.runtime],
+            owning_address=None,
+            description_of_origin="the option `[ml-platform].runtime`",
         ),
     )
+    if runtime_of(field_set.entry_point.value.module) == R:
+        # An R handler is a file (the target's value holds its path from the build root): the
+        # `resources` target that owns it.
+        owners = await Get(Owners, OwnersRequest((field_set.entry_point.value.module,)))
+        return InferredDependencies([*owners, *runtime])
+    entry_point = await Get(ResolvedPexEntryPoint, ResolvePexEntryPointRequest(field_set.entry_point))
     assert entry_point.val is not None  # the field is required
     owners = await Get(
         PythonModuleOwners,

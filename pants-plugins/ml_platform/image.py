@@ -1,7 +1,7 @@
 """The model's OCI image, built without a daemon, one cached Pants process per layer.
 
 Layers, from least to most often changed: the base (Debian + Python from pinned .debs), the
-model server (the same bytes for every model), the model's installed dependencies, the
+model's system packages (pinned .debs too, if it has any), the model server (the same bytes for every model), the model's installed dependencies, the
 model's code. A code change re-runs only the last layer's process and the (cheap) assembly.
 """
 
@@ -34,6 +34,7 @@ from pants.engine.fs import (
     DigestContents,
     DigestEntries,
     DigestSubset,
+    FileContent,
     FileEntry,
     MergeDigests,
     PathGlobs,
@@ -194,6 +195,32 @@ async def build_base_layer(request: BaseLayerRequest) -> BuiltLayer:
 
 
 @dataclass(frozen=True)
+class SystemPackagesLayerRequest:
+    """The layer of a model's system packages; `packages_json` is its lock's package list alone
+    (ml_contract.system_packages.layer_input), so models with the same packages run one
+    process and share one layer."""
+
+    packages_json: str
+
+
+@rule(desc="Building a system packages image layer")
+async def build_system_packages_layer(request: SystemPackagesLayerRequest) -> BuiltLayer:
+    tools = await Get(ImageTools, ImageToolsRequest())
+    packages = json.loads(request.packages_json)["packages"]
+    size = sum(p["size"] for p in packages)
+    digest = await Get(Digest, CreateDigest([FileContent("__system/packages.json", request.packages_json.encode())]))
+    result = await _run_tool(
+        tools,
+        ("system-layer", "__system/packages.json", "__layer", "--cache", ".cache/debs"),
+        digest,
+        f"Building the system packages image layer ({len(packages)} Debian packages, {size / 1e6:,.0f} MB)",
+        output_directories=("__layer",),
+        extra_caches=FrozenDict({"ml_platform_debs": ".cache/debs"}),  # shared with the base's
+    )
+    return BuiltLayer(await Get(Digest, RemovePrefix(result.output_digest, "__layer")))
+
+
+@dataclass(frozen=True)
 class BaseImageRequest:
     """`embedded`, or a registry reference pinned by digest, for a model whose interpreter
     constraints (strings such as `CPython==3.11.*`) its Python must satisfy."""
@@ -272,6 +299,7 @@ class ModelImageRequest:
     revision: str
     tag: str
     base: BaseImage
+    system_packages: str = ""  # SystemPackagesLayerRequest.packages_json, or "" for none
 
 
 @dataclass(frozen=True)
@@ -305,8 +333,8 @@ async def build_model_image(request: ModelImageRequest, ml_platform: MLPlatform)
         Get(Digest, DigestSubset(request.package, PathGlobs([f"{d}/server.pex"]))),
     )
     python = request.base.python_path
-    # In image order, after the base: the server, the big dependencies (by wheel name), the
-    # rest, the generated artifacts, the code.
+    # In image order, after the base: the system packages, the server, the big dependencies (by
+    # wheel name), the rest, the generated artifacts, the code.
     layers = {
         "1-server": LayerRequest("server-layer", f"{d}/server.pex", server_input,
                                  "Building the model server image layer", python),
@@ -323,8 +351,13 @@ async def build_model_image(request: ModelImageRequest, ml_platform: MLPlatform)
         "5-code": LayerRequest("code-layer", f"{d}/{MODEL_PEX}", code_input,
                                f"Building the code image layer of {d}", python),
     }
-    built = await MultiGet(Get(BuiltLayer, LayerRequest, layer) for layer in layers.values())
-    layer_dirs = tuple(f"layers/{name}" for name in layers)
+    gets = [Get(BuiltLayer, LayerRequest, layer) for layer in layers.values()]
+    names = list(layers)
+    if request.system_packages:
+        gets.insert(0, Get(BuiltLayer, SystemPackagesLayerRequest(request.system_packages)))
+        names.insert(0, "0-system")
+    built = await MultiGet(gets)
+    layer_dirs = tuple(f"layers/{name}" for name in names)
     inputs = await MultiGet(
         Get(Digest, AddPrefix(layer.digest, prefix)) for layer, prefix in zip(built, layer_dirs)
     )

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from ml_contract.model_settings import ModelSettings
 from ml_contract.package_layout import IMAGE_LAYOUT, MODEL_PEX, SERVER_PEX
+from ml_contract.runtimes import PYTHON, R, R_SYSTEM_PACKAGES, runtime_of
+from ml_contract.system_packages import layer_input, lock_command, lock_path, stale_reason
 from ml_platform.image import (
     BaseImage,
     BaseImageRequest,
@@ -27,6 +29,7 @@ from ml_platform.target_types import (
     MLModelOutputPathField,
     MLModelResolveField,
     MLModelServerField,
+    MLModelSystemPackagesField,
     MLModelVersionField,
 )
 from pants.backend.python.subsystems.setup import PythonSetup
@@ -56,18 +59,21 @@ from pants.core.goals.package import (
 )
 from pants.core.target_types import FileSourceField
 from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
-from pants.engine.addresses import Addresses, UnparsedAddressInputs
+from pants.engine.addresses import Address, Addresses, UnparsedAddressInputs
 from pants.engine.fs import (
     EMPTY_DIGEST,
     AddPrefix,
     CreateDigest,
     Digest,
+    DigestContents,
     DigestEntries,
     FileContent,
     MergeDigests,
+    PathGlobs,
     RemovePrefix,
     Snapshot,
 )
+from pants.source.source_root import SourceRoot, SourceRootRequest
 from pants.engine.process import ProcessResult
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import (
@@ -104,6 +110,7 @@ class MLModelFieldSet(PackageFieldSet):
     resolve: MLModelResolveField
     version: MLModelVersionField
     env: MLModelEnvField
+    system_packages: MLModelSystemPackagesField
     server: MLModelServerField
     base_image: MLModelBaseImageField
     interpreter_constraints: InterpreterConstraintsField
@@ -118,7 +125,8 @@ class ModelManifest:
     name: str
     address: str
     version: int
-    handler: str  # module:Class
+    runtime: str  # ml_contract.runtimes: which worker serves the handler
+    handler: str  # module:Class, or an R file's path inside the model's environment
     compute: str
     timeout: int
     description: str
@@ -126,9 +134,10 @@ class ModelManifest:
     threads: int  # per worker, for the math libraries
 
     @classmethod
-    def of(cls, settings: ModelSettings, handler: str) -> "ModelManifest":
+    def of(cls, settings: ModelSettings, handler: "ResolvedModelHandler") -> "ModelManifest":
         return cls(
-            name=settings.name, address=settings.address, version=settings.version, handler=handler,
+            name=settings.name, address=settings.address, version=settings.version,
+            runtime=handler.runtime, handler=handler.handler,
             compute=settings.compute, timeout=settings.timeout, description=settings.description,
             workers=settings.effective_workers, threads=settings.effective_threads,
         )
@@ -149,12 +158,37 @@ class ModelManifest:
 
 @dataclass(frozen=True)
 class ResolvedModelHandler:
-    module: str
-    class_name: str
+    runtime: str  # ml_contract.runtimes.PYTHON or R
+    handler: str  # module:Class, or the R file's path from its source root
+
+
+async def _r_handler(field_set: MLModelFieldSet) -> ResolvedModelHandler:
+    path = field_set.entry_point.value.module  # from the build root
+    source_root, transitive_targets = await MultiGet(
+        Get(SourceRoot, SourceRootRequest, SourceRootRequest.for_file(path)),
+        Get(TransitiveTargets, TransitiveTargetsRequest([field_set.address])),
+    )
+    stripped = os.path.relpath(path, source_root.path)
+    sources = await Get(StrippedPythonSourceFiles, PythonSourceFilesRequest(transitive_targets.closure))
+    if stripped not in sources.stripped_source_files.snapshot.files:
+        raise ValueError(
+            softwrap(
+                f"""
+                The `{MLModelEntryPointField.alias}` of {field_set.address} is the R file
+                {path}, which no `resources` target among the model's dependencies owns. Add
+                `resources(name="r", sources=["{os.path.basename(path)}"])` to
+                {os.path.join(os.path.dirname(path), "BUILD")} (with the model's artifacts, if
+                they are beside it), or fix the entry point.
+                """
+            )
+        )
+    return ResolvedModelHandler(R, stripped)
 
 
 @rule(desc="Resolving the ml_model entry point")
 async def resolve_model_handler(field_set: MLModelFieldSet) -> ResolvedModelHandler:
+    if runtime_of(field_set.entry_point.value.module) == R:
+        return await _r_handler(field_set)
     entry_point, transitive_targets = await MultiGet(
         Get(ResolvedPexEntryPoint, ResolvePexEntryPointRequest(field_set.entry_point)),
         Get(TransitiveTargets, TransitiveTargetsRequest([field_set.address])),
@@ -180,7 +214,49 @@ async def resolve_model_handler(field_set: MLModelFieldSet) -> ResolvedModelHand
                 """
             )
         )
-    return ResolvedModelHandler(module, entry_point.val.function)
+    return ResolvedModelHandler(PYTHON, f"{module}:{entry_point.val.function}")
+
+
+@dataclass(frozen=True)
+class SystemPackagesRequest:
+    address: Address
+    packages: tuple[str, ...]  # the model's `system_packages` and what its runtime needs
+    base_image: str
+
+
+@dataclass(frozen=True)
+class LockedSystemPackages:
+    packages_json: str  # what the layer is built from (SystemPackagesLayerRequest); "" for none
+
+
+@rule(desc="Checking an ml_model's system-packages lock")
+async def locked_system_packages(request: SystemPackagesRequest, ml_platform: MLPlatform) -> LockedSystemPackages:
+    if not request.packages:
+        return LockedSystemPackages("")
+    model_dir = request.address.spec_path
+    path = lock_path(model_dir)
+    command = lock_command(model_dir, request.packages)
+    if request.base_image != "embedded":
+        raise InvalidFieldException(
+            f"{request.address} has `{MLModelSystemPackagesField.alias}` ({', '.join(request.packages)}), "
+            f"which are locked against the embedded base image, but its base image is "
+            f"{request.base_image}. Use `base_image=\"embedded\"`, or a base image that has them and "
+            f"no `{MLModelSystemPackagesField.alias}`."
+        )
+    lock, base = await MultiGet(
+        Get(DigestContents, PathGlobs([path])), Get(DigestContents, PathGlobs([ml_platform.base_lock]))
+    )
+    if not lock:
+        raise ValueError(
+            f"{request.address} needs the Debian packages {', '.join(sorted(set(request.packages)))}, "
+            f"but {path} does not exist. Write it (on a Debian machine like the base image; it "
+            f"resolves their dependencies and pins them by sha256) and commit it:\n\n  {command}\n"
+        )
+    locked = json.loads(lock[0].content)
+    reason = stale_reason(locked, request.packages, base[0].content)
+    if reason:
+        raise ValueError(f"{path} is out of date ({reason}). Regenerate it and commit it:\n\n  {command}\n")
+    return LockedSystemPackages(json.dumps(layer_input(locked), sort_keys=True))
 
 
 @dataclass(frozen=True)
@@ -318,7 +394,7 @@ async def build_model_pexes(field_set: MLModelFieldSet, python_setup: PythonSetu
         Get(WrappedTarget, WrappedTargetRequest(field_set.address, description_of_origin="`package`")),
         Get(GeneratedArtifacts, MLModelFieldSet, field_set),
     )
-    manifest = ModelManifest.of(wrapped.target.settings(), f"{handler.module}:{handler.class_name}")
+    manifest = ModelManifest.of(wrapped.target.settings(), handler)
     entrypoint = await Get(
         Digest,
         CreateDigest(
@@ -382,6 +458,14 @@ async def package_ml_model(
             field_set.address.spec,
         ),
     )
+    system_packages = await Get(
+        LockedSystemPackages,
+        SystemPackagesRequest(
+            field_set.address,
+            (*(field_set.system_packages.value or ()), *(R_SYSTEM_PACKAGES if manifest.runtime == R else ())),
+            field_set.base_image.value or ml_platform.base_image,
+        ),
+    )
     worktree = await Get(MaybeGitWorktree, GitWorktreeRequest())
     tag = f"{ml_platform.image_repository.format(name=manifest.name)}:v{manifest.version}"
     image = await Get(
@@ -395,6 +479,7 @@ async def package_ml_model(
             revision=worktree.git_worktree.commit_id if worktree.git_worktree else "unknown",
             tag=tag,
             base=base,
+            system_packages=system_packages.packages_json,
         ),
     )
     digest = await Get(Digest, MergeDigests([pexes, image.digest]))

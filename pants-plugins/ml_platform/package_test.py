@@ -7,11 +7,15 @@ from textwrap import dedent
 
 import pytest
 
+from ml_contract.runtimes import PYTHON, R
+from ml_contract.system_packages import sha256_hex
 from ml_platform.package import (
     GENERATED_ENTRYPOINT_MODULE,
     GeneratedArtifacts,
+    LockedSystemPackages,
     MLModelFieldSet,
     ResolvedModelHandler,
+    SystemPackagesRequest,
 )
 from pants.core.goals.package import BuiltPackage
 from pants.engine.addresses import Address
@@ -128,7 +132,68 @@ def test_handler_resolves_file_entry_point_to_module(rule_runner: RuleRunner) ->
     handler = rule_runner.request(
         ResolvedModelHandler, [field_set(rule_runner, Address("models/m", target_name="m"))]
     )
-    assert handler == ResolvedModelHandler("model", "Model")
+    assert handler == ResolvedModelHandler(PYTHON, "model:Model")
+
+
+def test_an_r_file_entry_point_is_served_by_the_r_worker(rule_runner: RuleRunner) -> None:
+    rule_runner.write_files({
+        "models/m/model.R": "endpoints <- list()\n",
+        "models/m/BUILD": 'resources(name="r", sources=["model.R"])\nml_model(entry_point="model.R")\n',
+    })
+    handler = rule_runner.request(ResolvedModelHandler, [field_set(rule_runner, Address("models/m", target_name="m"))])
+    assert handler == ResolvedModelHandler(R, "model.R")  # its path at the model's source root
+
+
+def test_an_r_file_no_resources_target_owns_says_which_to_add(rule_runner: RuleRunner) -> None:
+    rule_runner.write_files({"models/m/model.R": "endpoints <- list()\n",
+                             "models/m/BUILD": 'ml_model(entry_point="model.R")\n'})
+    with pytest.raises(ExecutionError) as excinfo:
+        rule_runner.request(ResolvedModelHandler, [field_set(rule_runner, Address("models/m", target_name="m"))])
+    message = str(excinfo.value)
+    assert "models/m:m" in message and "the R file models/m/model.R" in message
+    assert 'resources(name="r", sources=["model.R"])' in message and "models/m/BUILD" in message
+
+
+BASE_LOCK = '{"distribution": "bookworm", "architecture": "amd64", "packages": [{"name": "libc6"}]}'
+PACKAGES = [{"name": "libgl1", "version": "1.6.0-1", "size": 1, "sha256": "0" * 64}]
+
+
+def system_packages(rule_runner: RuleRunner, lock: "dict | None", packages=("libgl1",),
+                    base_image: str = "embedded") -> LockedSystemPackages:
+    files = {"platform/ml_image/debian-base.lock.json": BASE_LOCK, "models/m/BUILD": ""}
+    if lock is not None:
+        files["models/m/system-packages.lock.json"] = json.dumps(lock)
+    rule_runner.write_files(files)
+    return rule_runner.request(LockedSystemPackages, [
+        SystemPackagesRequest(Address("models/m", target_name="m"), tuple(packages), base_image)])
+
+
+def test_a_current_system_packages_lock_gives_the_layer_its_package_list(rule_runner: RuleRunner) -> None:
+    lock = {"distribution": "bookworm", "architecture": "amd64", "roots": ["libgl1"],
+            "base_lock_sha256": sha256_hex(BASE_LOCK.encode()), "packages": PACKAGES}
+    locked = system_packages(rule_runner, lock)
+    assert json.loads(locked.packages_json) == {"distribution": "bookworm", "architecture": "amd64", "packages": PACKAGES}
+    assert system_packages(rule_runner, None, packages=()) == LockedSystemPackages("")
+
+
+@pytest.mark.parametrize("lock, why", [
+    (None, "models/m/system-packages.lock.json does not exist"),
+    ({"roots": ["ffmpeg"], "base_lock_sha256": sha256_hex(BASE_LOCK.encode())},
+     "out of date (it locks ffmpeg, not libgl1)"),
+    ({"roots": ["libgl1"], "base_lock_sha256": "1" * 64}, "the base image's lock has changed"),
+])
+def test_a_missing_or_stale_system_packages_lock_says_how_to_regenerate_it(
+        rule_runner: RuleRunner, lock: "dict | None", why: str) -> None:
+    with pytest.raises(ExecutionError) as excinfo:
+        system_packages(rule_runner, lock)
+    message = str(excinfo.value)
+    assert why in message
+    assert "PYTHONPATH=platform python3 -m ml_image.system_packages models/m libgl1" in message
+
+
+def test_system_packages_need_the_embedded_base(rule_runner: RuleRunner) -> None:
+    with pytest.raises(ExecutionError, match="locked against the embedded base image"):
+        system_packages(rule_runner, None, base_image="registry.example/base:1@sha256:" + "a" * 64)
 
 
 def test_entry_point_without_sources_target(rule_runner: RuleRunner) -> None:

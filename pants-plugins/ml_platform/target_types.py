@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+import re
+from typing import Iterable, Optional, Tuple
 
 from pants.backend.python.subsystems.setup import PythonSetup
 from pants.backend.python.target_types import (
@@ -31,6 +32,11 @@ from pants.engine.target import (
 )
 from pants.util.strutil import help_text, softwrap
 
+from ml_contract.package_layout import SYSTEM_PACKAGES_LOCK
+from ml_contract.runtimes import R, runtime_of
+
+# Debian Policy 5.6.1: at least two characters, starting with a letter or digit.
+DEBIAN_PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 # Computes, their limits and the defaults: one table, shared with the deploy tools.
 from ml_contract.model_settings import (
     DEFAULT_COMPUTE,
@@ -56,16 +62,27 @@ class MLModelEntryPointField(EntryPointField):
     help = help_text(
         """
         The model's handler class, as `<file>.py:<Class>` relative to this BUILD file's folder
-        (e.g. `model.py:Model`), or as `<module>:<Class>` with a full module name.
+        (e.g. `model.py:Model`), or as `<module>:<Class>` with a full module name; or, for a
+        model written in R, its R file, as `<file>.R` (e.g. `src/model.R`).
 
-        The class is instantiated once per worker; its optional `load()` method is called once,
-        with the model's artifacts available, and its `predict()` method answers requests. The
-        file's `python_sources` target is added to the model's dependencies automatically.
+        A Python class is instantiated once per worker; its optional `load()` method is called
+        once, with the model's artifacts available, and its `predict()` method answers requests.
+        The file's `python_sources` target is added to the model's dependencies automatically.
+        An R file defines `endpoints` (and may define `load_model(model_dir)`), as
+        platform/ml_runtime/r/README.md describes; a `resources` target must own it, and R and
+        jsonlite come from Debian through `system_packages`, to which they are added.
         """
     )
 
     @classmethod
     def compute_value(cls, raw_value: Optional[str], address: Address) -> EntryPoint:
+        if raw_value is not None and runtime_of(raw_value.split(":", 1)[0]) == R:
+            if ":" in raw_value:
+                raise InvalidFieldException(
+                    f"The `{cls.alias}` field in target {address} names an R file, which has no "
+                    f"class: write it as `src/model.R`, without `:...`; it was {raw_value!r}."
+                )
+            return EntryPoint(os.path.normpath(os.path.join(address.spec_path, raw_value)))
         value = super().compute_value(raw_value, address)
         assert value is not None  # required = True
         if not value.function or "." in value.function:
@@ -308,6 +325,33 @@ class MLModelSecretsField(StringSequenceField):
     )
 
 
+class MLModelSystemPackagesField(StringSequenceField):
+    alias = "system_packages"
+    help = help_text(
+        f"""
+        Debian packages the model needs beyond the base image (e.g. `["libgl1"]` for OpenCV,
+        `["ffmpeg"]`, `["r-cran-randomforest"]`), installed in a layer of their own between the
+        base and the server. They are locked with their dependency closure (no Recommends), by
+        sha256, in `{SYSTEM_PACKAGES_LOCK}` beside this BUILD file; `pants package` says how to
+        (re)generate it when it is missing or stale. Nothing is installed with apt or dpkg and no
+        maintainer script runs: what a package's scripts must do is done by the image builder or
+        the package is refused (platform/ml_image/maintainer_scripts.py). Needs the embedded base.
+        """
+    )
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[Iterable[str]], address: Address) -> Optional[Tuple[str, ...]]:
+        value = super().compute_value(raw_value, address)
+        for name in value or ():
+            if not DEBIAN_PACKAGE_NAME.fullmatch(name):
+                raise InvalidFieldException(
+                    f"The `{cls.alias}` field in target {address} holds {name!r}, which is not a "
+                    "Debian package name (lower-case letters, digits, `+`, `-` and `.`; no version: "
+                    f"the lock pins it)."
+                )
+        return value
+
+
 class MLModelDependenciesField(Dependencies):
     help = help_text(
         """
@@ -385,6 +429,7 @@ class MLModelTarget(Target):
         MLModelTimeoutField,
         MLModelEnvField,
         MLModelSecretsField,
+        MLModelSystemPackagesField,
         MLModelDependenciesField,
         MLModelServerField,
         MLModelBaseImageField,

@@ -12,6 +12,7 @@ from ml_platform.target_types import (
     MLModelGpuField,
     MLModelMemoryField,
     MLModelResolveField,
+    MLModelSystemPackagesField,
     MLModelTarget,
     MLModelTimeoutField,
     MLModelVersionField,
@@ -77,6 +78,19 @@ def test_entry_point_required(rule_runner: RuleRunner) -> None:
 @pytest.mark.parametrize("entry_point", ["model.py", "model", "model.py:Model.predict"])
 def test_entry_point_must_name_a_class(rule_runner: RuleRunner, entry_point: str) -> None:
     assert_invalid(rule_runner, f"entry_point={entry_point!r}", "`entry_point`", "must name a class")
+
+
+def test_an_r_file_entry_point_is_kept_as_its_path_from_the_build_root(rule_runner: RuleRunner) -> None:
+    tgt = model_target(rule_runner, "entry_point='src/model.R', system_packages=['r-cran-glmnet']")
+    assert tgt[MLModelEntryPointField].value.module == "models/m/src/model.R"
+    assert tgt[MLModelSystemPackagesField].value == ("r-cran-glmnet",)
+    assert_invalid(rule_runner, "entry_point='src/model.R:Model'", "names an R file, which has no class")
+
+
+@pytest.mark.parametrize("name", ["libgl1=1.6", "R-base", "x", "ffmpeg "])
+def test_system_packages_must_be_debian_package_names(rule_runner: RuleRunner, name: str) -> None:
+    assert_invalid(rule_runner, f"entry_point='model.py:Model', system_packages=[{name!r}]",
+                   "`system_packages`", f"holds {name!r}, which is not a Debian package name")
 
 
 def test_version_must_be_positive(rule_runner: RuleRunner) -> None:

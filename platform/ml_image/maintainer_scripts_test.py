@@ -6,6 +6,7 @@ import tarfile
 
 import pytest
 
+from ml_contract.system_packages import layer_input
 from ml_image import maintainer_scripts, system_packages
 from ml_image.debian_base import DebError
 from ml_image.debian_base_test import ar_archive, directory, locked, member, tar_bytes
@@ -95,7 +96,7 @@ def test_the_layer_depends_on_the_packages_alone(tmp_path) -> None:
     built = []
     for roots in (["a", "b"], ["b"]):  # two models asking differently for the same closure
         path = tmp_path / f"{len(roots)}.json"
-        path.write_text(json.dumps(system_packages.layer_input({**lock, "roots": roots})))
+        path.write_text(json.dumps(layer_input({**lock, "roots": roots})))
         out = tmp_path / f"{len(roots)}.tar"
         built.append((system_packages.build_layer(str(path), cache, str(out), mirrors={}, log=io.StringIO()),
                       out.read_bytes()))

@@ -3,6 +3,8 @@ and the model's code layer, then assembles them on a base layer into an OCI imag
 
 Image file system (both Python environments are venvs on the base image's /usr/bin/python3):
 
+    /usr, /etc, ...   the base, then the model's system packages if it has any (a layer of
+                      their own: ml_image.system_packages)
     /opt/ml/server/   the model server: identical bytes in every model's image
     /opt/ml/model/    the model's locked dependencies: each big one (torch, scipy, ...) a layer
                       of its own, shared by every image that locks the same wheel, then the rest
@@ -12,6 +14,7 @@ Image file system (both Python environments are venvs on the base image's /usr/b
 Dependencies are laid out installed and byte-compiled at build time, so a container starts
 without unpacking anything.
 
+    python -m ml_image.model_image system-layer packages.json OUT_DIR --cache DIR
     python -m ml_image.model_image server-layer server.pex OUT_DIR
     python -m ml_image.model_image wheel-layer model.pex/.deps/<wheel> OUT_DIR
     python -m ml_image.model_image deps-layer model.pex OUT_DIR
@@ -209,6 +212,18 @@ def base_layer(lock: Path, out: Path, cache: Path) -> LayerInfo:
         tar_path.unlink()
 
 
+def system_layer(packages: Path, out: Path, cache: Path) -> LayerInfo:
+    """A model's system packages, from its lock's package list (ml_image.system_packages)."""
+    from ml_image.system_packages import build_layer
+
+    tar_path = out / "layer.tar"
+    build_layer(str(packages), str(cache), str(tar_path))
+    try:
+        return compress_layer(tar_path, out / "layer.tar.gz")
+    finally:
+        tar_path.unlink()
+
+
 def _add_stdlib_pycs(tar_path: Path) -> None:
     """Debian compiles the standard library at install time (postinst), which an image built
     from .debs never runs: without these every container start compiles what it imports."""
@@ -400,11 +415,13 @@ def write_docker_archive(layout: Path, fileobj: BinaryIO) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="model_image", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in ("base-layer", "base-from-registry", "server-layer", "wheel-layer", "deps-layer", "code-layer"):
+    downloading = ("base-layer", "base-from-registry", "system-layer")
+    for command in (*downloading, "server-layer", "wheel-layer", "deps-layer", "code-layer"):
         p = sub.add_parser(command)
-        p.add_argument("source", help="The base's lock file or reference, or the PEX to lay out.")
+        p.add_argument("source", help="The base's lock file or reference, the system packages' list, "
+                                      "or the PEX to lay out.")
         p.add_argument("out", type=Path)
-        if command.startswith("base"):
+        if command in downloading:
             p.add_argument("--cache", type=Path, required=True, help="Downloaded blobs, by sha256.")
 
         else:
@@ -456,6 +473,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.command == "base-layer":
         info = base_layer(Path(args.source), args.out, args.cache)
+    elif args.command == "system-layer":
+        info = system_layer(Path(args.source), args.out, args.cache)
     else:
         build = {"server-layer": server_layer, "wheel-layer": wheel_layer, "deps-layer": deps_layer,
                  "code-layer": code_layer}

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from ml_runtime import r_worker
+
 USAGE = """\
 usage: {prog} [serve [SERVER OPTIONS] | worker | once [INPUT] [--endpoint NAME]]
 
@@ -28,6 +30,10 @@ def main(model: Mapping[str, Any], argv: Optional[Sequence[str]] = None) -> int:
     if command in ("-h", "--help", "help"):
         print(USAGE.format(prog=model["name"]))
         return 0
+    if command in ("worker", "once") and model.get("runtime") == r_worker.RUNTIME:
+        print(f"error: {model['name']} is an R model: its workers are R processes the server starts; "
+              "use `serve` (the default).", file=sys.stderr)
+        return 2
     if command == "worker":
         from ml_runtime.worker import main as worker_main
 
@@ -61,9 +67,21 @@ def server_command() -> list[str]:
     )
 
 
-def serve(model: Mapping[str, Any], args: list[str]) -> int:
+def worker_command(model: Mapping[str, Any]) -> list[str]:
+    """How the server starts one of the model's workers."""
+    if model.get("runtime") == r_worker.RUNTIME:
+        try:
+            command = r_worker.worker_command(r_worker.find_handler(model["handler"], sys.path))
+        except (r_worker.RMissing, FileNotFoundError) as e:
+            raise SystemExit(f"error: {model['name']}: {e}") from None
+        os.environ.update(r_worker.R_ENV)  # the server's environment is its workers'
+        return command
     # Workers run this environment's interpreter directly: no PEX bootstrap per worker start.
-    worker = [sys.executable, "-m", "__ml_model_main__", "worker"]
+    return [sys.executable, "-m", "__ml_model_main__", "worker"]
+
+
+def serve(model: Mapping[str, Any], args: list[str]) -> int:
+    worker = worker_command(model)
     command = [
         *server_command(),
         "--manifest", json.dumps(dict(model)),

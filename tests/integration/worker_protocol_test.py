@@ -1,8 +1,9 @@
 """The worker protocol (platform/ml_runtime/PROTOCOL.md), black-box: a worker process driven
 through its two pipes, frames built here with struct from the spec, not with the reference
 implementation's module. Every worker implementation runs the same cases: WORKERS lists them
-(the Python worker, through the probe model; a worker in another language adds its command and
-a model with the same endpoints: shout, refuse, fail, ticks, and the batchable upper).
+(the Python worker, through the probe model, and the R worker, through tests/models/probe_r; a
+worker in another language adds its command and a model with the same endpoints: shout, refuse,
+fail, ticks, and the batchable upper).
 """
 
 from __future__ import annotations
@@ -17,19 +18,26 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import pytest
+from ml_contract import runtimes
+from ml_runtime import r_worker
 
 LENGTHS = struct.Struct(">II")
-WORKERS = {"python": [str(Path("tests.models.probe/probe/model.pex/__main__.py")), "worker"]}
+# Each implementation: its command and what it adds to the environment.
+WORKERS = {
+    "python": ([str(Path("tests.models.probe/probe/model.pex/__main__.py")), "worker"], {}),
+    "r": (r_worker.worker_command(Path("tests/models/probe_r/model.R")), r_worker.R_ENV),
+}
 START_TIMEOUT = 60
 
 
 class Worker:
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
         to_worker_r, self._to_worker = os.pipe()
         self._from_worker, from_worker_w = os.pipe()
-        self.process = subprocess.Popen(command, env={**os.environ, "ML_WORKER_FDS": f"{to_worker_r},{from_worker_w}"},
+        self.process = subprocess.Popen(command, env={**os.environ, **env,
+                                                      "ML_WORKER_FDS": f"{to_worker_r},{from_worker_w}"},
                                         pass_fds=(to_worker_r, from_worker_w), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=None)
         os.close(to_worker_r)
         os.close(from_worker_w)
 
@@ -69,7 +77,7 @@ class Worker:
 
 @pytest.fixture(params=sorted(WORKERS), scope="module")
 def started(request) -> Iterator[tuple[Worker, dict, bytes]]:
-    worker = Worker(WORKERS[request.param])
+    worker = Worker(*WORKERS[request.param])
     try:
         header, body = worker.receive(START_TIMEOUT)
         yield worker, header, body
@@ -160,3 +168,8 @@ def test_a_cancel_stops_the_stream_with_499(worker: Worker) -> None:
 
 def test_closing_its_input_stops_the_worker_cleanly(started) -> None:
     assert started[0].close() == 0
+
+
+def test_the_manifest_names_the_r_runtime_as_the_plugin_writes_it() -> None:
+    # The runtime cannot import ml_contract, so it repeats the name.
+    assert r_worker.RUNTIME == runtimes.R
