@@ -399,3 +399,27 @@ def test_support_reply_calls_smollm2_through_the_gateway_with_its_secret(tmp_pat
     for blob in image.blobs:
         data = (layout / "blobs" / "sha256" / blob.digest.split(":", 1)[1]).read_bytes()
         assert key.encode() not in (gzip.decompress(data) if "gzip" in blob.media_type else data), blob.digest
+
+
+def test_the_r_and_tensorflow_models_deploy_and_answer_by_name(tmp_path: Path) -> None:
+    """The R model's workers are R processes (this machine's R, the packages of its lock) behind
+    the same server and gateway as every Python model; TensorFlow loads once per worker."""
+    teardown_on_sigterm()
+    environment = Environment(name="runtimes", compute="local", gateway_port=free_port(),
+                              state_dir=str(tmp_path / "state"), engine="process")
+    releases = {name: Release.from_spec({"name": name, "version": 1, "address": f"models/{name}:{name}"},
+                                        Path(f"models.{name}/{name}").resolve())
+                for name in ("iris_forest", "tabular_tf")}
+    bodies = {"iris_forest": "flowers", "tabular_tf": "wines"}
+    try:
+        for name, release in releases.items():
+            deploy(release, environment)
+            examples = json.loads(Path(f"models/{name}/src/examples.json").read_text())
+            status, digest, answers = post(environment, name, {bodies[name]: examples["inputs"]})
+            assert status == 200 and digest == release.digest
+            key = "species" if name == "iris_forest" else "cultivar"
+            correct = sum(a[key] == label for a, label in zip(answers, examples["labels"]))
+            assert correct >= 0.9 * len(examples["labels"]), (name, correct)
+    finally:
+        left = stop_everything(environment)
+    assert not left, f"processes left running after stop: {left}"
