@@ -92,7 +92,7 @@ def cold_package(name: str) -> float:
     log(f"cold: ./pants --no-local-cache package models/{name}: ...")
     started = time.perf_counter()
     result = subprocess.run(["./pants", "--no-dynamic-ui", "--no-local-cache", "package", f"models/{name}:"],
-                            cwd=REPO, capture_output=True, text=True)
+                            cwd=REPO, env={**os.environ, "PANTS_CONCURRENT": "true"}, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"error: cold package of {name} failed:\n{result.stderr[-3000:]}")
     return time.perf_counter() - started
