@@ -7,6 +7,7 @@ and answers them through the same routes as over HTTP; SIGTERM stops it cleanly.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -41,21 +42,20 @@ class LambdaServer:
         return self.api.invoke(event, timeout, self.alive, self.logs)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[LambdaServer]:
-    assert MODEL.is_file(), f"{MODEL} is missing: the test needs models/iris:iris packaged at the sandbox root"
-    api = LambdaRuntimeApi(function_arn="arn:aws:lambda:us-east-1:0:function:iris")
-    log = tmp_path_factory.mktemp("lambda") / "server.log"
+@contextlib.contextmanager
+def lambda_server(package: Path, name: str, log: Path, **env: str) -> Iterator[LambdaServer]:
+    """The packaged model's server in Lambda mode against a stand-in Runtime API, once it polls
+    /next (its model is loaded and the runtime loop runs); killed with its workers afterwards."""
+    assert package.is_file(), f"{package} is missing: the test needs the model packaged at the sandbox root"
+    api = LambdaRuntimeApi(function_arn=f"arn:aws:lambda:us-east-1:0:function:{name}")
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(MODEL)],
-            env={**os.environ, "AWS_LAMBDA_RUNTIME_API": api.address, "ML_WORKERS": "1"},
+            [str(package)], env={**os.environ, "AWS_LAMBDA_RUNTIME_API": api.address, "ML_WORKERS": "1", **env},
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so teardown also reaches the workers
         )
     try:
         started = LambdaServer(api, process, log)
-        # Polling /next means the model is loaded and the runtime loop runs.
         api.wait_for_poll(START_TIMEOUT, started.alive, started.logs)
         yield started
     finally:
@@ -63,6 +63,12 @@ def server(tmp_path_factory) -> Iterator[LambdaServer]:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         api.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[LambdaServer]:
+    with lambda_server(MODEL, "iris", tmp_path_factory.mktemp("lambda") / "server.log") as started:
+        yield started
 
 
 def check_response(kind: str, payload: Any, status: int) -> Any:
@@ -179,29 +185,33 @@ PROBE = Path("tests.models.probe/probe/model.pex/__main__.py")
 def test_an_openai_stream_in_lambdas_streaming_response_mode(tmp_path: Path) -> None:
     """The probe's generate, behind a Function URL in RESPONSE_STREAM mode: the OpenAI chunks,
     `data: [DONE]` last, posted in Lambda's streaming response mode."""
-    api = LambdaRuntimeApi(function_arn="arn:aws:lambda:us-east-1:0:function:probe")
-    log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(PROBE)], env={**os.environ, "AWS_LAMBDA_RUNTIME_API": api.address, "ML_WORKERS": "1",
-                               LAMBDA_RESPONSE_STREAMING_ENV: "1"},
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        server = LambdaServer(api, process, log)
-        api.wait_for_poll(START_TIMEOUT, server.alive, server.logs)
+    with lambda_server(PROBE, "probe", tmp_path / "server.log", **{LAMBDA_RESPONSE_STREAMING_ENV: "1"}) as server:
         body = json.dumps({"model": "probe", "messages": [{"role": "user", "content": "hello"}], "stream": True})
-        request_id = api.put(function_url_event("POST", "/v1/openai/v1/chat/completions", body,
-                                                {"content-type": "application/json"}))
-        post = api.wait_for_result(request_id, 60, server.alive, server.logs)
-        assert post.headers["lambda-runtime-function-response-mode"] == "streaming"
-        prelude, _, events = post.body.partition(b"\0" * 8)
-        assert json.loads(prelude)["headers"]["content-type"] == "text/event-stream"
-        lines = [block.removeprefix(b"data: ") for block in events.split(b"\n\n") if block]
-        assert lines[-1] == b"[DONE]" and not post.trailers
-        chunks = [json.loads(line) for line in lines[:-1]]
-        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "user: hello"
-        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        api.close()
+        request_id = server.api.put(function_url_event("POST", "/v1/openai/v1/chat/completions", body,
+                                                       {"content-type": "application/json"}))
+        post = server.api.wait_for_result(request_id, 60, server.alive, server.logs)
+    assert post.headers["lambda-runtime-function-response-mode"] == "streaming"
+    prelude, _, events = post.body.partition(b"\0" * 8)
+    assert json.loads(prelude)["headers"]["content-type"] == "text/event-stream"
+    lines = [block.removeprefix(b"data: ") for block in events.split(b"\n\n") if block]
+    assert lines[-1] == b"[DONE]" and not post.trailers
+    chunks = [json.loads(line) for line in lines[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "user: hello"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+R_MODEL = Path("models.iris_forest/iris_forest/model.pex/__main__.py")
+
+
+def test_an_r_model_in_lambda_mode(tmp_path: Path) -> None:
+    """The R worker behind the same Lambda loop: a Function URL prediction, the model's own 422,
+    and the OIP metadata route, as for a Python model (R from the machine: .ci/install-deps)."""
+    with lambda_server(R_MODEL, "iris_forest", tmp_path / "server.log") as server:
+        kind, payload, _, _ = server.invoke(function_url_event(
+            "POST", "/v1/predict", json.dumps({"flowers": [FLOWER]}), {"content-type": "application/json"}))
+        assert [p["species"] for p in check_response(kind, payload, 200)] == ["setosa"]
+        kind, payload, _, _ = server.invoke(function_url_event(
+            "POST", "/v1/predict", json.dumps({"flowers": [{**FLOWER, "petal_width": 1000}]})))
+        assert "petal_width is 1000 cm" in check_response(kind, payload, 422)["detail"]
+        kind, payload, _, _ = server.invoke(function_url_event("GET", "/v2/models/iris_forest"))
+        assert check_response(kind, payload, 200)["name"] == "iris_forest"
