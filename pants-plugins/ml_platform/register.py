@@ -1,8 +1,10 @@
-"""The ML platform backend: the `ml_model` target and how it is packaged, run, published and
-deployed."""
+"""The ML platform backend: the `ml_model` target, the targets of its folder, and how it is
+packaged, run, published and deployed."""
 
-from ml_platform import deploy, dependency_inference, image, package, publish, run
-from ml_platform.target_types import MLModelTarget
+from ml_platform import deploy, dependency_inference, image, model_folder, package, publish, run
+from ml_platform.model_folder import ml_model_resolves
+from ml_platform.target_types import MLModelTarget, MLRScriptTarget
+from pants.build_graph.build_file_aliases import BuildFileAliases
 
 
 def rules():
@@ -10,6 +12,7 @@ def rules():
         *dependency_inference.rules(),
         *deploy.rules(),
         *image.rules(),
+        *model_folder.rules(),
         *package.rules(),
         *publish.rules(),
         *run.rules(),
@@ -17,4 +20,8 @@ def rules():
 
 
 def target_types():
-    return (MLModelTarget,)
+    return (MLModelTarget, MLRScriptTarget)
+
+
+def build_file_aliases():
+    return BuildFileAliases(objects={"ml_model_resolves": ml_model_resolves})

@@ -20,10 +20,12 @@ from pants.engine.target import (
     Dependencies,
     DescriptionField,
     DictStringToStringField,
+    DictStringToStringSequenceField,
     FloatField,
     IntField,
     InvalidFieldException,
     InvalidTargetException,
+    SingleSourceField,
     SpecialCasedDependencies,
     StringField,
     StringSequenceField,
@@ -352,6 +354,51 @@ class MLModelSystemPackagesField(StringSequenceField):
         return value
 
 
+class MLModelArtifactsField(StringSequenceField):
+    alias = "artifacts"
+    help = help_text(
+        """
+        Globs of the files shipped with the model besides its code (weights, pickles, prompts),
+        relative to this folder and inside the entry point's folder: `["src/artifacts/*"]`.
+        They are packaged next to the code: `Path(__file__).parent / "artifacts" / "x.joblib"`
+        finds them. (The target `<code folder>:artifacts`, made from this field.)
+        """
+    )
+
+
+class MLModelTrainField(StringField):
+    alias = "train"
+    help = help_text(
+        """
+        The model's training script, `src/train.py` or `src/train.R`, never shipped: `./pants
+        run models/<name>/src/train.py` runs it where it lies (not in a sandbox) with the
+        model's own locked requirements (R: this machine's `Rscript`), so what it writes next to
+        itself (the artifacts) lands in the model's folder. (The target `<code folder>:train`.)
+        """
+    )
+
+
+class MLModelDataField(StringSequenceField):
+    alias = "data"
+    help = help_text(
+        """
+        Globs of files for training and tests, never shipped (held-out examples, a training
+        set), relative to this folder and inside the entry point's folder:
+        `["src/examples.json", "src/data/*.csv"]`. Tests depend on `<code folder>:data`.
+        """
+    )
+
+
+class MLModelModuleMappingField(DictStringToStringSequenceField):
+    alias = "module_mapping"
+    help = help_text(
+        """
+        Of the model's `python_requirements`: the modules of a distribution whose modules have
+        another name than itself, for dependency inference: `{"xgboost-cpu": ["xgboost"]}`.
+        """
+    )
+
+
 class MLModelDependenciesField(Dependencies):
     help = help_text(
         """
@@ -430,6 +477,10 @@ class MLModelTarget(Target):
         MLModelEnvField,
         MLModelSecretsField,
         MLModelSystemPackagesField,
+        MLModelArtifactsField,
+        MLModelTrainField,
+        MLModelDataField,
+        MLModelModuleMappingField,
         MLModelDependenciesField,
         MLModelServerField,
         MLModelBaseImageField,
@@ -474,3 +525,22 @@ class MLModelTarget(Target):
                 f"The `{e.setting}` field in target {self.address} "
                 f"(compute={self[MLModelComputeField].value!r}) {e.message}"
             ) from None
+
+
+class MLRScriptSourceField(SingleSourceField):
+    expected_file_extensions = (".R",)
+    help = "The R script, relative to this BUILD file's folder."
+
+
+class MLRScriptTarget(Target):
+    alias = "ml_r_script"
+    core_fields = (*COMMON_TARGET_FIELDS, MLRScriptSourceField)
+    help = help_text(
+        """
+        An R script of a model in R, e.g. its training script (the `ml_model`'s `train` field
+        declares it): `pants run` runs the file where it lies (not a sandbox's copy) with this
+        machine's `Rscript`, from the repository's root, so what it writes next to itself lands
+        in the model's folder. R and the packages it loads come from Debian, as in the model's
+        image (its `system_packages`).
+        """
+    )
