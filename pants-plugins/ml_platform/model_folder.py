@@ -25,6 +25,7 @@ target in `models/<name>:`, and Python files and requirements are runnable. A BU
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
@@ -42,7 +43,7 @@ from pants.backend.python.macros.python_requirements import PythonRequirementsTa
 from pants.backend.python.target_types import PythonSourcesGeneratorTarget
 from pants.core.target_types import FilesGeneratorTarget, ResourcesGeneratorTarget
 from pants.engine.addresses import Address
-from pants.engine.fs import PathGlobs, Paths
+from pants.engine.fs import DigestContents, PathGlobs, Paths
 from pants.engine.internals.build_files import AddressFamilyDir, OptionalAddressFamily
 from pants.engine.internals.synthetic_targets import (
     SyntheticAddressMaps,
@@ -54,6 +55,8 @@ from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import InvalidFieldException
 
 REQUIREMENTS = "requirements.txt"
+# Where a model's code lies by convention (any folder works; `tailor` and globs look here).
+CODE_DIR = "src"
 # The names of the targets made in the code's folder; `ml_model`'s inference depends on these.
 SOURCES, REQUIREMENTS_TARGET, ARTIFACTS, TRAIN, DATA = "src", "reqs", "artifacts", "train", "data"
 
@@ -200,14 +203,22 @@ class ModelFolderSyntheticTargetsRequest(SyntheticTargetsRequest):
     spec_paths_request = ModelFolderSpecPathsRequest
 
 
+# An ml_model's entry point file in a BUILD file's text (`entry_point="src/model.py:Model"`).
+ENTRY_POINT_FILE = re.compile(r"""entry_point\s*=\s*["']([^"':]+\.(?:py|R))\b""")
+
+
 @rule
 async def model_folder_spec_paths(_: ModelFolderSpecPathsRequest) -> SyntheticTargetsSpecPaths:
-    # Folders with no BUILD file that may hold a model's made targets, for globs like `models::`:
-    # `src/` beside a BUILD file (a guess; a folder with no model yields nothing).
-    paths = await Get(Paths, PathGlobs(["**/src/*"]))
+    # The code folders of the ml_models, for globs like `models::` and for finding the owners
+    # of a changed file (they have no BUILD file). Read from the BUILD files' text: parsing
+    # them here would need these very paths. An entry point written otherwise (a variable) is
+    # missed here only: its targets still resolve by address.
+    builds = await Get(DigestContents, PathGlobs(["**/BUILD"]))
     return SyntheticTargetsSpecPaths.from_paths(
-        os.path.dirname(f) for f in paths.files
-        if os.path.basename(os.path.dirname(f)) == "src"
+        os.path.normpath(os.path.join(os.path.dirname(build.path), os.path.dirname(entry_file)))
+        for build in builds
+        for entry_file in ENTRY_POINT_FILE.findall(build.content.decode(errors="replace"))
+        if os.path.dirname(entry_file)
     )
 
 

@@ -1,7 +1,7 @@
 """The ML platform backend: the `ml_model` target, the targets of its folder, and how it is
 packaged, run, published and deployed."""
 
-from ml_platform import deploy, dependency_inference, image, model_folder, package, publish, run
+from ml_platform import deploy, dependency_inference, image, model_folder, package, publish, run, tailor
 from ml_platform.model_folder import ml_model_resolves
 from ml_platform.target_types import MLModelTarget, MLRScriptTarget
 from pants.build_graph.build_file_aliases import BuildFileAliases
@@ -16,6 +16,7 @@ def rules():
         *package.rules(),
         *publish.rules(),
         *run.rules(),
+        *tailor.rules(),
     )
 
 
