@@ -48,6 +48,14 @@ def worker_command(handler: str | os.PathLike[str]) -> list[str]:
             str(handler), json.dumps(ERROR_KINDS)]
 
 
+def with_handler(command: list[str], handler: str | os.PathLike[str]) -> list[str]:
+    """`command` (from worker_command) serving another copy of the model's file: live reload
+    swaps in the edited one. (Here, not in the server: the worker script is the model
+    environment's, which the server's environment lacks.)"""
+    at = command.index("--args") + 1
+    return [*command[:at], str(handler), *command[at + 1:]]
+
+
 def find_handler(relative_path: str, search_path: list[str]) -> Path:
     """The model's R file: like a module, it sits at its source root on the environment's path."""
     for entry in search_path:

@@ -39,8 +39,8 @@ class ModelApp:
         self.predict_inputs: dict[str, oip.PredictInput] = {}
         self.generates = False  # whether the model generates text: the OpenAI routes are served
         self._publish(build_openapi(manifest, None))
-        metrics.gauges["ml_queue_depth"] = lambda: pool.queue.qsize()
-        metrics.gauges["ml_workers_ready"] = lambda: pool.ready_workers
+        metrics.gauges["ml_queue_depth"] = lambda: self.pool.queue.qsize()
+        metrics.gauges["ml_workers_ready"] = lambda: self.pool.ready_workers
 
     def describe(self, description: dict[str, Any]) -> None:
         """Install the endpoints and schemas a worker reported after loading the model."""
@@ -54,6 +54,13 @@ class ModelApp:
         if self.generates:
             openai_api.describe(document, self.version, self.name)
         self._publish(document)
+
+    def swap(self, pool: WorkerPool) -> None:
+        """Serve new requests from `pool`, whose workers have loaded the model (live reload);
+        requests already given to the old pool finish there."""
+        assert pool.description is not None
+        self.pool = pool
+        self.describe(pool.description)
 
     def _publish(self, document: dict[str, Any]) -> None:
         # The document is the route table: the server answers exactly what it lists.

@@ -23,10 +23,11 @@ from ml_contract.model_settings import DEFAULT_TIMEOUT_SECONDS
 from ml_contract.package_layout import CONTAINER_PORT
 from ml_http.ready import write_ready_file
 from ml_http.server import HttpLimits, HttpProtocol
-from ml_runtime import aws_secrets
+from ml_runtime import aws_secrets, r_worker
 from ml_runtime.shared_cache import CACHE_DIR_ENV, SharedCache, bound_from_env, new_directory
 from ml_serving.app import ModelApp
 from ml_serving.metrics import Metrics
+from ml_serving.reload import Reloader, ReloadSources
 from ml_serving.sizing import visible_gpus, worker_env
 from ml_serving.workers import WorkerPool
 
@@ -74,6 +75,15 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="Seconds to finish in-flight requests after SIGTERM (ML_SHUTDOWN_GRACE).")
     parser.add_argument("--ready-file", default=env("ML_READY_FILE"),
                         help="Write the bound URL to this file once ready (for scripts and tests).")
+    reload = parser.add_argument_group("live reload (`pants run` passes these: ml_serving.reload)")
+    reload.add_argument("--reload-root", action="append", default=[], type=Path,
+                        help="A source folder of the model's code in the repository: watched, and its files "
+                             "overlay the packaged code's; an edit restarts the workers. Repeatable.")
+    reload.add_argument("--reload-base", type=Path,
+                        help="The packaged code (a packed model.pex) that the source folders overlay.")
+    reload.add_argument("--reload-rebuild-file", action="append", default=[], type=Path,
+                        help="A file whose change needs a new environment (requirements, lockfile): said, "
+                             "not reloaded. Repeatable.")
     return parser.parse_args(argv)
 
 
@@ -94,17 +104,34 @@ async def _serve(args: argparse.Namespace, manifest: dict, cache: SharedCache) -
     threads = args.threads or int(manifest.get("threads", 1))
     gpus = visible_gpus()
     metrics = Metrics(manifest["name"], manifest["version"], shared_cache=cache)
-    pool = WorkerPool(
-        json.loads(args.worker_command),
-        count=args.workers,
-        env={**os.environ, CACHE_DIR_ENV: str(cache.directory)},
-        worker_env=lambda index: worker_env(index, threads, gpus),
-        max_queue=args.max_queue,
-        timeout=args.timeout or float(manifest.get("timeout", DEFAULT_TIMEOUT_SECONDS)),
-        metrics=metrics,
-        batching=args.batching,
-    )
+    command = json.loads(args.worker_command)
+
+    def new_pool(overlay: Optional[Path] = None) -> WorkerPool:
+        env = {**os.environ, CACHE_DIR_ENV: str(cache.directory)}
+        worker_command = command
+        if overlay is not None:  # live reload: the edited code first on the workers' path
+            env["PYTHONPATH"] = os.pathsep.join([str(overlay), *filter(None, [env.get("PYTHONPATH")])])
+            if manifest.get("runtime") == r_worker.RUNTIME:
+                worker_command = r_worker.with_handler(command, overlay / manifest["handler"])
+        return WorkerPool(
+            worker_command,
+            count=args.workers,
+            env=env,
+            worker_env=lambda index: worker_env(index, threads, gpus),
+            max_queue=args.max_queue,
+            timeout=args.timeout or float(manifest.get("timeout", DEFAULT_TIMEOUT_SECONDS)),
+            metrics=metrics,
+            batching=args.batching,
+        )
+
+    reloader = None
+    if args.reload_root and not lambda_api:
+        reloader = Reloader(None, ReloadSources(tuple(args.reload_root), args.reload_base,
+                                                tuple(args.reload_rebuild_file)), new_pool, args.shutdown_grace)
+    pool = new_pool(reloader.first_overlay() if reloader else None)
     app = ModelApp(manifest, pool, metrics)
+    if reloader:
+        reloader.app = app
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -113,6 +140,8 @@ async def _serve(args: argparse.Namespace, manifest: dict, cache: SharedCache) -
     try:
         await pool.start()
     except Exception as e:
+        if reloader:
+            reloader.close()
         message = f"the model could not be loaded ({e}); the worker's log is above"
         if lambda_api:
             from ml_serving import lambda_runtime
@@ -155,17 +184,23 @@ async def _serve(args: argparse.Namespace, manifest: dict, cache: SharedCache) -
                       "threads": threads, "gpus": gpus}), flush=True)
     if args.ready_file:
         write_ready_file(args.ready_file, url)
+    watching = asyncio.ensure_future(reloader.watch()) if reloader else None
 
     await stop.wait()
+    if watching:
+        watching.cancel()
     # Graceful stop: refuse new connections, finish what is in flight, then stop the workers.
     app.accepting = False
     server.close()
     deadline = loop.time() + args.shutdown_grace
+    pool = app.pool  # the one serving now (live reload swaps it)
     while (pool.in_flight or not pool.queue.empty() or metrics.in_flight) and loop.time() < deadline:
         await asyncio.sleep(0.01)
     for connection in list(connections):
         connection.close_when_idle()
     await pool.stop(max(0.0, deadline - loop.time()))
+    if reloader:
+        reloader.close()
     print(json.dumps({"event": "stopped", "model": manifest["address"]}), flush=True)
     return 0
 

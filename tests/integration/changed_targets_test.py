@@ -14,12 +14,11 @@ import pytest
 
 from testutil.scratch import commit_change, scratch_repo
 
-ALL_MODELS = {"models/digits:digits", "models/doc_links:doc_links", "models/iris:iris",
-              "models/mask2former:mask2former", "models/mask_rcnn:mask_rcnn",
-              "models/segment_anything:segment_anything", "models/smollm2:smollm2",
-              "models/support_reply:support_reply"}
+# Every model: each folder of models/ whose BUILD file declares an ml_model.
+ALL_MODELS = {f"models/{build.parent.name}:{build.parent.name}" for build in Path("models").glob("*/BUILD")
+              if "ml_model(" in build.read_text()}
 # The models that import ml_shared.artifacts.
-ARTIFACTS_USERS = {"models/digits:digits", "models/iris:iris"}
+ARTIFACTS_USERS = {"models/digits:digits", "models/iris:iris", "models/tabular_tf:tabular_tf"}
 
 
 def pants(repo: Path, *args: str, with_stderr: bool = False) -> str:
@@ -61,6 +60,10 @@ CASES = [
     ("models/digits/src/artifacts/scaler.joblib", "\n", {"models/digits:digits"}),
     ("models/digits/src/requirements.txt", "# pins unchanged\n", {"models/digits:digits"}),
     ("models/iris/iris.lock", "\n", {"models/iris:iris"}),
+    # Training data and the training script are not shipped: nothing to redeploy.
+    ("models/tabular_tf/src/data/wine.csv", "\n", set()),
+    ("models/iris/src/train.py", "# retrain\n", set()),
+    ("models/iris_forest/src/model.R", "# R\n", {"models/iris_forest:iris_forest"}),
     ("platform/ml_runtime/once.py", "# runtime\n", ALL_MODELS),
 ]
 
@@ -76,7 +79,8 @@ def test_help_documents_every_field(repo: Path) -> None:
     out = pants(repo, "help", "ml_model")
     for field in (
         "entry_point", "resolve", "version", "compute", "cpu", "memory", "gpu", "workers", "threads",
-        "worker_memory", "timeout", "env", "description", "dependencies",
+        "worker_memory", "timeout", "env", "description", "dependencies", "artifacts", "train", "data",
+        "module_mapping", "system_packages", "secrets",
     ):
         assert f"\n{field}\n" in out, f"`help ml_model` lacks {field}"
 
