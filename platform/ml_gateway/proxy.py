@@ -21,7 +21,8 @@ from typing import Any, AsyncIterator, Dict, List, Optional, Tuple, Union
 import httptools
 
 from ml_contract.route_table import ADMIN_ROUTES_PATH, RouteTable
-from ml_gateway.routes import NotRouted, Route, resolve
+from ml_gateway import index
+from ml_gateway.routes import NotRouted, Route, hostname, resolve
 from ml_http.messages import encode_head, request_id as usable_request_id, status_line
 from ml_http.stream import END, EOF, READ_SIZE, Connection, Head, frame
 
@@ -175,8 +176,11 @@ def _response_head(head: Head, digest: str, keep_alive: bool, chunked: bool) -> 
 
 
 def _json_response(status: int, payload: Any, keep_alive: bool) -> bytes:
-    body = json.dumps(payload, indent=1).encode() + b"\n"
-    fields = ["content-type: application/json", f"content-length: {len(body)}"]
+    return _response(status, json.dumps(payload, indent=1).encode() + b"\n", "application/json", keep_alive)
+
+
+def _response(status: int, body: bytes, content_type: str, keep_alive: bool) -> bytes:
+    fields = [f"content-type: {content_type}", f"content-length: {len(body)}"]
     return encode_head(status_line(status), fields, keep_alive) + body
 
 
@@ -195,6 +199,7 @@ class Gateway:
         self.busy = 0  # exchanges in progress, for a graceful stop
         self.requests = 0
         self.retries = 0
+        self.rates = index.RequestRates()  # per model version, for the index page
         self.port = 0
         self.started = time.time()
         self._routes_stat: Optional[Tuple[int, int, int]] = None
@@ -297,10 +302,12 @@ class Gateway:
             writer.close()
 
     async def _answer(self, client: Connection, head: Head, body: RequestBody, status: int,
-                      payload: Any) -> bool:
+                      payload: Any, content_type: Optional[str] = None) -> bool:
+        """Answer locally: `payload` as JSON, or bytes of `content_type`."""
         whole = await body.discard() if not body.complete else True
         keep_alive = head.keep_alive and whole and body.complete
-        client.writer.write(_json_response(status, payload, keep_alive))
+        client.writer.write(_json_response(status, payload, keep_alive) if content_type is None
+                            else _response(status, payload, content_type, keep_alive))
         await client.writer.drain()
         return keep_alive
 
@@ -312,10 +319,15 @@ class Gateway:
         if path.startswith(ADMIN_PREFIX):
             return await self._answer(client, head, body, *self.admin(path))
         host = head.get("host")
+        if index.is_index(self.table, hostname(host), path):
+            table = self.table
+            page = index.render(table, self.port, await index.readiness(table), self.rates)
+            return await self._answer(client, head, body, 200, page, "text/html; charset=utf-8")
         route = resolve(self.table, host, path)
         if isinstance(route, NotRouted):
             return await self._answer(client, head, body, 404, {
                 "error": route.reason, "routed": self.table.urls(self.port)})
+        self.rates.record(route.model, route.version)
         if "100-continue" in head.get("expect").lower():
             client.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request_id = usable_request_id(head.get("x-request-id"))

@@ -450,3 +450,28 @@ def test_the_command_reloads_on_sighup_and_stops_on_sigterm(backends, tmp_path: 
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# ----------------------------------------------------------------------------------------------
+# The index page
+
+
+def test_the_index_page_lists_every_model_version_with_its_readiness_and_rate(backends, gateway_for) -> None:
+    v1, v2 = backends("v1"), backends("v2")
+    gone = backends("gone")
+    gone.close()  # deployed but not answering: not ready
+    gateway = gateway_for({"iris": {1: v1, 2: v2}, "digits": {1: gone}})
+    for _ in range(6):
+        assert gateway.request("POST", "/v2/predict", body=b"{}")[0] == 200
+    status, headers, page = gateway.request("GET", "/", host=f"ml.localhost:{gateway.port}")
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    text = page.decode()
+    rows = {row.split("</td>")[0].split(">")[-1] + " " + row.split("<td>")[1].split("<")[0]: row
+            for row in text.split("<tr>")[2:]}
+    assert set(rows) == {"digits v1", "iris v1", "iris v2"}
+    assert "sha256:v2" in rows["iris v2"] and ">ready<" in rows["iris v2"] and "0.10/s" in rows["iris v2"]
+    assert "not ready" in rows["digits v1"]
+    assert f'href="http://iris.ml.localhost:{gateway.port}/docs"' in rows["iris v2"]
+    assert "/metrics" in rows["iris v2"] and "/docs" not in rows["iris v1"]  # unversioned paths go to v2
+    # Any other host still names a model.
+    assert gateway.request("GET", "/", host="nothing.localhost")[0] == 404

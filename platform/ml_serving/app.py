@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import pkgutil
 import sys
 import time
 from typing import Any, AsyncIterator, Callable, Optional, Union
@@ -15,13 +17,28 @@ from ml_runtime import wire
 from ml_runtime.errors import MALFORMED_JSON
 from ml_serving import generation, oip, openai_api
 from ml_serving.metrics import Metrics
-from ml_serving.openapi import BINARY_CONTENT_TYPES, BINARY_RESPONSE_TYPE, build_openapi, compile_schema, schema_error
+from ml_serving.openapi import (
+    BINARY_CONTENT_TYPES,
+    BINARY_RESPONSE_TYPE,
+    DOCS_PATH,
+    build_openapi,
+    compile_schema,
+    schema_error,
+)
 from ml_serving import streams
 from ml_serving.workers import QueueFull, Stream, WorkerLost, WorkerPool, WorkerResponse, WorkerTimeout
 
 logger = logging.getLogger("ml_serving.app")
 
 JSON_TYPES = ("application/json", "")
+
+
+@functools.lru_cache(maxsize=None)
+def docs_page() -> bytes:
+    """The model's page for people: it builds its forms from /openapi.json in the browser."""
+    page = pkgutil.get_data("ml_serving", "docs.html")
+    assert page is not None
+    return page
 
 
 class ModelApp:
@@ -112,6 +129,8 @@ class ModelApp:
             return path, Response(200, self.metrics.render(), content_type="text/plain; version=0.0.4")
         if path == "/openapi.json":
             return path, Response(200, self.openapi)
+        if path == DOCS_PATH:
+            return path, Response(200, docs_page(), content_type="text/html; charset=utf-8")
         if self.generates and path.startswith(openai_api.prefix(self.version) + "/"):
             return await openai_api.route(self, request, path, request_id, timeout)
         return await oip.route(self, request, path, request_id, timeout)

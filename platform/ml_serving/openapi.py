@@ -206,6 +206,7 @@ def _ready(summary: str) -> dict[str, Any]:
 # Raw request bodies that fill an endpoint's one bytes parameter (in JSON it is base64): images
 # are sent as they are, with their own type.
 BINARY_CONTENT_TYPES = ("application/octet-stream", "image/png", "image/jpeg")
+DOCS_PATH = "/docs"  # the page for people (ml_serving/docs.html)
 # What an endpoint annotated `-> bytes` answers with.
 BINARY_RESPONSE_TYPE = "application/octet-stream"
 
@@ -291,6 +292,8 @@ def build_openapi(manifest: dict[str, Any], description: Optional[dict[str, Any]
             paths.update(_generate_paths(prefix, prefix == model))
     paths["/metrics"] = _get("Prometheus metrics", {"200": _response("OK", {"type": "string"}, "text/plain")})
     paths["/openapi.json"] = _get("This document", {"200": _response("OK", {"type": "object"})})
+    paths[DOCS_PATH] = _get("A page to try every endpoint in a browser, built from this document",
+                            {"200": _response("OK", {"type": "string"}, "text/html")})
     schemas = {**(description or {}).get("definitions", {}), **OIP_SCHEMAS, "ml.Error": ERROR}
     return {
         "openapi": "3.1.0",
