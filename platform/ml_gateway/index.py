@@ -78,7 +78,7 @@ def render(table: RouteTable, port: int, ready: Mapping[Tuple[str, int], bool], 
                 f'<td><code title="{_e(backend.digest)}">{_e(backend.digest[:19] or "-")}</code></td>'
                 f'<td class="{"ready" if live else "not-ready"}">{"ready" if live else "not ready"}</td>'
                 f"<td class=rate>{rates.per_second(model, version):.2f}/s</td>"
-                f'<td><a href="{base}/v{version}/">{_e(base)}/v{version}/</a></td><td>{links}</td>'
+                f"<td><code>{_e(base)}/v{version}/</code></td><td>{links}</td>"
                 "</tr>"
             )
     body = "\n".join(rows) or '<tr><td colspan=7>No model is deployed behind this gateway yet: <code>./pants deploy models/&lt;name&gt;:</code></td></tr>'
