@@ -246,13 +246,10 @@ def rules():
     return (*collect_rules(), *ModelFolderSyntheticTargetsRequest.rules())
 
 
-def ml_model_resolves(config: str = "pants.toml") -> tuple[str, ...]:
-    """The resolves of pants.toml's [python.resolves] whose lockfile lies under models/: the
-    models' own. Code shared between models (`models/shared`) is parametrized over them, so a
-    new model imports it with no edit there. A BUILD file symbol: BUILD files are read in the
-    repository's root, and Pants reloads them all when pants.toml changes. (Plain text: the
-    plugin's Python 3.9 has no TOML reader of its own.)"""
-    resolves = []
+def _model_lockfiles(config: str) -> list[tuple[str, str]]:
+    """(resolve, lockfile) of pants.toml's [python.resolves] whose lockfile lies under models/.
+    Plain text: the plugin's Python 3.9 has no TOML reader of its own."""
+    found = []
     section = None
     with open(config, encoding="utf-8") as f:
         for line in f:
@@ -262,5 +259,20 @@ def ml_model_resolves(config: str = "pants.toml") -> tuple[str, ...]:
             elif section == "[python.resolves]" and "=" in line:
                 key, value = (part.strip().strip('"') for part in line.split("=", 1))
                 if value.startswith("models/"):
-                    resolves.append(key)
-    return tuple(resolves)
+                    found.append((key, value))
+    return found
+
+
+def ml_model_resolves(config: str = "pants.toml") -> tuple[str, ...]:
+    """The models' own resolves: pants.toml's whose lockfile lies under models/. Code shared
+    between models (`models/shared`) is parametrized over them, so a new model imports it with
+    no edit there. A BUILD file symbol: BUILD files are read in the repository's root, and
+    Pants reloads them all when pants.toml changes (as adding a model's resolve does)."""
+    return tuple(resolve for resolve, _ in _model_lockfiles(config))
+
+
+def ml_model_addresses(config: str = "pants.toml") -> tuple[str, ...]:
+    """Every model's `ml_model`, `models/<m>:<m>`, from the folders of their lockfiles: for
+    targets that must name every model (the API fuzzer), so a new model needs no edit there."""
+    return tuple(sorted({f"{os.path.dirname(lock)}:{os.path.basename(os.path.dirname(lock))}"
+                         for _, lock in _model_lockfiles(config)}))

@@ -6,7 +6,7 @@ import pytest
 
 from ml_platform.conftest import ENV_INHERIT, make_rule_runner, repo_options
 from ml_platform.dependency_inference import InferMLModelDependencies, MLModelDependencyInferenceFieldSet
-from ml_platform.model_folder import ml_model_resolves
+from ml_platform.model_folder import ml_model_addresses, ml_model_resolves
 from pants.backend.python.macros import python_requirements
 from pants.backend.python.target_types import (
     PythonRequirementModulesField,
@@ -128,3 +128,4 @@ def test_the_model_resolves_are_those_under_models(tmp_path) -> None:
         other = "models/x.lock"
     """))
     assert ml_model_resolves(str(config)) == ("iris", "digits")
+    assert ml_model_addresses(str(config)) == ("models/digits:digits", "models/iris:iris")

@@ -2,8 +2,8 @@
 own) against the real served model over HTTP on 127.0.0.1, with all of its checks on, after
 validating /openapi.json as OpenAPI 3.1. Any failure it finds fails the test.
 
-The models come from this target's runtime_package_dependencies; `test_every_model_is_fuzzed`
-fails, naming the line to add, for an ml_model that is not among them.
+The models come from this target's runtime_package_dependencies (every model whose resolve
+pants.toml declares); `test_every_model_is_fuzzed` fails for an ml_model that is not among them.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def test_every_model_is_fuzzed() -> None:
               if re.search(r"^ml_model\(", b.read_text(), re.M)]
     assert builds, "no ml_model BUILD files in the sandbox: //:model-build-files is missing"
     missing = [f"{b.parent}:{b.parent.name}" for b in builds if package_dir(b) not in PACKAGES]
-    assert not missing, (f"not fuzzed: add {missing} to runtime_package_dependencies of "
-                         "python_tests(name='fuzz') in tests/integration/BUILD")
+    assert not missing, (f"not fuzzed: {missing}; python_tests(name='fuzz') in tests/integration/BUILD packages "
+                         "ml_model_addresses(), the models whose lockfile pants.toml lists under models/<name>/")
 
 
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)
