@@ -86,9 +86,11 @@ async def find_putative_ml_models(request: PutativeMLModelTargetsRequest, python
                 continue
             entry_point = f"{rel(os.path.basename(handler.path))}:{cls}"
         kwargs: dict = {**({"description": description} if description else {}), "entry_point": entry_point}
-        if any(f.startswith(os.path.join(code_dir, "artifacts") + "/") for f in files):
-            kwargs["artifacts"] = (rel("artifacts", "**", "*"),)
         train = next((s for s in TRAINING_SCRIPTS if os.path.join(code_dir, s) in files), None)
+        # A training script writes the artifacts (into src/artifacts/, by convention), perhaps
+        # only once this BUILD file lets it run.
+        if train or any(f.startswith(os.path.join(code_dir, "artifacts") + "/") for f in files):
+            kwargs["artifacts"] = (rel("artifacts", "**", "*"),)
         if train:
             kwargs["train"] = rel(train)
         data = [

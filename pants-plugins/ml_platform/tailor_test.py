@@ -55,7 +55,8 @@ def test_a_folder_with_a_handler_and_requirements_gets_its_one_build_file(rule_r
 def test_an_r_model_and_a_declared_resolve(rule_runner: RuleRunner) -> None:
     rule_runner.write_files({"models/m/src/model.R": "endpoints <- list()\n", "models/m/src/train.R": ""})
     (target,) = putative(rule_runner, "models/m/src")
-    assert dict(target.kwargs) == {"entry_point": "src/model.R", "train": "src/train.R"}
+    # Its training script will write artifacts/: the model ships what it writes there.
+    assert dict(target.kwargs) == {"entry_point": "src/model.R", "artifacts": ("src/artifacts/**/*",), "train": "src/train.R"}
     assert target.comments == ()  # `m` is in [python.resolves]
 
 
