@@ -10,7 +10,7 @@ import pprint
 from dataclasses import dataclass
 
 from ml_contract.model_settings import ModelSettings
-from ml_contract.package_layout import IMAGE_LAYOUT, MODEL_PEX, SERVER_PEX
+from ml_contract.package_layout import ENTRYPOINT_MODULE, IMAGE_LAYOUT, MODEL_PEX, SERVER_PEX
 from ml_contract.runtimes import PYTHON, R, R_SYSTEM_PACKAGES, runtime_of
 from ml_contract.system_packages import layer_input, lock_command, lock_path, stale_reason
 from ml_platform.image import (
@@ -96,7 +96,7 @@ from pants.util.strutil import softwrap
 
 # The generated module that starts a packaged model. Its name is private to the platform so it
 # cannot shadow a model's own modules.
-GENERATED_ENTRYPOINT_MODULE = "__ml_model_main__"
+GENERATED_ENTRYPOINT_MODULE = ENTRYPOINT_MODULE
 # Where an `artifacts_script` writes, inside its process' sandbox.
 _GENERATED_DIR = "__generated"
 

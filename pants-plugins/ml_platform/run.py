@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from ml_platform.target_types import MLModelEntryPointField, MLModelResolveField
 from pants.backend.python.subsystems.setup import PythonSetup
 from pants.backend.python.target_types import PythonSourceField
 from pants.core.target_types import ResourceSourceField
+from pants.core.util_rules.distdir import DistDir
 from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
 from pants.core.goals.run import RunFieldSet, RunInSandboxBehavior, RunRequest
 from pants.core.util_rules.system_binaries import BinaryPathRequest, BinaryPaths, SearchPath
@@ -29,6 +31,7 @@ from pants.engine.target import (
     WrappedTargetRequest,
 )
 from pants.source.source_root import SourceRootsRequest, SourceRootsResult
+from pants.util.docutil import bin_name
 from pants.engine.unions import UnionRule
 
 
@@ -82,7 +85,7 @@ async def live_reload_sources(
 
 
 @rule(desc="Preparing to serve an ml_model")
-async def run_ml_model(field_set: MLModelRunFieldSet) -> RunRequest:
+async def run_ml_model(field_set: MLModelRunFieldSet, dist_dir: DistDir) -> RunRequest:
     wrapped = await Get(
         WrappedTarget,
         WrappedTargetRequest(field_set.address, description_of_origin="the `run` goal"),
@@ -103,6 +106,9 @@ async def run_ml_model(field_set: MLModelRunFieldSet) -> RunRequest:
             *(arg for root in reload.roots for arg in ("--reload-root", root)),
             "--reload-base", model_pex,
             *(arg for path in reload.rebuild_files for arg in ("--reload-rebuild-file", path)),
+            # A requirements change: the model's package again, where `package` puts it.
+            "--reload-rebuild-command", json.dumps([bin_name(), "package", field_set.address.spec]),
+            "--reload-rebuilt-package", os.path.join(str(dist_dir.relpath), pexes.output_dir, MODEL_PEX),
         ],
     )
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 MODEL_PEX = "model.pex"  # the model's environment and generated entry point (worker side)
+# The module `package` generates in each model's environment (its entry point: serve, worker,
+# once); ml_runtime/entrypoint.py, inside the model's environment, cannot import this file and
+# writes it out.
+ENTRYPOINT_MODULE = "__ml_model_main__"
 SERVER_PEX = "server.pex"  # the model server, from its own locked environment
 IMAGE_LAYOUT = "image"  # the OCI image layout directory
 GATEWAY_PEX = "gateway.pex"  # the local gateway: in no package, handed to local deploys

@@ -40,7 +40,7 @@ import zipfile
 from pathlib import Path
 from typing import BinaryIO, Iterator, Optional, Sequence
 
-from ml_contract.package_layout import CONTAINER_PORT, OCI_INDEX, OWN_LAYER_MIN_BYTES, PULLED_BASE_INFO
+from ml_contract.package_layout import CONTAINER_PORT, ENTRYPOINT_MODULE, OCI_INDEX, OWN_LAYER_MIN_BYTES, PULLED_BASE_INFO
 from ml_image.layers import (
     Entry,
     LayerInfo,
@@ -323,7 +323,7 @@ def image_config(
         "os": "linux",
         "config": {
             "User": f"{NONROOT[0]}:{NONROOT[1]}",
-            "Entrypoint": [f"{MODEL_ROOT}/bin/python3", "-m", "__ml_model_main__", "serve"],
+            "Entrypoint": [f"{MODEL_ROOT}/bin/python3", "-m", ENTRYPOINT_MODULE, "serve"],
             "Env": [f"{k}={v}" for k, v in {**inherited, **platform_env, **env}.items()],
             "ExposedPorts": {f"{PORT}/tcp": {}},
             "WorkingDir": "/home/nonroot",

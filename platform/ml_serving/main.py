@@ -27,7 +27,7 @@ from ml_runtime import aws_secrets, r_worker
 from ml_runtime.shared_cache import CACHE_DIR_ENV, SharedCache, bound_from_env, new_directory
 from ml_serving.app import ModelApp
 from ml_serving.metrics import Metrics
-from ml_serving.reload import Reloader, ReloadSources
+from ml_serving.reload import Rebuild, Reloader, ReloadSources
 from ml_serving.sizing import visible_gpus, worker_env
 from ml_serving.workers import WorkerPool
 
@@ -82,8 +82,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     reload.add_argument("--reload-base", type=Path,
                         help="The packaged code (a packed model.pex) that the source folders overlay.")
     reload.add_argument("--reload-rebuild-file", action="append", default=[], type=Path,
-                        help="A file whose change needs a new environment (requirements, lockfile): said, "
-                             "not reloaded. Repeatable.")
+                        help="A file whose change needs a new environment (requirements, lockfile). Repeatable.")
+    reload.add_argument("--reload-rebuild-command",
+                        help="JSON list: the command that rebuilds the model's package after such a change; "
+                             "without it the change is only said.")
+    reload.add_argument("--reload-rebuilt-package", type=Path,
+                        help="Where the rebuild writes the model's model.pex.")
     return parser.parse_args(argv)
 
 
@@ -106,13 +110,12 @@ async def _serve(args: argparse.Namespace, manifest: dict, cache: SharedCache) -
     metrics = Metrics(manifest["name"], manifest["version"], shared_cache=cache)
     command = json.loads(args.worker_command)
 
-    def new_pool(overlay: Optional[Path] = None) -> WorkerPool:
+    def new_pool(overlay: Optional[Path] = None, worker_command: Sequence[str] = command) -> WorkerPool:
         env = {**os.environ, CACHE_DIR_ENV: str(cache.directory)}
-        worker_command = command
         if overlay is not None:  # live reload: the edited code first on the workers' path
             env["PYTHONPATH"] = os.pathsep.join([str(overlay), *filter(None, [env.get("PYTHONPATH")])])
             if manifest.get("runtime") == r_worker.RUNTIME:
-                worker_command = r_worker.with_handler(command, overlay / manifest["handler"])
+                worker_command = r_worker.with_handler(list(worker_command), overlay / manifest["handler"])
         return WorkerPool(
             worker_command,
             count=args.workers,
@@ -126,8 +129,10 @@ async def _serve(args: argparse.Namespace, manifest: dict, cache: SharedCache) -
 
     reloader = None
     if args.reload_root and not lambda_api:
-        reloader = Reloader(None, ReloadSources(tuple(args.reload_root), args.reload_base,
-                                                tuple(args.reload_rebuild_file)), new_pool, args.shutdown_grace)
+        rebuild = (Rebuild(tuple(json.loads(args.reload_rebuild_command)), args.reload_rebuilt_package)
+                   if args.reload_rebuild_command and args.reload_rebuilt_package else None)
+        reloader = Reloader(None, ReloadSources(tuple(args.reload_root), args.reload_base, tuple(args.reload_rebuild_file)),
+                            new_pool, command, rebuild, args.shutdown_grace)
     pool = new_pool(reloader.first_overlay() if reloader else None)
     app = ModelApp(manifest, pool, metrics)
     if reloader:

@@ -9,8 +9,10 @@ their path, and once one has loaded the model, sends new requests to them and le
 ones finish theirs. If the new workers fail to load, the old ones keep serving and the error
 is printed. The routes follow the new code (a new endpoint or type is served at once).
 
-Requirements are not in the overlay: a change to a requirements file or lockfile needs a new
-environment (`pants run` again), which is said, while the running version keeps serving.
+Requirements are not in an overlay: a change to a requirements file or lockfile needs a new
+environment. With a rebuild command (`pants run` gives its own `pants package` of the model),
+the server runs it, and the new workers start from the rebuilt package; while it builds, and if
+it fails (a lockfile that no longer matches its requirements), the running version serves on.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from ml_contract.package_layout import ENTRYPOINT_MODULE
 from ml_serving.workers import WorkerPool
 
 logger = logging.getLogger("ml_serving")
@@ -37,9 +40,21 @@ SETTLE_SECONDS = 0.2
 # A packed PEX's own files, not the model's.
 PEX_INTERNALS = {".bootstrap", ".deps", "__main__.py", "PEX-INFO", "__pex__"}
 SKIPPED_DIRS = {"__pycache__", ".git"}
+# How a Python worker's command ends (ml_runtime.entrypoint.worker_command): its interpreter is
+# the model environment's, which a rebuild replaces.
+PYTHON_WORKER = [ENTRYPOINT_MODULE, "worker"]
 
 
 @dataclass(frozen=True)
+class Rebuild:
+    """How to get a new environment when the requirements change: a command that writes the
+    model's package, and where its model.pex lands."""
+
+    command: tuple[str, ...]
+    package: Path  # the rebuilt model.pex
+
+
+@dataclass
 class ReloadSources:
     roots: tuple[Path, ...]  # source roots in the repository: their files overlay the package's
     base: Optional[Path]  # the packaged code (a packed model.pex): generated artifacts live there
@@ -96,7 +111,10 @@ class Reloader:
 
     app: object  # ml_serving.app.ModelApp: its `pool` is swapped
     sources: ReloadSources
-    new_pool: Callable[[Path], WorkerPool]  # a pool whose workers put this overlay first on their path
+    # A pool of workers started by this command, with this overlay first on their path.
+    new_pool: Callable[[Path, list[str]], WorkerPool]
+    command: list[str]  # how a worker starts: the package's, until a rebuild gives another
+    rebuild: Optional[Rebuild] = None
     grace: float = 30.0
     say: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
     _overlays: list[Path] = field(default_factory=list)
@@ -124,18 +142,46 @@ class Reloader:
                 now = settled
             changed = sorted(str(p) for p in set(now) | set(before) if now.get(p) != before.get(p))
             before = now
-            rebuild = [c for c in changed if Path(c) in self.sources.rebuild_files]
-            if rebuild:
-                self.say(f"live reload: {', '.join(rebuild)} changed: the model's environment needs a "
-                         f"rebuild; stop and `pants run` the model again (this version keeps serving)")
-                logger.warning(json.dumps({"event": "reload_needs_rebuild", "changed": rebuild}))
+            requirements = [c for c in changed if Path(c) in self.sources.rebuild_files]
+            if requirements and not await self.rebuilt(requirements):
                 continue
             await self.reload(changed)
+
+    async def rebuilt(self, changed: Sequence[str]) -> bool:
+        """Rebuild the environment after a requirements change; whether the new one is ready."""
+        if self.rebuild is None:
+            self.say(f"live reload: {', '.join(changed)} changed: the model's environment needs a rebuild; "
+                     f"stop and run it again (this version keeps serving)")
+            logger.warning(json.dumps({"event": "reload_needs_rebuild", "changed": list(changed)}))
+            return False
+        self.say(f"live reload: {', '.join(changed)} changed: rebuilding the environment "
+                 f"(`{' '.join(self.rebuild.command)}`); this version serves meanwhile")
+        # A Pants of its own: the one that started this server is busy running it.
+        process = await asyncio.create_subprocess_exec(
+            *self.rebuild.command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PANTS_CONCURRENT": "true"})
+        output, _ = await process.communicate()
+        if process.returncode != 0:
+            logger.error(json.dumps({"event": "rebuild_failed", "changed": list(changed), "exit_code": process.returncode}))
+            self.say(f"live reload: the rebuild failed (exit {process.returncode}); the last good version keeps "
+                     f"serving. Its output ends:\n{output.decode(errors='replace')[-3000:]}")
+            return False
+        package = self.rebuild.package.resolve()
+        self.sources.base = package
+        if self.command[-2:] == PYTHON_WORKER:
+            # The rebuilt environment's interpreter, as the package's entry point found its own:
+            # the venv its PEX sets up (PEX's own start would drop the overlay from the path).
+            probe = await asyncio.create_subprocess_exec(
+                str(package / "__main__.py"), "-c", "import sys; print(sys.executable)",
+                stdout=asyncio.subprocess.PIPE, env={**os.environ, "PEX_INTERPRETER": "1"})
+            interpreter, _ = await probe.communicate()
+            self.command = [interpreter.decode().strip(), *self.command[1:]]
+        return True
 
     async def reload(self, changed: Sequence[str]) -> bool:
         started = time.perf_counter()
         overlay = build_overlay(self.sources, self._workdir)
-        pool = self.new_pool(overlay)
+        pool = self.new_pool(overlay, self.command)
         try:
             await pool.start()
         except Exception as e:

@@ -5,7 +5,9 @@ change says a rebuild is needed."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -76,6 +78,33 @@ def test_an_edit_is_served_and_a_broken_one_keeps_the_last_good_version(tmp_path
     finally:
         assert served.stop() == 0
     assert "Traceback" not in served.stdout_path.read_text()
+
+
+def test_a_requirements_change_rebuilds_the_environment_or_keeps_the_last_good_one(tmp_path: Path) -> None:
+    """`pants run` passes its `pants package` of the model as the rebuild; here a copy of the
+    package stands in for it (a failing one, then a working one): the server runs it, and the
+    new workers start from what it wrote."""
+    src, rebuilt = tmp_path / "src", tmp_path / "rebuilt" / "model.pex"
+    shutil.copytree("models/iris/src", src)
+    marker = tmp_path / "fail"
+    marker.write_text("")
+    rebuild = [sys.executable, "-c", f"import os, shutil, sys; os.path.exists({str(marker)!r}) and sys.exit(3); "
+               f"shutil.copytree({str(IRIS / 'model.pex')!r}, {str(rebuilt)!r}, symlinks=True)"]
+    served = ServedModel(IRIS, tmp_path, "--reload-root", str(src), "--reload-base", str(IRIS / "model.pex"),
+                         "--reload-rebuild-file", str(src / "requirements.txt"),
+                         "--reload-rebuild-command", json.dumps(rebuild), "--reload-rebuilt-package", str(rebuilt))
+    try:
+        requirements = src / "requirements.txt"
+        requirements.write_text(requirements.read_text() + "\n# a new pin\n")
+        until(lambda: '"event": "rebuild_failed"' in served.stderr_path.read_text(), "the failed rebuild is said", served)
+        assert "the last good version keeps serving" in served.stderr_path.read_text()
+        assert species(served) == "setosa"
+        marker.unlink()
+        requirements.write_text(requirements.read_text() + "# another\n")
+        until(lambda: "serving the new version" in served.stderr_path.read_text(), "the rebuilt package serves", served)
+        assert rebuilt.is_dir() and species(served) == "setosa"
+    finally:
+        assert served.stop() == 0
 
 
 def test_an_edited_artifact_is_reloaded(tmp_path: Path) -> None:
