@@ -30,9 +30,9 @@ from pants.engine.target import (
     WrappedTarget,
     WrappedTargetRequest,
 )
+from pants.engine.unions import UnionRule
 from pants.source.source_root import SourceRootsRequest, SourceRootsResult
 from pants.util.docutil import bin_name
-from pants.engine.unions import UnionRule
 
 
 @dataclass(frozen=True)
