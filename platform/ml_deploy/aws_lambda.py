@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -33,7 +33,11 @@ from ml_deploy.release import Release
 
 ALIAS = "live"
 # The statement id the Lambda console gives the public permission of an AuthType NONE URL.
+# A public (AuthType NONE) Function URL needs both statements since October 2025: invoking the URL,
+# and invoking the function through it (InvokedViaFunctionUrl); with only the first it answers 403.
 PUBLIC_URL_STATEMENT = "FunctionURLAllowPublicAccess"
+PUBLIC_URL_INVOKE_STATEMENT = "FunctionURLAllowInvokeAction"
+PUBLIC_URL_STATEMENTS = (PUBLIC_URL_STATEMENT, PUBLIC_URL_INVOKE_STATEMENT)
 # Lambda's own limits, checked before anything is created so that the error names the model.
 MEMORY_RANGE = (128, 10240)  # MiB
 TIMEOUT_RANGE = (1, 900)  # seconds
@@ -93,7 +97,7 @@ class FunctionState:
     url: str = ""
     url_auth: str = ""
     url_invoke_mode: str = ""
-    public_permission: bool = False
+    public_permission: List[str] = field(default_factory=list)  # the public URL statements present
 
     @property
     def exists(self) -> bool:
@@ -206,7 +210,8 @@ def read_state(lam: Any, function: str) -> FunctionState:
     except lam.exceptions.ResourceNotFoundException:
         pass
     else:
-        state.public_permission = any(s.get("Sid") == PUBLIC_URL_STATEMENT for s in policy.get("Statement", []))
+        present = {s.get("Sid") for s in policy.get("Statement", [])}
+        state.public_permission = [sid for sid in PUBLIC_URL_STATEMENTS if sid in present]
     return state
 
 
@@ -359,15 +364,21 @@ def _plan_url(result: Plan, lam: Any, function: str, environment: Environment, s
     permission = f"public invoke permission of {function}:{ALIAS}"
 
     def allow_public() -> None:
-        lam.add_permission(FunctionName=function, Qualifier=ALIAS, StatementId=PUBLIC_URL_STATEMENT,
-                           Action="lambda:InvokeFunctionUrl", Principal="*", FunctionUrlAuthType="NONE")
+        if PUBLIC_URL_STATEMENT not in state.public_permission:
+            lam.add_permission(FunctionName=function, Qualifier=ALIAS, StatementId=PUBLIC_URL_STATEMENT,
+                               Action="lambda:InvokeFunctionUrl", Principal="*", FunctionUrlAuthType="NONE")
+        if PUBLIC_URL_INVOKE_STATEMENT not in state.public_permission:
+            lam.add_permission(FunctionName=function, Qualifier=ALIAS, StatementId=PUBLIC_URL_INVOKE_STATEMENT,
+                               Action="lambda:InvokeFunction", Principal="*", InvokedViaFunctionUrl=True)
 
     def remove_public() -> None:
-        lam.remove_permission(FunctionName=function, Qualifier=ALIAS, StatementId=PUBLIC_URL_STATEMENT)
+        for sid in state.public_permission:
+            lam.remove_permission(FunctionName=function, Qualifier=ALIAS, StatementId=sid)
 
-    if auth == "NONE" and not state.public_permission:
-        # Without it an AuthType NONE URL answers 403 to everyone.
-        result.add(CREATE, permission, "lambda:InvokeFunctionUrl for everyone (AuthType NONE)", allow_public)
+    wanted = "lambda:InvokeFunctionUrl and lambda:InvokeFunction via the URL, for everyone (AuthType NONE)"
+    if auth == "NONE" and len(state.public_permission) < len(PUBLIC_URL_STATEMENTS):
+        # Without both an AuthType NONE URL answers 403 to everyone.
+        result.add(CREATE if not state.public_permission else UPDATE, permission, wanted, allow_public)
     elif auth == "NONE":
         result.add(UNCHANGED, permission)
     elif state.public_permission:

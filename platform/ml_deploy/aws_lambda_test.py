@@ -226,9 +226,14 @@ def test_public_url_gets_the_invoke_permission_and_loses_it_again(deployer: Depl
     deployer.deploy(release)
     function, lam = release.resource_name, lambda_client(environment)
     assert lam.get_function_url_config(FunctionName=function, Qualifier="live")["AuthType"] == "NONE"
-    (statement,) = json.loads(lam.get_policy(FunctionName=function, Qualifier="live")["Policy"])["Statement"]
-    assert (statement["Action"], statement["Principal"], statement["FunctionUrlAuthType"]) == \
-           ("lambda:InvokeFunctionUrl", "*", "NONE")
+    # Both statements AWS requires since October 2025; with the first alone the URL answers 403.
+    # moto keeps the request's parameters (AWS turns them into the statements' Conditions) and
+    # answers anyway: only a real account proves the 403; this proves what is asked for.
+    statements = {st["Sid"]: st for st in json.loads(lam.get_policy(FunctionName=function, Qualifier="live")["Policy"])["Statement"]}
+    assert set(statements) == {"FunctionURLAllowPublicAccess", "FunctionURLAllowInvokeAction"}, statements
+    url, invoke = statements["FunctionURLAllowPublicAccess"], statements["FunctionURLAllowInvokeAction"]
+    assert (url["Action"], url["Principal"], url["FunctionUrlAuthType"]) == ("lambda:InvokeFunctionUrl", "*", "NONE")
+    assert (invoke["Action"], invoke["Principal"], invoke["InvokedViaFunctionUrl"]) == ("lambda:InvokeFunction", "*", True)
 
     deployer.environment = environment  # back to AWS_IAM
     plan = deployer.plan(release)
@@ -240,6 +245,22 @@ def test_public_url_gets_the_invoke_permission_and_loses_it_again(deployer: Depl
     assert lam.get_function_url_config(FunctionName=function, Qualifier="live")["AuthType"] == "AWS_IAM"
     with pytest.raises(lam.exceptions.ResourceNotFoundException):
         lam.get_policy(FunctionName=function, Qualifier="live")
+
+
+def test_a_public_url_with_the_invoke_url_statement_only_gets_the_other(deployer: Deployer,
+                                                                      environment: Environment) -> None:
+    """A function deployed before October 2025's rule (one statement) is completed, not left 403."""
+    release = deployer.release("half-public")
+    deployer.environment = dataclasses.replace(environment, function_url_auth="NONE")
+    deployer.deploy(release)
+    function, lam = release.resource_name, lambda_client(environment)
+    lam.remove_permission(FunctionName=function, Qualifier="live", StatementId="FunctionURLAllowInvokeAction")
+    plan = deployer.plan(release)
+    assert [(s.action, s.resource) for s in plan.changes] == [("update", f"public invoke permission of {function}:live")]
+    execute(plan, say=lambda _: None)
+    policy = json.loads(lam.get_policy(FunctionName=function, Qualifier="live")["Policy"])
+    assert sorted(st["Sid"] for st in policy["Statement"]) == ["FunctionURLAllowInvokeAction", "FunctionURLAllowPublicAccess"]
+    assert deployer.plan(release).changes == []
 
 
 def test_a_streaming_function_url_and_the_runtime_told_so(deployer: Deployer, environment: Environment) -> None:
