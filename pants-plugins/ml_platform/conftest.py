@@ -23,6 +23,7 @@ from pants.core.goals.publish import PublishProcesses
 from pants.backend.python import target_types_rules
 from pants.backend.python.goals import package_pex_binary
 from pants.backend.python.dependency_inference import rules as python_dependency_inference
+from pants.backend.python.macros import python_requirements
 from pants.backend.python.macros.python_requirements import PythonRequirementsTargetGenerator
 from pants.backend.python.target_types import (
     PexBinary,
@@ -110,8 +111,12 @@ def repo_options(*extra: str) -> list[str]:
     ] + list(extra)
 
 
-def make_rule_runner(*extra_rules: Any) -> RuleRunner:
-    """The plugin's rules (and `extra_rules`) over a scratch repository with a stub server."""
+def make_rule_runner(*extra_rules: Any, requirements: bool = False) -> RuleRunner:
+    """The plugin's rules (and `extra_rules`) over a scratch repository with a stub server;
+    `requirements`: with `python_requirements` targets too (their lockfile targets off, whose
+    rules are not loaded here)."""
+    if requirements:
+        extra_rules = (*extra_rules, *python_requirements.rules())
     rule_runner = RuleRunner(
         rules=[
             *extra_rules,
@@ -141,7 +146,8 @@ def make_rule_runner(*extra_rules: Any) -> RuleRunner:
             FileTarget,
         ],
     )
-    rule_runner.set_options(repo_options(), env_inherit=ENV_INHERIT)
+    rule_runner.set_options(repo_options(*(["--no-python-enable-lockfile-targets"] if requirements else [])),
+                            env_inherit=ENV_INHERIT)
     rule_runner.write_files(
         {
             **runtime_sources(),

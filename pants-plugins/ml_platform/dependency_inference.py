@@ -40,19 +40,31 @@ class InferMLModelDependencies(InferDependenciesRequest):
     infer_from = MLModelDependencyInferenceFieldSet
 
 
-@rule(desc="Inferring ml_model dependencies")
-async def infer_ml_model_dependencies(
-    request: InferMLModelDependencies, python_setup: PythonSetup, ml_platform: MLPlatform
-) -> InferredDependencies:
-    field_set = request.field_set
-    runtime = await Get(
+@dataclass(frozen=True)
+class PlatformRuntime:
+    """The address `[ml-platform].runtime` names: the runtime every model package ships."""
+
+    addresses: Addresses
+
+
+@rule
+async def platform_runtime(ml_platform: MLPlatform) -> PlatformRuntime:
+    return PlatformRuntime(await Get(
         Addresses,
         UnparsedAddressInputs(
             [ml_platform.runtime],
             owning_address=None,
             description_of_origin="the option `[ml-platform].runtime`",
         ),
-    )
+    ))
+
+
+@rule(desc="Inferring ml_model dependencies")
+async def infer_ml_model_dependencies(
+    request: InferMLModelDependencies, python_setup: PythonSetup, platform: PlatformRuntime
+) -> InferredDependencies:
+    field_set = request.field_set
+    runtime = platform.addresses
     folder = await Get(ModelFolderTargets, ModelFolderTargetsRequest(field_set.entry_point))
     if runtime_of(field_set.entry_point.value.module) == R:
         # An R handler is a file (the target's value holds its path from the build root): the

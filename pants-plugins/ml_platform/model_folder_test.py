@@ -4,10 +4,9 @@ from textwrap import dedent
 
 import pytest
 
-from ml_platform.conftest import ENV_INHERIT, make_rule_runner, repo_options
+from ml_platform.conftest import make_rule_runner
 from ml_platform.dependency_inference import InferMLModelDependencies, MLModelDependencyInferenceFieldSet
 from ml_platform.model_folder import ml_model_addresses, ml_model_resolves
-from pants.backend.python.macros import python_requirements
 from pants.backend.python.target_types import (
     PythonRequirementModulesField,
     PythonResolveField,
@@ -24,14 +23,11 @@ SRC = "models/m/src"
 
 @pytest.fixture
 def rule_runner() -> RuleRunner:
-    rule_runner = make_rule_runner(
-        *python_requirements.rules(),
+    return make_rule_runner(
         QueryRule(SourcesPaths, [SourcesPathsRequest]),
         QueryRule(InferredDependencies, [InferMLModelDependencies]),
+        requirements=True,
     )
-    # Requirements would depend on their lockfile's target, whose rules are not loaded here.
-    rule_runner.set_options(repo_options("--no-python-enable-lockfile-targets"), env_inherit=ENV_INHERIT)
-    return rule_runner
 
 
 def write_model(rule_runner: RuleRunner, build: str, files: dict[str, str]) -> None:

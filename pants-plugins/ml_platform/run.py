@@ -8,9 +8,9 @@ import os
 from dataclasses import dataclass
 
 from ml_contract.package_layout import MODEL_PEX
+from ml_platform.dependency_inference import PlatformRuntime
 from ml_platform.model_folder import REQUIREMENTS, REQUIREMENTS_TARGET, ModelFolderTargets, ModelFolderTargetsRequest
 from ml_platform.package import MLModelFieldSet, ModelPexes
-from ml_platform.subsystem import MLPlatform
 from ml_platform.target_types import MLModelEntryPointField, MLModelResolveField, MLRScriptSourceField
 from pants.backend.python.subsystems.setup import PythonSetup
 from pants.backend.python.target_types import PythonSourceField
@@ -21,7 +21,6 @@ from pants.core.goals.run import RunFieldSet, RunInSandboxBehavior, RunRequest
 from pants.core.util_rules.system_binaries import BinaryPathRequest, BinaryPaths, SearchPath
 from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
 from pants.engine.fs import EMPTY_DIGEST
-from pants.engine.addresses import Addresses, UnparsedAddressInputs
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import (
     SourcesField,
@@ -55,16 +54,11 @@ class LiveReloadSources:
 
 @rule(desc="Finding the sources an ml_model reloads from")
 async def live_reload_sources(
-    field_set: MLModelRunFieldSet, python_setup: PythonSetup, ml_platform: MLPlatform
+    field_set: MLModelRunFieldSet, python_setup: PythonSetup, runtime: PlatformRuntime
 ) -> LiveReloadSources:
-    runtime = await Get(
-        Addresses,
-        UnparsedAddressInputs([ml_platform.runtime], owning_address=None,
-                              description_of_origin="the option `[ml-platform].runtime`"),
-    )
     closure, runtime_closure = await MultiGet(
         Get(TransitiveTargets, TransitiveTargetsRequest([field_set.address])),
-        Get(TransitiveTargets, TransitiveTargetsRequest(runtime)),
+        Get(TransitiveTargets, TransitiveTargetsRequest(runtime.addresses)),
     )
     runtime_addresses = {t.address for t in runtime_closure.closure}
     files = await Get(

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from ml_platform.conftest import ENV_INHERIT, make_rule_runner, repo_options
+from ml_platform.conftest import make_rule_runner
 from ml_platform.run import LiveReloadSources, MLModelRunFieldSet, MLRScriptRunFieldSet
-from pants.backend.python.macros import python_requirements
 from pants.core.goals.run import RunRequest
 from pants.engine.addresses import Address
 from pants.engine.rules import QueryRule
@@ -13,13 +12,11 @@ from pants.testutil.rule_runner import RuleRunner
 
 @pytest.fixture
 def rule_runner() -> RuleRunner:
-    rule_runner = make_rule_runner(
-        *python_requirements.rules(),
+    return make_rule_runner(
         QueryRule(LiveReloadSources, [MLModelRunFieldSet]),
         QueryRule(RunRequest, [MLRScriptRunFieldSet]),
+        requirements=True,
     )
-    rule_runner.set_options(repo_options("--no-python-enable-lockfile-targets"), env_inherit=ENV_INHERIT)
-    return rule_runner
 
 
 def test_pants_run_watches_the_models_own_sources_not_the_runtime(rule_runner: RuleRunner) -> None:
