@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING, Any, Callable, Tuple
 
 from ml_deploy.config import Environment
 
@@ -54,3 +55,29 @@ def plan_log_group(plan: "Plan", environment: Environment, name: str) -> None:
         logs.put_retention_policy(logGroupName=name, retentionInDays=environment.log_retention_days)
 
     plan.add(CREATE, f"log group {name}", f"retention {environment.log_retention_days} days", create)
+
+
+class RolloutTimedOut(RuntimeError):
+    """A wait outlived the environment's rollout_timeout."""
+
+
+def wait_for(what: str, read: Callable[[], Tuple[bool, str]], environment: Environment,
+             say: Callable[[str], None]) -> str:
+    """Poll `read` (done?, how it stands now) every `poll_seconds` until done, saying each new
+    state (and every minute that it stays), for at most `rollout_timeout` seconds. `read` raises
+    when what it waits for failed. Returns the last state."""
+    start = time.monotonic()
+    said, said_at = "", start
+    while True:
+        done, status = read()
+        now = time.monotonic()
+        if status != said or now - said_at >= 60:
+            say(f"{what}: {status} ({now - start:.0f} s)")
+            said, said_at = status, now
+        if done:
+            return status
+        if now - start >= environment.rollout_timeout:
+            raise RolloutTimedOut(
+                f"{what}: still {status} after {environment.rollout_timeout} s (the environment's "
+                f"rollout_timeout; raise it for models that take longer to start)")
+        time.sleep(environment.poll_seconds)

@@ -25,10 +25,10 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ml_contract.model_settings import ModelSettings
 from ml_contract.package_layout import LAMBDA_RESPONSE_STREAMING_ENV
-from ml_deploy import aws, publish, secrets
+from ml_deploy import aws, ecr_repository, publish, secrets
 from ml_runtime.aws_secrets import SECRETS_ENV
 from ml_deploy.config import ConfigError, Environment
-from ml_deploy.plan import CREATE, DELETE, UNCHANGED, UPDATE, Plan
+from ml_deploy.plan import CREATE, DELETE, REPLACE, UNCHANGED, UPDATE, Plan
 from ml_deploy.release import Release
 
 ALIAS = "live"
@@ -41,8 +41,10 @@ PUBLIC_URL_STATEMENTS = (PUBLIC_URL_STATEMENT, PUBLIC_URL_INVOKE_STATEMENT)
 # Lambda's own limits, checked before anything is created so that the error names the model.
 MEMORY_RANGE = (128, 10240)  # MiB
 TIMEOUT_RANGE = (1, 900)  # seconds
-# Image functions start Pending while Lambda optimises the image; updates take a while too.
-WAIT = {"Delay": 2, "MaxAttempts": 300}
+# States of a function (and of a version) while Lambda is still working on the last change: any
+# change meanwhile is refused with ResourceConflictException, so every change waits them out.
+BUSY_STATES = ("Pending",)
+BUSY_UPDATE_STATES = ("InProgress",)
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _PREVIOUS = re.compile(r"previous version (\d+)")
@@ -92,8 +94,12 @@ class FunctionState:
     latest: Optional[Settings] = None  # $LATEST; None: no such function
     versions: Dict[int, Settings] = dataclasses.field(default_factory=dict)
     tags: Dict[str, str] = dataclasses.field(default_factory=dict)
+    state: str = ""  # State of $LATEST: Pending, Active, Inactive or Failed
+    state_reason: str = ""
+    revision: str = ""  # RevisionId of $LATEST, read before planning
     alias_version: Optional[int] = None  # None: no alias `live`
     alias_description: str = ""
+    alias_revision: str = ""
     url: str = ""
     url_auth: str = ""
     url_invoke_mode: str = ""
@@ -130,6 +136,7 @@ def plan(release: Release, environment: Environment) -> Plan:
     result = Plan(target=f"{release.name} v{release.version} -> lambda ({environment.name})",
                   digest=release.digest, serving=state.serving(), url=state.url)
     publish.plan_push(result, release, environment)
+    ecr_repository.plan_repository(result, release, environment, lambda_pull=True)
     aws.plan_log_group(result, environment, f"/aws/lambda/{function}")
     _plan_function_and_version(result, lam, release, environment, state, wanted)
     _plan_url(result, lam, function, environment, state)
@@ -163,7 +170,8 @@ def plan_rollback(name: str, version: int, environment: Environment) -> Plan:
 
     def move_back() -> str:
         lam.update_alias(FunctionName=function, Name=ALIAS, FunctionVersion=str(previous),
-                         Description=_alias_description(digest, previous=current))
+                         Description=_alias_description(digest, previous=current),
+                         **_revision(state.alias_revision))
         if digest:
             lam.tag_resource(Resource=state.arn, Tags={**state.tags, "ml.digest": digest})
         return f"alias {ALIAS} -> version {previous} ({digest or 'image unknown'})"
@@ -182,6 +190,8 @@ def read_state(lam: Any, function: str) -> FunctionState:
     state.arn = configuration["FunctionArn"]
     state.latest = Settings.of(configuration, _digest_in(found.get("Code", {}).get("ImageUri", "")))
     state.tags = dict(found.get("Tags") or {})
+    state.state, state.revision = configuration.get("State", ""), configuration.get("RevisionId", "")
+    state.state_reason = configuration.get("StateReason") or configuration.get("StateReasonCode") or ""
     for page in lam.get_paginator("list_versions_by_function").paginate(FunctionName=function):
         for version in page["Versions"]:
             if version["Version"] != "$LATEST":
@@ -198,6 +208,7 @@ def read_state(lam: Any, function: str) -> FunctionState:
     else:
         state.alias_version = int(alias["FunctionVersion"])
         state.alias_description = alias.get("Description", "")
+        state.alias_revision = alias.get("RevisionId", "")
     try:
         url = lam.get_function_url_config(FunctionName=function, Qualifier=ALIAS)
     except lam.exceptions.ResourceNotFoundException:
@@ -227,6 +238,7 @@ def _check(release: Release, environment: Environment) -> None:
     if not TIMEOUT_RANGE[0] <= release.settings.timeout <= TIMEOUT_RANGE[1]:
         raise ConfigError(f"{release.settings.address or release.name}: timeout={release.settings.timeout} s is outside "
                           f"Lambda's {TIMEOUT_RANGE[0]}-{TIMEOUT_RANGE[1]} s")
+    ecr_repository.check_lambda_registry(release, environment)
 
 
 def _plan_function_and_version(result: Plan, lam: Any, release: Release, environment: Environment,
@@ -254,15 +266,25 @@ def _plan_function_and_version(result: Plan, lam: Any, release: Release, environ
 
     # A version published earlier with exactly these settings is served again, not re-published.
     reusable = max((n for n, s in state.versions.items() if s == wanted), default=None)
-    if not state.exists:
-        def create() -> None:
-            lam.create_function(FunctionName=function, PackageType="Image",
-                                Code={"ImageUri": release.image_uri(environment)}, Publish=False,
-                                Tags=tags, **configuration())
-            _wait(lam, "function_active_v2", function, "become active")
 
-        result.add(CREATE, fn_resource, f"image {release.image_uri(environment)}, {wanted.memory} MiB, "
-                                        f"timeout {wanted.timeout} s", create)
+    def create() -> None:
+        lam.create_function(FunctionName=function, PackageType="Image",
+                            Code={"ImageUri": release.image_uri(environment)}, Publish=False,
+                            Tags=tags, **configuration())
+        _settle(lam, function, result, environment)
+
+    creating = f"image {release.image_uri(environment)}, {wanted.memory} MiB, timeout {wanted.timeout} s"
+    if not state.exists:
+        result.add(CREATE, fn_resource, creating, create)
+    elif state.state == "Failed" and state.alias_version is None:
+        # Its creation failed (e.g. Lambda could not pull the image) and nothing serves from it:
+        # a Failed function takes no update, so it is made again.
+        def recreate() -> None:
+            lam.delete_function(FunctionName=function)
+            create()
+
+        result.add(REPLACE, fn_resource, f"its creation failed ({state.state_reason or 'state Failed'}); "
+                                         f"deleted and created again: {creating}", recreate)
     elif reusable is not None:
         result.add(UNCHANGED, fn_resource, f"version {reusable} already runs {release.digest}")
     elif state.latest == wanted:
@@ -272,14 +294,16 @@ def _plan_function_and_version(result: Plan, lam: Any, release: Release, environ
         latest = state.latest
 
         def update() -> None:
+            # A change still under way (an interrupted deploy's, say) must finish first: Lambda
+            # refuses another meanwhile (ResourceConflictException).
+            _settle(lam, function, result, environment, own_update=False)
             if latest.digest != wanted.digest:
                 lam.update_function_code(FunctionName=function, ImageUri=release.image_uri(environment),
                                          Publish=False)
-                # Real Lambda refuses another update (ResourceConflictException) until this one is done.
-                _wait(lam, "function_updated_v2", function, "finish updating its code")
+                _settle(lam, function, result, environment)
             if dataclasses.replace(latest, digest=None) != dataclasses.replace(wanted, digest=None):
                 lam.update_function_configuration(FunctionName=function, **configuration())
-                _wait(lam, "function_updated_v2", function, "finish updating its configuration")
+                _settle(lam, function, result, environment)
 
         result.add(UPDATE, fn_resource, "; ".join(latest.differences(wanted)), update)
 
@@ -288,10 +312,17 @@ def _plan_function_and_version(result: Plan, lam: Any, release: Release, environ
         result.add(UNCHANGED, version_resource, f"version {reusable} (published before)")
     else:
         def publish_version() -> str:
-            published = lam.publish_version(FunctionName=function, Description=_version_description(release))
+            # $LATEST as it is now, settled; published only if it is what this release wants
+            # and nobody changes it before the publish does (RevisionId).
+            found = _settle(lam, function, result, environment, own_update=False)
+            now = Settings.of(found["Configuration"], _digest_in(found.get("Code", {}).get("ImageUri", "")))
+            if now != wanted:
+                raise RuntimeError(f"Lambda function {function} changed while this deploy ran (another "
+                                   f"deploy?): {'; '.join(now.differences(wanted))}; deploy again")
+            published = lam.publish_version(FunctionName=function, Description=_version_description(release),
+                                            **_revision(found["Configuration"].get("RevisionId", "")))
             chosen["version"] = int(published["Version"])
-            _wait(lam, "published_version_active", function, "make the version active",
-                  Qualifier=published["Version"])
+            _settle(lam, function, result, environment, version=published["Version"])
             return f"version {published['Version']}"
 
         result.add(CREATE, version_resource, f"{release.name} v{release.version} image {release.digest}",
@@ -306,7 +337,9 @@ def _plan_function_and_version(result: Plan, lam: Any, release: Release, environ
         if previous is None:
             lam.create_alias(FunctionName=function, Name=ALIAS, FunctionVersion=version, Description=description)
         else:
-            lam.update_alias(FunctionName=function, Name=ALIAS, FunctionVersion=version, Description=description)
+            # Only if nobody moved it since the plan was made (a concurrent deploy or rollback).
+            lam.update_alias(FunctionName=function, Name=ALIAS, FunctionVersion=version, Description=description,
+                             **_revision(state.alias_revision))
         return f"alias {ALIAS} -> version {version}"
 
     if previous is None:
@@ -385,17 +418,37 @@ def _plan_url(result: Plan, lam: Any, function: str, environment: Environment, s
         result.add(DELETE, permission, f"the URL's AuthType is {auth} now", remove_public)
 
 
-def _wait(lam: Any, waiter: str, function: str, what: str, **qualifier: str) -> None:
-    from botocore.exceptions import WaiterError  # pants: no-infer-dep (botocore comes with boto3)
+def _settle(lam: Any, function: str, plan: Plan, environment: Environment, *, own_update: bool = True,
+            version: Optional[str] = None) -> Dict[str, Any]:
+    """Wait until Lambda has finished the function's last change (or made `version` Active);
+    its GetFunction answer then. `own_update`: the last change is this deploy's, so a failed one
+    fails the deploy (an earlier deploy's failed update is only replaced by this one's)."""
+    found: Dict[str, Any] = {}
+    what = f"Lambda function {function}" + (f" version {version}" if version else "")
 
-    try:
-        lam.get_waiter(waiter).wait(FunctionName=function, WaiterConfig=WAIT, **qualifier)
-    except WaiterError as e:
-        configuration = lam.get_function_configuration(FunctionName=function, **qualifier)
-        reason = (configuration.get("LastUpdateStatusReason") or configuration.get("StateReason")
-                  or str(e))
-        raise RuntimeError(f"Lambda function {function} did not {what}: state {configuration.get('State')}, "
-                           f"last update {configuration.get('LastUpdateStatus')}: {reason}") from e
+    def read() -> Tuple[bool, str]:
+        if version:
+            configuration = lam.get_function_configuration(FunctionName=function, Qualifier=version)
+            found.update(Configuration=configuration)
+        else:
+            found.clear()
+            found.update(lam.get_function(FunctionName=function))
+            configuration = found["Configuration"]
+        state, update = configuration.get("State", ""), configuration.get("LastUpdateStatus") or ""
+        reason = configuration.get("StateReason") or configuration.get("LastUpdateStatusReason") or ""
+        if state == "Failed" or (own_update and update == "Failed"):
+            raise RuntimeError(f"{what} failed: state {state}, last update {update or 'none'}: "
+                               f"{reason or 'no reason given'} ({configuration.get('StateReasonCode') or configuration.get('LastUpdateStatusReasonCode') or ''})")
+        busy = state in BUSY_STATES or update in BUSY_UPDATE_STATES
+        return not busy, f"state {state}" + (f", last update {update}" if update else "")
+
+    aws.wait_for(what, read, environment, plan.say)
+    return found
+
+
+def _revision(revision: str) -> Dict[str, str]:
+    """RevisionId for a call that must only change what was read (none known: no condition)."""
+    return {"RevisionId": revision} if revision else {}
 
 
 def _version_description(release: Release) -> str:

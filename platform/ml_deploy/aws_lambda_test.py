@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -17,7 +18,7 @@ from ml_contract.package_layout import LAMBDA_RESPONSE_STREAMING_ENV
 from ml_deploy import aws, aws_lambda
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.conftest import Deployer
-from ml_deploy.plan import UNCHANGED, DeployFailed, execute
+from ml_deploy.plan import REPLACE, UNCHANGED, DeployFailed, execute
 from ml_deploy.release import Release
 from testutil.aws import (
     ECR_TOKEN_CREDENTIALS,
@@ -28,6 +29,7 @@ from testutil.aws import (
 )
 from ml_image.registry import Auth, RegistryClient
 from testutil.registry import RunningRegistry
+from testutil.strict_aws import StrictAws
 
 
 @pytest.fixture
@@ -308,3 +310,142 @@ def test_a_missing_lambda_role_names_the_setting(tmp_path: Path) -> None:
     release = Release.from_spec({"name": "m", "version": 1, "compute": "lambda"}, tmp_path)
     with pytest.raises(ConfigError, match="needs lambda_role in the deploy environments file"):
         aws_lambda.plan(release, Environment(name="dev", registry="127.0.0.1:5000"))
+
+
+# ---------------------------------------------------------------------------------------------
+# AWS's rules that moto does not keep (testutil.strict_aws): what each test below proves, and
+# what only a real account could.
+
+
+def test_the_deploy_waits_out_pending_states_and_says_so(deployer: Deployer, strict_aws: StrictAws) -> None:
+    """A new image function is Pending while Lambda optimises the image, and so is a published
+    version; the deploy waits, saying how it stands. (Real timing, minutes for a multi-GB image,
+    only a real account shows.)"""
+    strict_aws.reads = 3
+    release = deployer.release("patient")
+    assert deployer.deploy(release) is True
+    function = release.resource_name
+    assert f"Lambda function {function}: state Pending" in deployer.text
+    assert f"Lambda function {function}: state Active" in deployer.text
+    assert f"Lambda function {function} version 1: state Pending" in deployer.text
+    assert f"Lambda function {function} version 1: state Active" in deployer.text
+
+
+def test_a_rerun_after_an_interrupted_deploy_waits_for_the_update_before_publishing(
+        deployer: Deployer, environment: Environment, strict_aws: StrictAws) -> None:
+    """An interrupted deploy left $LATEST updating (InProgress): publishing now is refused with
+    ResourceConflictException, so the re-run waits for the update first."""
+    first, second = deployer.release("before"), deployer.release("after")
+    deployer.deploy(first)
+    strict_aws.reads = 6  # the interrupted update is still under way when the re-run plans
+    lam, function = lambda_client(environment), first.resource_name
+    lam.update_function_code(FunctionName=function, ImageUri=second.image_uri(environment), Publish=False)
+    plan = deployer.plan(second)
+    fn_step = next(s for s in plan.steps if s.resource == f"Lambda function {function}")
+    assert (fn_step.action, fn_step.detail) == (UNCHANGED, f"$LATEST already runs {second.digest}")
+    execute(plan, say=deployer.output.append)
+    assert f"Lambda function {function}: state Active, last update InProgress" in deployer.text
+    assert alias_version(environment, function) == "2"
+
+
+def test_a_function_whose_creation_failed_is_created_again(deployer: Deployer, environment: Environment,
+                                                          strict_aws: StrictAws) -> None:
+    """Lambda could not pull the image: the function is Failed and takes no update. The deploy
+    says so; once the cause is fixed the re-run deletes and recreates it (nothing served)."""
+    release = deployer.release("unlucky")
+    function = release.resource_name
+    strict_aws.fail_next_create(function, "ImageAccessDenied")
+    with pytest.raises(DeployFailed) as failed:
+        deployer.deploy(release)
+    assert f"Lambda function {function} failed: state Failed" in str(failed.value)
+    assert "ImageAccessDenied" in str(failed.value)
+    assert "left in place: nothing served before this deploy" in str(failed.value)
+
+    plan = deployer.plan(release)
+    fn_step = next(s for s in plan.steps if s.resource == f"Lambda function {function}")
+    assert fn_step.action == REPLACE and "its creation failed" in fn_step.detail
+    execute(plan, say=deployer.output.append)
+    assert alias_version(environment, function) == "1"
+    assert lambda_client(environment).get_function(FunctionName=function)["Configuration"]["State"] == "Active"
+
+
+def test_publish_refuses_a_function_someone_else_changed_meanwhile(deployer: Deployer, environment: Environment,
+                                                                   strict_aws: StrictAws) -> None:
+    """PublishVersion passes the RevisionId of the $LATEST it checked: a change slipped in
+    between (another deploy) fails this one instead of publishing the other's code."""
+    strict_aws.reads = 0
+    first, second = deployer.release("mine"), deployer.release("mine-too")
+    deployer.deploy(first)
+    lam, function = lambda_client(environment), first.resource_name
+    events = aws.session(environment).events
+    slipped: List[str] = []
+
+    def another_deploy(**_: object) -> None:
+        if not slipped:
+            slipped.append("yes")
+            lam.update_function_configuration(FunctionName=function, MemorySize=1024)
+
+    # First in line: the other change lands just before this PublishVersion is sent. Registered
+    # before the plan makes its clients (they copy the session's handlers).
+    events.register_first("before-call.lambda.PublishVersion", another_deploy)
+    try:
+        plan = deployer.plan(second)
+        with pytest.raises(DeployFailed) as failed:
+            execute(plan, say=deployer.output.append)
+    finally:
+        events.unregister("before-call.lambda.PublishVersion", another_deploy)
+    assert "PreconditionFailedException" in str(failed.value)
+    assert alias_version(environment, function) == "1"
+
+
+def test_the_alias_moves_only_from_the_version_the_plan_saw(deployer: Deployer, environment: Environment,
+                                                            strict_aws: StrictAws) -> None:
+    """A rollback between this deploy's plan and its alias step wins: UpdateAlias passes the
+    alias' RevisionId, so the deploy fails rather than undo the rollback unseen."""
+    one, two, three = deployer.release("r1"), deployer.release("r2"), deployer.release("r3")
+    deployer.deploy(one)
+    deployer.deploy(two)
+    plan = deployer.plan(three)
+    execute(aws_lambda.plan_rollback(one.name, 1, environment), say=lambda _: None)  # live -> 1
+    with pytest.raises(DeployFailed) as failed:
+        execute(plan, say=deployer.output.append)
+    assert "update Lambda alias" in str(failed.value) and "PreconditionFailedException" in str(failed.value)
+    assert alias_version(environment, one.resource_name) == "1"
+
+
+def test_lambda_may_pull_from_the_repository_and_old_builds_stay_tagged(
+        deployer: Deployer, environment: Environment, registry: RunningRegistry) -> None:
+    """Lambda pulls the image itself: the repository policy must allow lambda.amazonaws.com
+    (strict_aws refuses CreateFunction otherwise, as AWS does). Scan on push and a lifecycle
+    rule for untagged images only; each build keeps a tag of its own, so moving v1 to a new
+    build leaves no digest a rollback needs untagged. (That the scan runs and the rule expires
+    only a real account shows.)"""
+    first, second = deployer.release("pull-1"), deployer.release("pull-2")
+    deployer.deploy(first)
+    ecr, repository = aws.client(environment, "ecr"), f"ml/{first.name}"
+    (statement,) = json.loads(ecr.get_repository_policy(repositoryName=repository)["policyText"])["Statement"]
+    assert statement["Principal"] == {"Service": "lambda.amazonaws.com"}
+    assert sorted(statement["Action"]) == ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
+    assert statement["Condition"]["StringLike"]["aws:sourceArn"].endswith(":function:ml-*")
+    described = ecr.describe_repositories(repositoryNames=[repository])["repositories"][0]
+    assert described["imageScanningConfiguration"]["scanOnPush"] is True
+    rules = json.loads(ecr.get_lifecycle_policy(repositoryName=repository)["lifecyclePolicyText"])["rules"]
+    assert [r["selection"]["tagStatus"] for r in rules] == ["untagged"]
+
+    deployer.deploy(second)
+    client = RegistryClient(registry.host, repository, Auth(*ECR_TOKEN_CREDENTIALS))
+    assert client.get_manifest(f"v1-{first.short_digest}") and client.get_manifest(f"v1-{second.short_digest}")
+    assert deployer.plan(second).changes == []  # the repository settings are read back as set
+
+
+@pytest.mark.parametrize("registry_host, error", [
+    ("123456789012.dkr.ecr.us-east-1.amazonaws.com", "is in us-east-1 and `region` is eu-west-1"),
+    ("ghcr.io", "pulls images from Amazon ECR only"),
+])
+def test_a_registry_lambda_cannot_pull_from_fails_before_any_call(registry_host: str, error: str,
+                                                                  tmp_path: Path) -> None:
+    environment = Environment(name="prod", region="eu-west-1", registry=registry_host, lambda_role="arn:aws:iam::1:role/r")
+    write_test_image(tmp_path / "image", b"x")
+    release = Release.from_spec({"name": "m", "compute": "lambda"}, tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        aws_lambda.plan(release, environment)

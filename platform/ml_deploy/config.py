@@ -74,6 +74,12 @@ class Environment:
                 "most 6 MB, sent once complete) or RESPONSE_STREAM (streamed endpoints reach the "
                 "client as they are made; Function URLs only, not API Gateway)."})
     log_retention_days: int = field(default=30, metadata={"help": "CloudWatch Logs retention."})
+    rollout_timeout: int = field(default=1800, metadata={
+        "help": "Seconds a deploy waits for the rollout it started (ECS: the new deployment COMPLETED; "
+                "EC2: the new instance healthy; Lambda: the function and version Active) before it "
+                "fails, saying what still serves. Multi-GB images take minutes to pull."})
+    poll_seconds: float = field(default=5.0, metadata={
+        "help": "How often a deploy asks AWS how its rollout is doing while it waits."})
     instance_type: str = field(default="t3.medium", metadata={"help": "EC2 instance type for `ec2` models."})
     gpu_instance_type: str = field(default="g5.xlarge", metadata={
         "help": "EC2 instance type for `ec2` models that set `gpu`."})
@@ -159,12 +165,15 @@ def _coerce(name: str, raw: Any, where: str, env: Mapping[str, str]) -> Any:
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
             raise ConfigError(f"{where}: expected a list of strings, got {raw!r}")
         return tuple(_expand(i, where, env) for i in items)
-    if kind == "int":
+    if kind in ("int", "float"):
         value = _expand(raw, where, env) if isinstance(raw, str) else raw
         try:
-            return int(value)
+            number = int(value) if kind == "int" else float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a whole number, got {raw!r}") from None
+            raise ConfigError(f"{where}: expected a {'whole ' if kind == 'int' else ''}number, got {raw!r}") from None
+        if number < 0:
+            raise ConfigError(f"{where}: expected a number of at least 0, got {raw!r}")
+        return number
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
         raise ConfigError(f"{where}: expected a string, got {raw!r}")
     value = _expand(str(raw), where, env)

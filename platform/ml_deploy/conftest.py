@@ -8,12 +8,14 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
+from ml_deploy import aws
 from ml_deploy.config import Environment
 from ml_deploy.drivers import plan_deploy
 from ml_deploy.plan import Plan, execute
 from ml_deploy.release import Release
 from testutil.aws import ECR_TOKEN_CREDENTIALS, REGION, MotoServer, moto_server, write_test_image
 from testutil.registry import RunningRegistry, start_registry
+from testutil.strict_aws import StrictAws
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +32,21 @@ def registry(tmp_path_factory) -> Iterator[RunningRegistry]:
 
 
 @pytest.fixture
-def aws_environment(moto: MotoServer, registry: RunningRegistry) -> Environment:
+def aws_environment(moto: MotoServer, registry: RunningRegistry) -> Iterator[Environment]:
+    """An empty moto account with AWS's rules that moto does not keep (testutil.strict_aws)."""
     moto.reset()  # every test starts from an empty account
-    return Environment(name="test", region=REGION, endpoint_url=moto.endpoint, registry=registry.host,
-                       registry_auth="ecr", log_retention_days=7)
+    environment = Environment(name="test", region=REGION, endpoint_url=moto.endpoint, registry=registry.host,
+                              registry_auth="ecr", log_retention_days=7, poll_seconds=0.01, rollout_timeout=30)
+    strict = StrictAws(aws.session(environment)).install()
+    try:
+        yield environment
+    finally:
+        strict.uninstall()
+
+
+@pytest.fixture
+def strict_aws(aws_environment: Environment) -> StrictAws:
+    return StrictAws.on(aws.session(aws_environment))
 
 
 class Deployer:

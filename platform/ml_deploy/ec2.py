@@ -24,9 +24,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
-from ml_image.registry import is_ecr_host
+from ml_image.registry.ecr import ecr_host_region
 
-from ml_deploy import alb, aws, publish
+from ml_deploy import alb, aws, ecr_repository, publish
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.ecs import log_group
 from ml_deploy.plan import CREATE, REPLACE, UNCHANGED, UPDATE, Plan
@@ -74,6 +74,7 @@ def plan(release: Release, environment: Environment) -> Plan:
     result = Plan(target=f"{release.name} v{release.version} -> ec2 ({environment.name})", digest=release.digest,
                   serving="")
     publish.plan_push(result, release, environment)
+    ecr_repository.plan_repository(result, release, environment, lambda_pull=False)
     aws.plan_log_group(result, environment, log_group(release))
     alb.plan_target_group(result, release, environment, target_type="instance", outputs=outputs)
     state = read_state(ec2, elb, release, outputs.get(alb.TARGET_GROUP_ARN))
@@ -126,9 +127,9 @@ def user_data(release: Release, environment: Environment) -> str:
     gpu_docker = f"  gpus=(--gpus {release.settings.gpu})\n" if release.settings.gpu else ""
     gpu_podman = "  gpus=(--device nvidia.com/gpu=all)\n" if release.settings.gpu else ""
     login = ""
-    if _ecr_login(environment):
+    if ecr_repository.is_ecr(environment):
         registry = environment.registry or ""
-        ecr_region = registry.split(".")[3] if is_ecr_host(registry) else region
+        ecr_region = ecr_host_region(registry) or region
         # No password can go in user data (anyone allowed DescribeInstanceAttribute reads it):
         # the token comes from ECR through the instance role, valid for 12 hours.
         login = (f"ecr_login() {{ aws ecr get-login-password --region {q(ecr_region)} | "
@@ -193,12 +194,8 @@ def read_state(ec2: Any, elb: Any, release: Release, target_group_arn: Optional[
 def _check(release: Release, environment: Environment) -> None:
     why = f"deploying {release.name} v{release.version} to ec2"
     environment.require("registry", "region", "ami", "vpc", "subnets", "security_groups", "listener", why=why)
-    if _ecr_login(environment):
+    if ecr_repository.is_ecr(environment):
         environment.require("instance_profile", why=f"{why} (the instance pulls from ECR with its role)")
-
-
-def _ecr_login(environment: Environment) -> bool:
-    return is_ecr_host(environment.registry or "") or environment.registry_auth == "ecr"
 
 
 def _plan_launch_template(result: Plan, ec2: Any, release: Release, data: Dict[str, Any], spec: str,

@@ -68,7 +68,7 @@ def test_deploy_launches_a_tagged_instance_registered_in_the_target_group(
     plan = deployer.plan(release)
     assert plan.serving == "nothing (new instance)"
     assert plan.url == "http://iris.ml.example.com/v1/"
-    assert [s.action for s in plan.steps] == [CREATE] * 6, [s.describe() for s in plan.steps]
+    assert [s.action for s in plan.steps] == [CREATE] * 7, [s.describe() for s in plan.steps]
     assert execute(plan, say=deployer.output.append)
 
     script = template_user_data(environment, release)

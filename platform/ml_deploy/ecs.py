@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
-from ml_deploy import alb, aws, publish, secrets
+from ml_deploy import alb, aws, ecr_repository, publish, secrets
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.plan import CREATE, UNCHANGED, UPDATE, Plan
 from ml_contract.package_layout import CONTAINER_PORT
@@ -94,6 +94,7 @@ def plan(release: Release, environment: Environment) -> Plan:
                   digest=release.digest, serving=state.serving())
     outputs: Dict[str, str] = {}
     publish.plan_push(result, release, environment)
+    ecr_repository.plan_repository(result, release, environment, lambda_pull=False)
     _plan_cluster(result, ecs, environment, state)
     aws.plan_log_group(result, environment, log_group(release))
     alb.plan_target_group(result, release, environment, target_type="ip", outputs=outputs)

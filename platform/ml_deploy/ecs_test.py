@@ -73,7 +73,7 @@ def test_fargate_deploy_records_task_definition_service_and_load_balancer(
     plan = deployer.plan(release)
     assert plan.serving == "nothing (new service)"
     assert plan.url == "http://iris.ml.example.com/v1/"
-    assert [s.action for s in plan.steps] == [CREATE] * 7, [s.describe() for s in plan.steps]
+    assert [s.action for s in plan.steps] == [CREATE] * 8, [s.describe() for s in plan.steps]
     assert execute(plan, say=deployer.output.append)
     assert f"deployed {release.digest}: http://iris.ml.example.com/v1/" in deployer.text
 

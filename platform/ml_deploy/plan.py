@@ -43,6 +43,8 @@ class Plan:
     serving: str  # what serves now, kept if a step fails: "alias live -> version 3 (sha256:...)"
     steps: List[Step] = field(default_factory=list)
     url: str = ""  # where the release answers once deployed
+    # Where a running step reports progress (execute sets it): waits on AWS take minutes.
+    say: Callable[[str], None] = field(default=lambda _: None, repr=False)
 
     def add(self, action: str, resource: str, detail: str = "",
             run: Optional[Callable[[], Union[None, str, Outcome]]] = None) -> Step:
@@ -70,6 +72,7 @@ class DeployFailed(Exception):
 def execute(plan: Plan, *, dry_run: bool = False, say: Callable[[str], None] = print) -> bool:
     """Carry out `plan` (or only print it with `dry_run`). True if anything changed."""
     say(f"{plan.target}: {plan.digest}")
+    plan.say = lambda text: say(f"      {text}")
     changes = plan.changes
     if not changes:
         say(f"  already live, no change ({plan.serving})")

@@ -23,6 +23,15 @@ def is_ecr_host(registry: str) -> bool:
         return False
 
 
+def ecr_host_region(registry: str) -> Optional[str]:
+    """The region of an ECR host (<account>.dkr.ecr.<region>.amazonaws.com), else None."""
+    try:
+        match = _ECR_HOST_RE.match(split_hostport(registry)[0])
+    except InvalidReference:
+        return None
+    return match.group("region") if match else None
+
+
 def _ecr_client(registry_host: Optional[str], boto3_session: Any) -> Tuple[Any, Optional[str]]:
     match = _ECR_HOST_RE.match(split_hostport(registry_host)[0]) if registry_host else None
     session = boto3_session
