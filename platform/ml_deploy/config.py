@@ -56,6 +56,13 @@ class Environment:
         "help": "AWS API endpoint (a local AWS emulator); boto3 also reads AWS_ENDPOINT_URL."})
     cluster: Optional[str] = field(default=None, metadata={
         "help": "ECS cluster for `fargate` and `ecs` models (created if missing)."})
+    capacity_provider: Optional[str] = field(default=None, metadata={
+        "help": "ECS capacity provider (an Auto Scaling group of container instances, managed scaling on) "
+                "that places `ecs` models without GPUs; attached to `cluster` if it is not."})
+    gpu_capacity_provider: Optional[str] = field(default=None, metadata={
+        "help": "ECS capacity provider of GPU instances for `ecs` models that set `gpu`. With managed "
+                "scaling a rollout gets a second GPU instance for the new task; without, the old task "
+                "stops before the new one starts (a gap in service)."})
     subnets: Tuple[str, ...] = field(default=(), metadata={
         "help": "VPC subnet ids for ECS tasks and EC2 instances."})
     security_groups: Tuple[str, ...] = field(default=(), metadata={

@@ -43,6 +43,9 @@ DEPLOYMENT = {
     "maximumPercent": 200,
     "minimumHealthyPercent": 100,
 }
+# GPU tasks on a capacity provider without managed scaling: no second GPU instance appears for
+# the new task, so the old one stops first (a gap in service, said in the plan).
+IN_PLACE_DEPLOYMENT = {**DEPLOYMENT, "maximumPercent": 100, "minimumHealthyPercent": 0}
 # Fargate's task sizes: vCPU units -> the memory sizes (MiB) allowed with them.
 FARGATE_SIZES = {
     256: (512, 1024, 2048),
@@ -75,7 +78,8 @@ class State:
     current_tags: Dict[str, str]
     latest: Optional[Mapping[str, Any]]  # the newest ACTIVE revision of the family
     latest_tags: Dict[str, str]
-    container_instances: int  # ACTIVE container instances of the cluster (EC2 capacity)
+    cluster: Optional[Mapping[str, Any]]  # the ACTIVE cluster, or None
+    provider: Optional[Mapping[str, Any]]  # the capacity provider `ecs` places the model with
 
     def serving(self) -> str:
         if self.service is None:
@@ -95,7 +99,7 @@ def plan(release: Release, environment: Environment) -> Plan:
     outputs: Dict[str, str] = {}
     publish.plan_push(result, release, environment)
     ecr_repository.plan_repository(result, release, environment, lambda_pull=False)
-    _plan_cluster(result, ecs, environment, state)
+    _plan_cluster(result, ecs, release, environment, state)
     aws.plan_log_group(result, environment, log_group(release))
     alb.plan_target_group(result, release, environment, target_type="ip", outputs=outputs)
     # The rule comes before the service: ECS refuses a service whose target group is on no load
@@ -156,7 +160,6 @@ def read_state(ecs: Any, release: Release, environment: Environment) -> State:
     service = current = latest = None
     current_tags: Dict[str, str] = {}
     latest_tags: Dict[str, str] = {}
-    instances = 0
     if cluster_exists:
         services = ecs.describe_services(cluster=cluster, services=[release.resource_name]).get("services", [])
         for s in services:
@@ -167,17 +170,30 @@ def read_state(ecs: Any, release: Release, environment: Environment) -> State:
                 service = s
         if service is not None:
             current, current_tags = _describe_task_definition(ecs, service["taskDefinition"])
-        if release.compute == "ecs":
-            instances = len(ecs.list_container_instances(cluster=cluster, status="ACTIVE")
-                            .get("containerInstanceArns", []))
+    provider = None
+    name = capacity_provider(release, environment)
+    if name:
+        found_providers = ecs.describe_capacity_providers(capacityProviders=[name]).get("capacityProviders", [])
+        provider = next((p for p in found_providers if p.get("status") == "ACTIVE"), None)
+        if provider is None:
+            setting = "gpu_capacity_provider" if release.settings.gpu else "capacity_provider"
+            raise ConfigError(f"environment {environment.name!r}: `{setting}` names ECS capacity provider {name}, "
+                              f"which does not exist (or is being deleted): create it (infra/ does) or correct "
+                              f"`{setting}`")
     latest, latest_tags = _describe_task_definition(ecs, release.resource_name)
-    return State(cluster_exists, service, current, current_tags, latest, latest_tags, instances)
+    active = next((c for c in found if c.get("status") == "ACTIVE"), None)
+    return State(cluster_exists, service, current, current_tags, latest, latest_tags, active, provider)
 
 
 def _check(release: Release, environment: Environment) -> None:
     why = f"deploying {release.name} v{release.version} to {release.compute}"
     environment.require("registry", "region", "cluster", "vpc", "subnets", "security_groups", "listener",
                         "execution_role", why=why)
+    if release.compute == "ecs":
+        # Tasks with a launch type are never placed by capacity providers' managed scaling: an
+        # empty cluster would leave them PENDING for ever.
+        environment.require("gpu_capacity_provider" if release.settings.gpu else "capacity_provider",
+                            why=f"{why} (the Auto Scaling group its tasks are placed on)")
     where = release.settings.address or release.name
     if release.compute == "fargate":
         if release.settings.gpu:
@@ -194,17 +210,44 @@ def _check(release: Release, environment: Environment) -> None:
                           f"memory={release.settings.effective_memory})")
 
 
-def _plan_cluster(result: Plan, ecs: Any, environment: Environment, state: State) -> None:
+def capacity_provider(release: Release, environment: Environment) -> Optional[str]:
+    """The capacity provider an `ecs` model's tasks are placed with (None: Fargate)."""
+    if release.compute != "ecs":
+        return None
+    return environment.gpu_capacity_provider if release.settings.gpu else environment.capacity_provider
+
+
+def deployment_configuration(release: Release, state: State) -> Dict[str, Any]:
+    managed = ((state.provider or {}).get("autoScalingGroupProvider") or {}).get("managedScaling") or {}
+    if release.settings.gpu and managed.get("status") != "ENABLED":
+        return IN_PLACE_DEPLOYMENT
+    return DEPLOYMENT
+
+
+def _plan_cluster(result: Plan, ecs: Any, release: Release, environment: Environment, state: State) -> None:
     name = environment.cluster
     resource = f"ECS cluster {name}"
-    if state.cluster_exists:
-        result.add(UNCHANGED, resource)
+    provider = capacity_provider(release, environment)
+    if state.cluster is not None:
+        attached = list(state.cluster.get("capacityProviders") or [])
+        if not provider or provider in attached:
+            result.add(UNCHANGED, resource, f"capacity providers {', '.join(attached)}" if attached else "")
+            return
+
+        def attach() -> None:
+            # The list replaces the cluster's: every provider it had stays, and its default strategy.
+            ecs.put_cluster_capacity_providers(
+                cluster=name, capacityProviders=[*attached, provider],
+                defaultCapacityProviderStrategy=list(state.cluster.get("defaultCapacityProviderStrategy") or []))
+
+        result.add(UPDATE, resource, f"attach capacity provider {provider}", attach)
         return
 
     def create() -> None:
-        ecs.create_cluster(clusterName=name, tags=[{"key": "ml.platform", "value": "true"}])
+        extra = {"capacityProviders": [provider]} if provider else {}
+        ecs.create_cluster(clusterName=name, tags=[{"key": "ml.platform", "value": "true"}], **extra)
 
-    result.add(CREATE, resource, "", create)
+    result.add(CREATE, resource, f"capacity provider {provider}" if provider else "", create)
 
 
 def _plan_task_definition(result: Plan, ecs: Any, release: Release, environment: Environment,
@@ -244,50 +287,71 @@ def _grace(release: Release) -> int:
     return release.settings.load_timeout
 
 
+def placement(release: Release, environment: Environment) -> Dict[str, Any]:
+    """How the service's tasks are placed: Fargate by launch type, `ecs` by its capacity
+    provider (whose managed scaling adds instances for tasks waiting for room)."""
+    provider = capacity_provider(release, environment)
+    if provider:
+        return {"capacityProviderStrategy": [{"capacityProvider": provider, "weight": 1, "base": 0}]}
+    return {"launchType": LAUNCH_TYPES[release.compute]}
+
+
+def _placement_key(placed: Mapping[str, Any]) -> Any:
+    strategy = placed.get("capacityProviderStrategy") or []
+    if strategy:
+        return ("capacity providers", tuple(sorted(p["capacityProvider"] for p in strategy)))
+    return ("launch type", placed.get("launchType"))
+
+
+def _describe_placement(key: Any) -> str:
+    kind, value = key
+    return f"capacity provider {', '.join(value)}" if kind == "capacity providers" else f"launch type {value}"
+
+
 def _plan_service(result: Plan, ecs: Any, release: Release, environment: Environment, state: State,
                   outputs: Dict[str, str]) -> None:
     name = release.resource_name
     cluster = environment.cluster
-    launch_type = LAUNCH_TYPES[release.compute]
     resource = f"ECS service {name}"
     network = _network(release, environment)
+    placed = placement(release, environment)
+    deployment = deployment_configuration(release, state)
+    gap = (" (no managed scaling on the GPU capacity provider: the old task stops before the new one "
+           "starts)" if deployment is IN_PLACE_DEPLOYMENT else "")
 
     def load_balancers() -> List[Dict[str, Any]]:
         return [{"targetGroupArn": outputs[alb.TARGET_GROUP_ARN], "containerName": CONTAINER,
                  "containerPort": CONTAINER_PORT}]
 
-    warning = ""
-    if release.compute == "ecs" and state.container_instances == 0:
-        gpu = " with GPUs" if release.settings.gpu else ""
-        warning = (f" (cluster {cluster} has no EC2 container instances: its tasks wait, PENDING, "
-                   f"until instances{gpu} join it)")
-
     service = state.service
     if service is None:
         def create() -> str:
-            ecs.create_service(
+            created = ecs.create_service(
                 cluster=cluster, serviceName=name, taskDefinition=outputs[TASK_DEFINITION_ARN],
-                desiredCount=1, launchType=launch_type, loadBalancers=load_balancers(),
-                networkConfiguration=network, deploymentConfiguration=DEPLOYMENT,
-                healthCheckGracePeriodSeconds=_grace(release),
+                desiredCount=1, loadBalancers=load_balancers(), networkConfiguration=network,
+                deploymentConfiguration=deployment, healthCheckGracePeriodSeconds=_grace(release),
                 propagateTags="SERVICE", enableECSManagedTags=True,
-                tags=[{"key": k, "value": v} for k, v in release.labels().items()])
-            return f"starting 1 task of {_revision(outputs[TASK_DEFINITION_ARN])}"
+                tags=[{"key": k, "value": v} for k, v in release.labels().items()], **placed)["service"]
+            return _await_rollout(result, ecs, release, environment, created, previous=None)
 
-        result.add(CREATE, resource, f"launch type {launch_type}, 1 task, behind target group "
-                                     f"{alb.target_group_name(release)}{warning}", create)
+        result.add(CREATE, resource, f"{_describe_placement(_placement_key(placed))}, 1 task, behind target "
+                                     f"group {alb.target_group_name(release)}", create)
         return
 
-    if service.get("launchType") and service["launchType"] != launch_type:
+    now, wanted = _placement_key(service), _placement_key(placed)
+    if (now == ("launch type", "FARGATE")) != (release.compute == "fargate"):
         raise ConfigError(
-            f"{resource} in cluster {cluster} runs on {service['launchType']}, but {release.name} "
-            f"v{release.version} is to run on {launch_type} (compute {release.compute}); ECS cannot "
-            f"change a service's launch type: delete the service, or deploy a new model version")
+            f"{resource} in cluster {cluster} runs on {_describe_placement(now)}, but {release.name} "
+            f"v{release.version} is to run on {_describe_placement(wanted)} (compute {release.compute}); ECS "
+            f"cannot move a service between Fargate and EC2: delete the service, or deploy a new model version")
     current_arn = service["taskDefinition"]
     changes = []
     if outputs.get(TASK_DEFINITION_ARN) != current_arn:
         changes.append(f"task definition {_revision(current_arn)} -> "
                        f"{_revision(outputs[TASK_DEFINITION_ARN]) if TASK_DEFINITION_ARN in outputs else 'the new revision'}")
+    placement_changed = now != wanted
+    if placement_changed:
+        changes.append(f"{_describe_placement(now)} -> {_describe_placement(wanted)}")
     lb_changed = (alb.TARGET_GROUP_ARN not in outputs
                   or _lb_key(service.get("loadBalancers", [])) != _lb_key(load_balancers()))
     if lb_changed:
@@ -300,8 +364,8 @@ def _plan_service(result: Plan, ecs: Any, release: Release, environment: Environ
     if grace is not None and grace != _grace(release):
         changes.append(f"health-check grace {grace} s -> {_grace(release)} s")
     reported = service.get("deploymentConfiguration")
-    if reported is not None and _deployment_key(reported) != _deployment_key(DEPLOYMENT):
-        changes.append("deployment circuit breaker")
+    if reported is not None and _deployment_key(reported) != _deployment_key(deployment):
+        changes.append("deployment configuration")
     if not changes:
         result.add(UNCHANGED, resource, f"on {_revision(current_arn)}")
         return
@@ -313,13 +377,71 @@ def _plan_service(result: Plan, ecs: Any, release: Release, environment: Environ
             extra["loadBalancers"] = load_balancers()
         if network_changed:
             extra["networkConfiguration"] = network
-        ecs.update_service(cluster=cluster, service=name, taskDefinition=outputs[TASK_DEFINITION_ARN],
-                           deploymentConfiguration=DEPLOYMENT,
-                           healthCheckGracePeriodSeconds=_grace(release), **extra)
-        return (f"rolling out {_revision(outputs[TASK_DEFINITION_ARN])}; ECS rolls back to "
-                f"{_revision(current_arn)} if its tasks do not get healthy (deployment circuit breaker)")
+        if placement_changed:
+            # From a launch type to a capacity provider strategy: ECS requires a new deployment.
+            extra.update(placed, forceNewDeployment=True)
+            extra.pop("launchType", None)
+        updated = ecs.update_service(cluster=cluster, service=name, taskDefinition=outputs[TASK_DEFINITION_ARN],
+                                     deploymentConfiguration=deployment,
+                                     healthCheckGracePeriodSeconds=_grace(release), **extra)["service"]
+        return _await_rollout(result, ecs, release, environment, updated, previous=current_arn)
 
-    result.add(UPDATE, resource, "; ".join(changes) + warning, update)
+    result.add(UPDATE, resource, "; ".join(changes) + gap, update)
+
+
+def _await_rollout(plan: Plan, ecs: Any, release: Release, environment: Environment,
+                   service: Mapping[str, Any], *, previous: Optional[str]) -> str:
+    """Wait until the deployment this deploy started is COMPLETED (its tasks healthy behind the
+    load balancer); if ECS's circuit breaker fails it, say why (the service's events, a stopped
+    task's reason) and what serves now."""
+    name, cluster = service["serviceName"], environment.cluster
+    primary = next((d for d in service.get("deployments", []) if d.get("status") == "PRIMARY"), None)
+    if primary is None:
+        return f"{name}: ECS reported no new deployment"
+    deployment, arn = primary["id"], primary.get("taskDefinition", "")
+
+    def read() -> Any:
+        (now,) = ecs.describe_services(cluster=cluster, services=[name])["services"]
+        ours = next((d for d in now.get("deployments", []) if d.get("id") == deployment), None)
+        if ours is None:
+            raise RuntimeError(f"deployment {deployment} of {name} is gone: another deploy replaced it")
+        state = ours.get("rolloutState") or ("COMPLETED" if len(now.get("deployments", [])) == 1
+                                             and ours.get("runningCount") == ours.get("desiredCount") else "IN_PROGRESS")
+        if state == "FAILED":
+            raise RuntimeError(_rollout_failure(ecs, cluster, now, ours, previous))
+        status = f"{state}, {ours.get('runningCount', 0)} of {ours.get('desiredCount', 0)} tasks running"
+        if ours.get("failedTasks"):
+            status += f", {ours['failedTasks']} failed"
+        events = now.get("events") or []
+        if state != "COMPLETED" and events:
+            status += f"; ECS: {events[0].get('message', '')}"
+        return state == "COMPLETED", status
+
+    what = f"ECS service {name} deployment of {_revision(arn)}"
+    try:
+        aws.wait_for(what, read, environment, plan.say)
+    except aws.RolloutTimedOut as e:
+        still = (f"ECS goes on trying; its circuit breaker rolls back to {_revision(previous)} if the tasks "
+                 f"keep failing" if previous else "ECS goes on trying to start the first task")
+        raise RuntimeError(f"{e}; {still}") from e
+    return f"deployment {deployment} COMPLETED: {_revision(arn)} serves"
+
+
+def _rollout_failure(ecs: Any, cluster: Optional[str], service: Mapping[str, Any], deployment: Mapping[str, Any],
+                     previous: Optional[str]) -> str:
+    lines = [f"deployment {deployment['id']} of {service['serviceName']} FAILED: "
+             f"{deployment.get('rolloutStateReason') or 'no reason given'}"]
+    stopped = ecs.list_tasks(cluster=cluster, serviceName=service["serviceName"], desiredStatus="STOPPED")["taskArns"]
+    if stopped:
+        for task in ecs.describe_tasks(cluster=cluster, tasks=stopped[:3]).get("tasks", []):
+            reasons = [c.get("reason") for c in task.get("containers", []) if c.get("reason")]
+            lines.append(f"stopped task {task['taskArn'].rpartition('/')[2]}: "
+                         f"{task.get('stoppedReason') or task.get('stopCode') or 'no reason'}"
+                         + (f" ({'; '.join(reasons)})" if reasons else ""))
+    lines += [f"ECS: {e.get('message', '')}" for e in (service.get("events") or [])[:3]]
+    lines.append(f"the circuit breaker rolled the service back to {_revision(previous)}, which serves" if previous
+                 else "nothing serves: the service has no earlier task definition")
+    return "\n    ".join(lines)
 
 
 def _network(release: Release, environment: Environment) -> Dict[str, Any]:

@@ -25,6 +25,7 @@ from ml_deploy.release import Release
 from testutil.aws import (
     ECR_TOKEN_CREDENTIALS,
     REGION,
+    create_capacity_provider,
     mutating,
     record_api_calls,
     record_api_params,
@@ -32,6 +33,7 @@ from testutil.aws import (
 )
 from ml_image.registry import Auth, RegistryClient
 from testutil.registry import RunningRegistry
+from testutil.strict_aws import StrictAws
 
 
 @pytest.fixture
@@ -218,10 +220,15 @@ def test_ecs_on_ec2_with_a_gpu(deployer: Deployer, environment: Environment) -> 
     release = deployer.release("gpu", compute="ecs", gpu=1, cpu=4, memory=16384)
     plan = deployer.plan(release)
     (service_step,) = [s for s in plan.steps if s.resource == "ECS service ml-iris-v1"]
-    assert "no EC2 container instances" in service_step.detail  # moto's new cluster has no capacity
+    assert "capacity provider ml-gpu, 1 task" in service_step.detail
     assert execute(plan, say=deployer.output.append)
     svc = service(environment, release)
-    assert svc["launchType"] == "EC2"
+    # The GPU capacity provider places it (its managed scaling starts a GPU instance for it):
+    # with launch type EC2 capacity providers never scale, and the empty cluster never runs it.
+    assert svc["capacityProviderStrategy"] == [{"capacityProvider": "ml-gpu", "weight": 1, "base": 0}]
+    assert "launchType" not in svc
+    cluster = aws.client(environment, "ecs").describe_clusters(clusters=[environment.cluster])["clusters"][0]
+    assert cluster["capacityProviders"] == ["ml-gpu"]
     definition = task_definition(environment, svc["taskDefinition"])
     assert definition["requiresCompatibilities"] == ["EC2"] and definition["networkMode"] == "awsvpc"
     assert (definition["cpu"], definition["memory"]) == ("4096", "16384")
@@ -265,3 +272,100 @@ def test_settings_are_checked_before_any_call(deployer: Deployer, environment: E
         ecs.plan(deployer.release("cfg", gpu=1), environment)
     with pytest.raises(ConfigError, match=r"cpu=0.5 with memory=512 MiB is not a Fargate task size"):
         ecs.plan(deployer.release("cfg", memory=512), environment)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollouts and capacity as AWS runs them (testutil.strict_aws walks each deployment's
+# rolloutState; moto leaves it IN_PROGRESS). Only a real account shows tasks really placed,
+# pulled and health-checked, and the real minutes that takes.
+
+
+def test_the_deploy_waits_for_its_rollout_and_says_how_it_stands(deployer: Deployer, strict_aws: StrictAws) -> None:
+    strict_aws.reads = 3
+    release = deployer.release("rolled")
+    assert deployer.deploy(release)
+    assert "ECS service ml-iris-v1 deployment of ml-iris-v1:1: IN_PROGRESS, 0 of 1 tasks running" in deployer.text
+    assert "ECS service ml-iris-v1 deployment of ml-iris-v1:1: COMPLETED, 1 of 1 tasks running" in deployer.text
+    assert strict_aws.rollout("ml-iris-v1").state == "COMPLETED"
+    assert deployer.text.index("COMPLETED, 1 of 1") < deployer.text.index(f"deployed {release.digest}")
+
+
+def test_a_failed_rollout_says_why_and_what_serves(deployer: Deployer, environment: Environment,
+                                                   strict_aws: StrictAws) -> None:
+    """The circuit breaker fails the deployment after CI would have gone green: the deploy fails
+    too, with the stopped task's reason, the service's events, and the revision serving again."""
+    old, new = deployer.release("fine"), deployer.release("broken")
+    deployer.deploy(old)
+    strict_aws.next_rollout("ml-iris-v1", "FAILED", "CannotPullContainerError: pull access denied")
+    with pytest.raises(DeployFailed) as failed:
+        deployer.deploy(new)
+    message = str(failed.value)
+    assert "FAILED: ECS deployment circuit breaker: tasks failed to start." in message
+    assert "stopped task stopped-1: CannotPullContainerError: pull access denied" in message
+    assert "ECS: (service ml-iris-v1) rolling back to deployment" in message
+    assert "the circuit breaker rolled the service back to ml-iris-v1:1, which serves" in message
+    assert service(environment, old)["taskDefinition"].endswith("/ml-iris-v1:1")
+
+
+def test_a_rollout_that_never_completes_fails_after_the_rollout_timeout(
+        deployer: Deployer, environment: Environment, strict_aws: StrictAws) -> None:
+    deployer.environment = dataclasses.replace(environment, rollout_timeout=0)
+    strict_aws.next_rollout("ml-iris-v1", "STUCK")
+    with pytest.raises(DeployFailed) as failed:
+        deployer.deploy(deployer.release("stuck"))
+    message = str(failed.value)
+    assert "still IN_PROGRESS, 0 of 1 tasks running" in message
+    assert "after 0 s (the environment's rollout_timeout" in message
+    assert "ECS goes on trying to start the first task" in message
+
+
+def test_gpu_tasks_with_a_launch_type_never_get_capacity(deployer: Deployer, environment: Environment,
+                                                        strict_aws: StrictAws) -> None:
+    """What the old driver did (launch type EC2 on a cluster of capacity providers) never gets
+    placed; so an `ecs` model needs a capacity provider, named in the environment."""
+    ecs_client = aws.client(environment, "ecs")
+    release = deployer.release("gpu", compute="ecs", gpu=1, cpu=4, memory=16384)
+    with pytest.raises(ConfigError, match=r"deploying iris v1 to ecs \(the Auto Scaling group its tasks are "
+                                          r"placed on\) needs gpu_capacity_provider"):
+        ecs.plan(release, dataclasses.replace(environment, gpu_capacity_provider=None))
+    with pytest.raises(ConfigError, match="ECS capacity provider nowhere, which does not exist"):
+        ecs.plan(release, dataclasses.replace(environment, gpu_capacity_provider="nowhere"))
+
+    # The fake's rule, shown directly: a GPU task by launch type stays unplaced.
+    ecs_client.create_cluster(clusterName="legacy")
+    arn = ecs_client.register_task_definition(**ecs.task_definition(release, environment))["taskDefinition"]["taskDefinitionArn"]
+    ecs_client.create_service(cluster="legacy", serviceName="old-style", taskDefinition=arn, desiredCount=1,
+                              launchType="EC2")
+    (described,) = ecs_client.describe_services(cluster="legacy", services=["old-style"])["services"]
+    assert described["deployments"][0]["rolloutState"] == "IN_PROGRESS"
+    assert "unable to place a task" in described["events"][0]["message"]
+
+
+def test_an_existing_cluster_gets_the_capacity_provider_attached(deployer: Deployer, environment: Environment) -> None:
+    ecs_client = aws.client(environment, "ecs")
+    ecs_client.create_cluster(clusterName=environment.cluster, capacityProviders=["FARGATE"],
+                              defaultCapacityProviderStrategy=[{"capacityProvider": "FARGATE", "weight": 1}])
+    release = deployer.release("attach", compute="ecs", gpu=1, cpu=4, memory=16384)
+    plan = deployer.plan(release)
+    step = next(s for s in plan.steps if s.resource == f"ECS cluster {environment.cluster}")
+    assert (step.action, step.detail) == (UPDATE, "attach capacity provider ml-gpu")
+    assert execute(plan, say=deployer.output.append)
+    cluster = ecs_client.describe_clusters(clusters=[environment.cluster])["clusters"][0]
+    assert cluster["capacityProviders"] == ["FARGATE", "ml-gpu"]
+
+
+def test_gpu_without_managed_scaling_replaces_the_task_in_place(deployer: Deployer, environment: Environment) -> None:
+    """maximumPercent 200 needs a second free GPU for every rollout: without managed scaling to
+    start one, the old task stops first, and the plan says so."""
+    session = aws.session(environment)
+    create_capacity_provider(session, "ml-gpu-fixed", managed_scaling=False)
+    deployer.environment = dataclasses.replace(environment, gpu_capacity_provider="ml-gpu-fixed")
+    params = record_api_params(session)
+    release = deployer.release("fixed", compute="ecs", gpu=1, cpu=4, memory=16384)
+    assert deployer.deploy(release)
+    (sent,) = [p for call, p in params if call == "ecs.CreateService"]
+    assert (sent["deploymentConfiguration"]["maximumPercent"], sent["deploymentConfiguration"]["minimumHealthyPercent"]) == (100, 0)
+    assert sent["deploymentConfiguration"]["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
+    plan = deployer.plan(deployer.release("fixed-2", compute="ecs", gpu=1, cpu=4, memory=16384))
+    step = next(s for s in plan.steps if s.resource == "ECS service ml-iris-v1")
+    assert "the old task stops before the new one starts" in step.detail

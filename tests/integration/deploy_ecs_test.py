@@ -26,6 +26,7 @@ from testutil.aws import ECR_TOKEN_CREDENTIALS, REGION, MotoServer, moto_server,
 from testutil.net import free_port
 from testutil.podman import podman_store
 from testutil.registry import REGISTRY_PACKAGES, RunningRegistry, require_tool, start_registry
+from testutil.strict_aws import StrictAws
 
 IMAGES = Path(__file__).parent / "images"
 # What `pants deploy` hands the deploy tool for each model (its BUILD settings).
@@ -62,10 +63,15 @@ def moto(tmp_path: Path) -> Iterator[MotoServer]:
 
 
 @pytest.fixture
-def environment(moto: MotoServer, registry: RunningRegistry) -> Environment:
-    return with_load_balancer(Environment(
-        name="integration", region=REGION, endpoint_url=moto.endpoint, registry=registry.host,
-        registry_auth="ecr", log_retention_days=7))
+def environment(moto: MotoServer, registry: RunningRegistry) -> Iterator[Environment]:
+    # AWS's rollout states over moto's (testutil.strict_aws): the deploy waits for COMPLETED.
+    environment = Environment(name="integration", region=REGION, endpoint_url=moto.endpoint, registry=registry.host,
+                              registry_auth="ecr", log_retention_days=7, poll_seconds=0.05)
+    strict = StrictAws(aws.session(environment)).install()
+    try:
+        yield with_load_balancer(environment)
+    finally:
+        strict.uninstall()
 
 
 def deploy(name: str, environment: Environment) -> tuple[Release, dict, dict]:
@@ -75,7 +81,10 @@ def deploy(name: str, environment: Environment) -> tuple[Release, dict, dict]:
     assert execute(drivers.plan_deploy(release, environment), say=output.append), "\n".join(output)
     ecs = aws.client(environment, "ecs")
     (service,) = ecs.describe_services(cluster=environment.cluster, services=[release.resource_name])["services"]
-    assert service["launchType"] == "EC2"
+    # Placed by the GPU capacity provider (whose managed scaling starts GPU instances), never by
+    # launch type EC2, which capacity providers do not scale for.
+    assert service["capacityProviderStrategy"] == [{"capacityProvider": environment.gpu_capacity_provider,
+                                                    "weight": 1, "base": 0}]
     definition = ecs.describe_task_definition(taskDefinition=service["taskDefinition"])["taskDefinition"]
     assert (definition["cpu"], definition["memory"]) == ("2048", "4096")
     (container,) = definition["containerDefinitions"]

@@ -232,9 +232,21 @@ def with_load_balancer(environment, cluster: str = "ml-test", domain: str = "exa
     iam.create_role(RoleName="ml-ec2", AssumeRolePolicyDocument=json.dumps(EC2_TRUST_POLICY))
     profile = iam.create_instance_profile(InstanceProfileName="ml-ec2")["InstanceProfile"]["Arn"]
     iam.add_role_to_instance_profile(InstanceProfileName="ml-ec2", RoleName="ml-ec2")
+    cpu, gpu = (create_capacity_provider(session, name) for name in ("ml-cpu", "ml-gpu"))
     return _dataclasses.replace(
         environment, domain=domain, cluster=cluster, vpc=vpc, subnets=subnets, security_groups=(group,),
-        listener=listener, execution_role=execution_role, instance_profile=profile, ami=TEST_AMI)
+        listener=listener, execution_role=execution_role, instance_profile=profile, ami=TEST_AMI,
+        capacity_provider=cpu, gpu_capacity_provider=gpu)
+
+
+def create_capacity_provider(session, name: str, managed_scaling: bool = True) -> str:
+    """An ECS capacity provider over an Auto Scaling group (moto checks no group exists: the
+    instances it would start cannot run here); its name."""
+    group = f"arn:aws:autoscaling:{REGION}:{ACCOUNT}:autoScalingGroup:0:autoScalingGroupName/{name}"
+    session.client("ecs").create_capacity_provider(name=name, autoScalingGroupProvider={
+        "autoScalingGroupArn": group,
+        "managedScaling": {"status": "ENABLED" if managed_scaling else "DISABLED", "targetCapacity": 100}})
+    return name
 
 
 def record_api_params(session) -> list:

@@ -122,6 +122,7 @@ class StrictAws:
     _fail_create: Dict[str, str] = field(default_factory=dict)
     _revisions: Dict[str, str] = field(default_factory=dict)
     _rollouts: Dict[str, Rollout] = field(default_factory=dict)
+    _strategies: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     _handlers: List[Tuple[str, Callable[..., Any]]] = field(default_factory=list)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
@@ -374,10 +375,24 @@ class StrictAws:
         wants_gpu = self._task_wants_gpu(service.get("taskDefinition", ""))
         if wants_gpu and params.get("launchType") == "EC2":
             outcome = "STUCK"  # capacity providers do not scale for launch-type tasks
-        self._rollouts[name] = Rollout(f"ecs-svc/{next(self._ids)}", service.get("taskDefinition", ""),
-                                       was if previous and previous.state != "FAILED" else
-                                       (previous.previous if previous else None),
-                                       outcome, self.reads, reason)
+        rollout = self._rollouts[name] = Rollout(
+            f"ecs-svc/{next(self._ids)}", service.get("taskDefinition", ""),
+            was if previous and previous.state != "FAILED" else (previous.previous if previous else None),
+            outcome, self.reads, reason)
+        if params.get("capacityProviderStrategy"):
+            self._strategies[name] = params["capacityProviderStrategy"]
+        elif params.get("launchType"):
+            self._strategies.pop(name, None)
+        service["deployments"] = [{"id": rollout.id, "status": "PRIMARY", "taskDefinition": rollout.task_definition,
+                                   "desiredCount": 1, "runningCount": 0, "rolloutState": "IN_PROGRESS"}]
+        self._overlay_placement(service)
+
+    def _overlay_placement(self, service: Dict[str, Any]) -> None:
+        # moto keeps no capacity provider strategy (it reports launch type EC2); ECS does.
+        strategy = self._strategies.get(service.get("serviceName", ""))
+        if strategy:
+            service["capacityProviderStrategy"] = strategy
+            service.pop("launchType", None)
 
     def _task_wants_gpu(self, arn: str) -> bool:
         try:
@@ -389,6 +404,7 @@ class StrictAws:
 
     def _ecs_services_read(self, params: Dict[str, Any], parsed: Dict[str, Any], **_: Any) -> None:
         for service in parsed.get("services", []):
+            self._overlay_placement(service)
             rollout = self._rollouts.get(service.get("serviceName", ""))
             if rollout is None:
                 continue
