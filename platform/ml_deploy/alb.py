@@ -1,18 +1,30 @@
 """The load balancer side of the `fargate`, `ecs` and `ec2` computes: one ALB target group per
-model version and one rule on the environment's listener sending it that version's traffic.
+model version and the rules on the environment's listener sending it that version's traffic.
 
     listener (environment.listener)
-      rule  host-header <model>.ml.<domain> AND path-pattern /v<version>/*  -> forward
-        target group ml-<model>-v<version>   port 8080, health check /v2/health/ready
+      rule  <model>.ml.<domain>  /v2/models/*/versions/<N>/*     -> ml-<model>-v<N>  (OIP, band 1)
+      rule  <model>.ml.<domain>  /v2, /v2/health/*, /v2/models/* -> the highest N    (OIP, band 2)
+      rule  <model>.ml.<domain>  /v<N>/*                         -> ml-<model>-v<N>  (band 3)
+        target group ml-<model>-v<N>   port 8080, health check /v2/health/ready
 
-A version's rule is found by its conditions (they are what makes it that version's rule), so a
-second deploy finds the rule the first created whatever priority it got. Priorities only have
-to be distinct: conditions of two versions never overlap.
+The Open Inference Protocol's paths start with /v2 whatever the model's version, so version 2's
+`/v2/*` would capture them: the OIP rules take priorities in bands before every version rule
+(ALB tries rules by priority, lowest first), and a rule found outside its band is moved into it.
+The routing is the local gateway's (ml_gateway.routes): OIP paths naming a version go to it,
+the others to the highest version deployed.
+
+A rule is found by its conditions (they are what makes it that rule), so a second deploy finds
+the rule the first created whatever priority it got.
+
+The listener is checked too: its load balancer's idle timeout must outlast the model's timeout
+(or the ALB cuts a slow request with a 504 before the model can answer), and an HTTPS
+listener's certificates must cover <model>.ml.<domain> (`*.example.com` does not).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ml_deploy import aws
@@ -24,8 +36,14 @@ from ml_deploy.release import Release
 
 NAME_LIMIT = 32  # ELBv2's limit on target group names
 # Listener rule priorities are 1-50000 and unique per listener. Ours start high so that rules
-# people add by hand (low numbers by habit) keep precedence and rarely collide with ours.
-PRIORITY_RANGE = (10000, 50000)
+# people add by hand (low numbers by habit) keep precedence and rarely collide with ours; each
+# kind of rule has a band, tried in this order.
+OIP_VERSION, OIP_LATEST, VERSION = "oip-version", "oip-latest", "version"
+PRIORITY_BANDS = {OIP_VERSION: (10000, 20000), OIP_LATEST: (20000, 30000), VERSION: (30000, 50000)}
+# OIP paths that name no version (ml_gateway.routes serves them from the highest version).
+OIP_UNVERSIONED_PATHS = ["/v2", "/v2/health/*", "/v2/models/*"]
+IDLE_TIMEOUT_ATTRIBUTE = "idle_timeout.timeout_seconds"
+ALB_DEFAULT_IDLE_TIMEOUT = 60
 HEALTH_CHECK = {
     "HealthCheckProtocol": "HTTP",
     "HealthCheckPort": "traffic-port",
@@ -36,6 +54,7 @@ HEALTH_CHECK = {
     "UnhealthyThresholdCount": 3,
     "Matcher": {"HttpCode": "200"},
 }
+_VERSION_PATH = re.compile(r"^/v(\d+)/\*$")
 TARGET_GROUP_ARN = "target_group_arn"  # key of the shared outputs dict the drivers' steps fill
 
 
@@ -52,10 +71,18 @@ def path_pattern(release: Release) -> str:
     return f"/v{release.version}/*"
 
 
-def conditions(release: Release, environment: Environment) -> List[Dict[str, Any]]:
+def rule_paths(release: Release, kind: str) -> List[str]:
+    if kind == OIP_VERSION:
+        return [f"/v2/models/*/versions/{release.version}", f"/v2/models/*/versions/{release.version}/*"]
+    if kind == OIP_LATEST:
+        return list(OIP_UNVERSIONED_PATHS)
+    return [path_pattern(release)]
+
+
+def conditions(release: Release, environment: Environment, kind: str = VERSION) -> List[Dict[str, Any]]:
     return [
         {"Field": "host-header", "HostHeaderConfig": {"Values": [release.hostname(environment)]}},
-        {"Field": "path-pattern", "PathPatternConfig": {"Values": [path_pattern(release)]}},
+        {"Field": "path-pattern", "PathPatternConfig": {"Values": rule_paths(release, kind)}},
     ]
 
 
@@ -109,47 +136,124 @@ def plan_target_group(plan: Plan, release: Release, environment: Environment, *,
 
 def plan_listener_rule(plan: Plan, release: Release, environment: Environment,
                        outputs: Dict[str, str]) -> None:
-    """The rule forwarding <model>.ml.<domain>/v<version>/* to the version's target group. Also
-    sets plan.url from the listener's protocol and port."""
+    """The rules sending the version's traffic (its /v<N>/ paths, its OIP paths, and while it is
+    the highest version the OIP paths naming none) to its target group. Also checks the
+    listener (idle timeout, certificate) and sets plan.url from its protocol and port."""
     elb = aws.client(environment, "elbv2")
+    listener = _describe_listener(elb, environment)
+    check_listener(elb, listener, release, environment)
+    plan.url = _url(release, environment, listener)
+    rules = list(_rules(elb, environment.listener))
+    deployed = _versions_routed(rules, release, environment)
+    kinds = [OIP_VERSION, VERSION]
+    if release.version >= max(deployed, default=0):
+        kinds.insert(1, OIP_LATEST)
+    for kind in kinds:
+        _plan_rule(plan, elb, release, environment, outputs, rules, kind)
+
+
+def _plan_rule(plan: Plan, elb: Any, release: Release, environment: Environment, outputs: Dict[str, str],
+               rules: List[Mapping[str, Any]], kind: str) -> None:
     listener = environment.listener
-    plan.url = _url(release, environment, _describe_listener(elb, environment))
-    resource = f"listener rule {release.hostname(environment)}{path_pattern(release)}"
-    wanted = conditions(release, environment)
-    rules = list(_rules(elb, listener))
+    paths = ", ".join(rule_paths(release, kind))
+    label = {OIP_VERSION: "", OIP_LATEST: " (the highest version)", VERSION: ""}[kind]
+    resource = f"listener rule {release.hostname(environment)} {paths}{label}"
+    wanted = conditions(release, environment, kind)
     rule = next((r for r in rules if _same_conditions(r.get("Conditions", []), wanted)), None)
     # The group's ARN is only known now if the group exists; otherwise the group step sets it.
     known_arn = outputs.get(TARGET_GROUP_ARN)
 
     if rule is None:
         def create() -> str:
-            priority = _create_rule(elb, listener, release, environment, outputs[TARGET_GROUP_ARN])
+            priority = _create_rule(elb, listener, release, environment, outputs[TARGET_GROUP_ARN], kind)
             return f"priority {priority}"
 
         plan.add(CREATE, resource, f"forward to target group {target_group_name(release)}", create)
         return
-    if known_arn is not None and _forwards_to(rule) == [known_arn]:
+    low, high = PRIORITY_BANDS[kind]
+    in_band = str(rule.get("Priority", "")).isdigit() and low <= int(rule["Priority"]) < high
+    forwards = known_arn is not None and _forwards_to(rule) == [known_arn]
+    if forwards and in_band:
         plan.add(UNCHANGED, resource, f"priority {rule['Priority']}")
         return
+    changes = [] if forwards else [f"forward to target group {target_group_name(release)}"]
+    if not in_band:
+        changes.append(f"priority {rule['Priority']} -> one in {low}-{high - 1} (OIP rules come before version rules)")
 
     def update() -> None:
-        elb.modify_rule(RuleArn=rule["RuleArn"], Actions=_forward(outputs[TARGET_GROUP_ARN]))
+        if not forwards:
+            elb.modify_rule(RuleArn=rule["RuleArn"], Actions=_forward(outputs[TARGET_GROUP_ARN]))
+        if not in_band:
+            used = [int(r["Priority"]) for r in _rules(elb, listener) if str(r.get("Priority", "")).isdigit()]
+            priority = free_priority(preferred_priority(release, environment, kind), used, kind)
+            elb.set_rule_priorities(RulePriorities=[{"RuleArn": rule["RuleArn"], "Priority": priority}])
 
-    plan.add(UPDATE, resource, f"priority {rule['Priority']}: forward to target group "
-                               f"{target_group_name(release)}", update)
+    plan.add(UPDATE, resource, f"priority {rule['Priority']}: " + "; ".join(changes), update)
 
 
-def preferred_priority(release: Release, environment: Environment) -> int:
-    """A priority that depends only on the hostname and version, so that a version usually gets
-    the same priority in every environment; the next free one is taken if it is in use."""
-    low, high = PRIORITY_RANGE
-    key = f"{release.hostname(environment)}{path_pattern(release)}".encode()
+def _versions_routed(rules: Iterable[Mapping[str, Any]], release: Release, environment: Environment) -> List[int]:
+    """The versions of the release's model that have a version rule on the listener."""
+    host = release.hostname(environment)
+    versions = []
+    for rule in rules:
+        fields = {c.get("Field"): _condition_values(c) for c in rule.get("Conditions", [])}
+        paths = fields.get("path-pattern") or []
+        if fields.get("host-header") == [host] and len(paths) == 1:
+            match = _VERSION_PATH.match(paths[0])
+            if match:
+                versions.append(int(match.group(1)))
+    return versions
+
+
+def check_listener(elb: Any, listener: Mapping[str, Any], release: Release, environment: Environment) -> None:
+    """Said before anything is created: what would make the listener fail the model."""
+    where = release.settings.address or release.name
+    attributes = elb.describe_load_balancer_attributes(LoadBalancerArn=listener["LoadBalancerArn"])["Attributes"]
+    idle = int(next((a["Value"] for a in attributes if a["Key"] == IDLE_TIMEOUT_ATTRIBUTE), ALB_DEFAULT_IDLE_TIMEOUT))
+    if release.settings.timeout >= idle:
+        raise ConfigError(
+            f"{where}: timeout={release.settings.timeout} s, but the load balancer of environment "
+            f"{environment.name!r} closes a connection idle for {idle} s ({IDLE_TIMEOUT_ATTRIBUTE}): a slow "
+            f"request would get the ALB's 504 before the model's own timeout answer. Lower the model's "
+            f"`timeout` below {idle}, or raise the load balancer's idle timeout (infra/ sets 300 s)")
+    if listener.get("Protocol") != "HTTPS":
+        return
+    host = release.hostname(environment)
+    acm = aws.client(environment, "acm")
+    names: List[str] = []
+    pages = elb.get_paginator("describe_listener_certificates").paginate(ListenerArn=listener["ListenerArn"])
+    for page in pages:
+        for certificate in page["Certificates"]:
+            described = acm.describe_certificate(CertificateArn=certificate["CertificateArn"])["Certificate"]
+            names += [described.get("DomainName", ""), *described.get("SubjectAlternativeNames", [])]
+    if not any(covers(name, host) for name in names):
+        raise ConfigError(
+            f"{where}: the HTTPS listener of environment {environment.name!r} has no certificate for {host} "
+            f"(it has: {', '.join(sorted(set(names))) or 'none'}); a wildcard covers one label only, so "
+            f"`*.{environment.domain}` does not: add a certificate for `*.ml.{environment.domain}` (infra/ does)")
+
+
+def covers(certificate_name: str, host: str) -> bool:
+    """Whether a certificate's name covers `host`: equal, or a wildcard for exactly one label."""
+    name, host = certificate_name.lower().rstrip("."), host.lower().rstrip(".")
+    if name.startswith("*."):
+        label, _, rest = host.partition(".")
+        return bool(label) and rest == name[2:]
+    return name == host
+
+
+def preferred_priority(release: Release, environment: Environment, kind: str = VERSION) -> int:
+    """A priority that depends only on the hostname, version and kind of rule, so that a rule
+    usually gets the same priority in every environment; the next free one is taken if it is in
+    use."""
+    low, high = PRIORITY_BANDS[kind]
+    key = f"{release.hostname(environment)}{','.join(rule_paths(release, kind))}".encode()
     return low + int(hashlib.sha256(key).hexdigest(), 16) % (high - low)
 
 
-def free_priority(preferred: int, used: Iterable[int]) -> int:
+def free_priority(preferred: int, used: Iterable[int], kind: str = VERSION) -> int:
     taken = set(used)
-    low, high = PRIORITY_RANGE
+    low, high = PRIORITY_BANDS[kind]
     span = high - low
     for offset in range(span):
         candidate = low + (preferred - low + offset) % span
@@ -159,14 +263,14 @@ def free_priority(preferred: int, used: Iterable[int]) -> int:
 
 
 def _create_rule(elb: Any, listener: str, release: Release, environment: Environment,
-                 target_group_arn: str) -> int:
+                 target_group_arn: str, kind: str) -> int:
     # The free priority is looked up again here rather than at plan time: another deploy may
     # have taken one since. PriorityInUse means one raced us between the look-up and the create.
     for _ in range(5):
         used = [int(r["Priority"]) for r in _rules(elb, listener) if str(r.get("Priority", "")).isdigit()]
-        priority = free_priority(preferred_priority(release, environment), used)
+        priority = free_priority(preferred_priority(release, environment, kind), used, kind)
         try:
-            elb.create_rule(ListenerArn=listener, Priority=priority, Conditions=conditions(release, environment),
+            elb.create_rule(ListenerArn=listener, Priority=priority, Conditions=conditions(release, environment, kind),
                             Actions=_forward(target_group_arn), Tags=tags(release))
         except Exception as e:
             if aws.error_code(e) == "PriorityInUse":

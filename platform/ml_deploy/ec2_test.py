@@ -68,7 +68,7 @@ def test_deploy_launches_a_tagged_instance_registered_in_the_target_group(
     plan = deployer.plan(release)
     assert plan.serving == "nothing (new instance)"
     assert plan.url == "http://iris.ml.example.com/v1/"
-    assert [s.action for s in plan.steps] == [CREATE] * 7, [s.describe() for s in plan.steps]
+    assert [s.action for s in plan.steps] == [CREATE] * 9, [s.describe() for s in plan.steps]
     assert execute(plan, say=deployer.output.append)
 
     script = template_user_data(environment, release)
@@ -99,8 +99,10 @@ def test_deploy_launches_a_tagged_instance_registered_in_the_target_group(
     elb = aws.client(environment, "elbv2")
     group = elb.describe_target_groups(Names=["ml-iris-v1"])["TargetGroups"][0]
     assert (group["TargetType"], group["Port"], group["HealthCheckPath"]) == ("instance", 8080, "/v2/health/ready")
-    (rule,) = [r for r in elb.describe_rules(ListenerArn=environment.listener)["Rules"] if not r["IsDefault"]]
-    assert rule["Actions"] == [{"Type": "forward", "TargetGroupArn": group["TargetGroupArn"]}]
+    routed = [r for r in elb.describe_rules(ListenerArn=environment.listener)["Rules"] if not r["IsDefault"]]
+    assert len(routed) == 3  # its paths, its OIP paths, OIP's unversioned paths
+    for rule in routed:
+        assert rule["Actions"] == [{"Type": "forward", "TargetGroupArn": group["TargetGroupArn"]}]
     assert f"{instance['InstanceId']} healthy in target group ml-iris-v1" in deployer.text
 
 

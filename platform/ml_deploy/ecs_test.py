@@ -25,6 +25,7 @@ from ml_deploy.release import Release
 from testutil.aws import (
     ECR_TOKEN_CREDENTIALS,
     REGION,
+    alb_route,
     create_capacity_provider,
     mutating,
     record_api_calls,
@@ -75,7 +76,7 @@ def test_fargate_deploy_records_task_definition_service_and_load_balancer(
     plan = deployer.plan(release)
     assert plan.serving == "nothing (new service)"
     assert plan.url == "http://iris.ml.example.com/v1/"
-    assert [s.action for s in plan.steps] == [CREATE] * 8, [s.describe() for s in plan.steps]
+    assert [s.action for s in plan.steps] == [CREATE] * 10, [s.describe() for s in plan.steps]
     assert execute(plan, say=deployer.output.append)
     assert f"deployed {release.digest}: http://iris.ml.example.com/v1/" in deployer.text
 
@@ -114,9 +115,12 @@ def test_fargate_deploy_records_task_definition_service_and_load_balancer(
     network = svc["networkConfiguration"]["awsvpcConfiguration"]
     assert sorted(network["subnets"]) == sorted(environment.subnets)
     assert network["securityGroups"] == list(environment.security_groups)
-    (rule,) = rules(environment)
-    assert condition_values(rule) == {"host-header": ["iris.ml.example.com"], "path-pattern": ["/v1/*"]}
-    assert rule["Actions"] == [{"Type": "forward", "TargetGroupArn": group["TargetGroupArn"]}]
+    # Its own paths, its Open Inference Protocol paths, and (the highest version) OIP's unversioned ones.
+    assert sorted(tuple(condition_values(r)["path-pattern"]) for r in rules(environment)) == [
+        ("/v1/*",), ("/v2", "/v2/health/*", "/v2/models/*"), ("/v2/models/*/versions/1", "/v2/models/*/versions/1/*")]
+    for rule in rules(environment):
+        assert condition_values(rule)["host-header"] == ["iris.ml.example.com"]
+        assert rule["Actions"] == [{"Type": "forward", "TargetGroupArn": group["TargetGroupArn"]}]
 
     # moto accepts but does not keep the circuit breaker: it is checked in the request.
     (create,) = [p for op, p in params if op == "ecs.CreateService"]
@@ -144,7 +148,7 @@ def test_dry_run_only_reads(deployer: Deployer, environment: Environment) -> Non
     assert "plan (dry run, nothing was changed)" in deployer.text
     for line in ("+ create    ECS cluster ml-test", "+ create    ECS service ml-iris-v1",
                  "+ create    target group ml-iris-v1", "+ create    ECS task definition ml-iris-v1",
-                 "+ create    listener rule iris.ml.example.com/v1/*"):
+                 "+ create    listener rule iris.ml.example.com /v1/*"):
         assert line in deployer.text
     assert aws.client(environment, "ecs").describe_clusters(clusters=["ml-test"])["clusters"] == []
 
@@ -171,12 +175,23 @@ def test_two_versions_side_by_side(deployer: Deployer, environment: Environment)
     assert s1["loadBalancers"][0]["targetGroupArn"] != s2["loadBalancers"][0]["targetGroupArn"]
 
     by_path = {condition_values(r)["path-pattern"][0]: r for r in rules(environment)}
-    assert sorted(by_path) == ["/v1/*", "/v2/*"]
     assert by_path["/v1/*"]["Priority"] != by_path["/v2/*"]["Priority"]
-    assert by_path["/v1/*"]["Actions"][0]["TargetGroupArn"] == s1["loadBalancers"][0]["targetGroupArn"]
-    assert by_path["/v2/*"]["Actions"][0]["TargetGroupArn"] == s2["loadBalancers"][0]["targetGroupArn"]
     # The priority follows from the hostname and version alone.
     assert int(by_path["/v1/*"]["Priority"]) == alb.preferred_priority(v1, environment)
+    # Where the ALB sends each path (its rule evaluation over the rules moto keeps). Version 2's
+    # /v2/* must not capture the Open Inference Protocol's /v2/... paths of version 1.
+    group1, group2 = s1["loadBalancers"][0]["targetGroupArn"], s2["loadBalancers"][0]["targetGroupArn"]
+    routes = {path: alb_route(aws.session(environment), environment.listener, "iris.ml.example.com", path)
+              for path in ("/v1/predict", "/v2/predict", "/v2/models/iris/versions/1/infer",
+                           "/v2/models/iris/versions/2/infer", "/v2/models/iris/versions/1", "/v2/health/ready",
+                           "/v2/models/iris", "/v2", "/v3/predict")}
+    assert routes == {"/v1/predict": group1, "/v2/predict": group2, "/v2/models/iris/versions/1/infer": group1,
+                      "/v2/models/iris/versions/2/infer": group2, "/v2/models/iris/versions/1": group1,
+                      "/v2/health/ready": group2, "/v2/models/iris": group2, "/v2": group2, "/v3/predict": None}
+    assert alb_route(aws.session(environment), environment.listener, "other.ml.example.com", "/v1/predict") is None
+
+    # Version 1 again does not take the unversioned OIP paths back from version 2.
+    assert deployer.plan(v1).changes == []
 
     # Deploying v1 again touches neither version.
     calls = record_api_calls(aws.session(environment))

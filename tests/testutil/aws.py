@@ -204,6 +204,9 @@ EC2_TRUST_POLICY = {
 }
 
 
+LOAD_BALANCER_IDLE_TIMEOUT = 300
+
+
 def with_load_balancer(environment, cluster: str = "ml-test", domain: str = "example.com"):
     """`environment` (an ml_deploy Environment pointing at moto) plus everything the ecs and ec2
     drivers need, created in moto: a VPC with two subnets in two zones, a security group, an
@@ -222,6 +225,9 @@ def with_load_balancer(environment, cluster: str = "ml-test", domain: str = "exa
     group = ec2.create_security_group(GroupName="ml-models", Description="ML models", VpcId=vpc)["GroupId"]
     balancer = elb.create_load_balancer(Name="ml", Subnets=list(subnets), SecurityGroups=[group],
                                         Type="application", Scheme="internet-facing")["LoadBalancers"][0]
+    # What infra/ sets: longer than any model's timeout (the default, 60 s, is not).
+    elb.modify_load_balancer_attributes(LoadBalancerArn=balancer["LoadBalancerArn"], Attributes=[
+        {"Key": "idle_timeout.timeout_seconds", "Value": str(LOAD_BALANCER_IDLE_TIMEOUT)}])
     listener = elb.create_listener(
         LoadBalancerArn=balancer["LoadBalancerArn"], Protocol="HTTP", Port=80,
         DefaultActions=[{"Type": "fixed-response", "FixedResponseConfig": {
@@ -263,3 +269,25 @@ def record_api_params(session) -> list:
 
     session.events.register("before-parameter-build", record)
     return calls
+
+
+def alb_route(session, listener: str, host: str, path: str):
+    """The target group ARN an ALB listener sends `host` + `path` to, by AWS's documented rule
+    evaluation (rules by priority, lowest first; host-header and path-pattern values are
+    case-insensitive/case-sensitive globs with `*` and `?`), or None for the default action.
+    moto keeps the rules but routes nothing: this is the routing, read off what it keeps."""
+    import fnmatch
+
+    def matches(condition: dict) -> bool:
+        field = condition["Field"]
+        config = condition.get({"host-header": "HostHeaderConfig", "path-pattern": "PathPatternConfig"}[field]) or {}
+        values = config.get("Values") or condition.get("Values") or []
+        if field == "host-header":
+            return any(fnmatch.fnmatch(host.lower(), v.lower()) for v in values)
+        return any(fnmatch.fnmatchcase(path, v) for v in values)
+
+    rules = session.client("elbv2").describe_rules(ListenerArn=listener)["Rules"]
+    for rule in sorted((r for r in rules if not r["IsDefault"]), key=lambda r: int(r["Priority"])):
+        if all(matches(c) for c in rule["Conditions"]):
+            return rule["Actions"][0]["TargetGroupArn"]
+    return None
