@@ -143,6 +143,8 @@ def plan_listener_rule(plan: Plan, release: Release, environment: Environment,
     listener = _describe_listener(elb, environment)
     check_listener(elb, listener, release, environment)
     plan.url = _url(release, environment, listener)
+    if environment.hosted_zone:
+        plan_dns_record(plan, release, environment, elb, listener)
     rules = list(_rules(elb, environment.listener))
     deployed = _versions_routed(rules, release, environment)
     kinds = [OIP_VERSION, VERSION]
@@ -203,6 +205,43 @@ def _versions_routed(rules: Iterable[Mapping[str, Any]], release: Release, envir
             if match:
                 versions.append(int(match.group(1)))
     return versions
+
+
+def plan_dns_record(plan: Plan, release: Release, environment: Environment, elb: Any,
+                    listener: Mapping[str, Any]) -> None:
+    """<model>.ml.<domain> must resolve to the listener's load balancer: a record for the host, or
+    the wildcard for every model, pointing there; created for the host when neither exists."""
+    route53 = aws.client(environment, "route53")
+    balancer = elb.describe_load_balancers(LoadBalancerArns=[listener["LoadBalancerArn"]])["LoadBalancers"][0]
+    target = balancer["DNSName"].lower().rstrip(".")
+    host = release.hostname(environment)
+    wildcard = f"*.ml.{environment.domain}"
+    names = {f"{host}.", f"{wildcard}.", f"\\052.ml.{environment.domain}."}
+    resource = f"DNS record {host}"
+    pages = route53.get_paginator("list_resource_record_sets").paginate(HostedZoneId=environment.hosted_zone)
+    found = [r for page in pages for r in page["ResourceRecordSets"]
+             if r["Type"] in ("A", "AAAA", "CNAME") and r["Name"].lower() in names]
+    for record in found:
+        points = ((record.get("AliasTarget") or {}).get("DNSName")
+                  or next((v["Value"] for v in record.get("ResourceRecords", [])), ""))
+        points = points.lower().rstrip(".").removeprefix("dualstack.")
+        name = record["Name"].replace("\\052", "*").rstrip(".")
+        if points != target:
+            raise ConfigError(f"environment {environment.name!r}: DNS record {name} in hosted zone "
+                              f"{environment.hosted_zone} points at {points}, not at the load balancer of "
+                              f"`listener` ({target}): correct the record, or `listener`")
+        plan.add(UNCHANGED, resource, f"{name} -> {target}")
+        return
+
+    def create() -> None:
+        route53.change_resource_record_sets(HostedZoneId=environment.hosted_zone, ChangeBatch={
+            "Comment": f"ml-platform: {release.name}",
+            "Changes": [{"Action": "UPSERT", "ResourceRecordSet": {
+                "Name": host, "Type": "A", "AliasTarget": {
+                    "HostedZoneId": balancer["CanonicalHostedZoneId"], "DNSName": balancer["DNSName"],
+                    "EvaluateTargetHealth": False}}}]})
+
+    plan.add(CREATE, resource, f"alias A -> {target} (no record for it or for {wildcard})", create)
 
 
 def check_listener(elb: Any, listener: Mapping[str, Any], release: Release, environment: Environment) -> None:

@@ -104,3 +104,31 @@ def test_a_version_rule_ahead_of_the_oip_rules_is_moved_behind_them(deployer: De
     assert alb_route(session, environment.listener, "iris.ml.example.com", "/v2/models/iris/versions/1/infer") == \
         alb_route(session, environment.listener, "iris.ml.example.com", "/v1/predict")
     assert deployer.plan(v2).changes == []
+
+
+def test_the_models_host_resolves_to_the_load_balancer(deployer: Deployer, environment: Environment) -> None:
+    """No record for <model>.ml.<domain> and no wildcard: the deploy makes the model's alias
+    record; a wildcard pointing at the load balancer is enough; one pointing elsewhere is an
+    error. (That the name resolves on the internet only a real account shows.)"""
+    import dataclasses
+
+    route53 = aws.client(environment, "route53")
+    zone = route53.create_hosted_zone(Name="example.com", CallerReference="ml-test")["HostedZone"]["Id"]
+    deployer.environment = dataclasses.replace(environment, hosted_zone=zone)
+    balancer = aws.client(environment, "elbv2").describe_load_balancers(
+        LoadBalancerArns=[load_balancer(environment)])["LoadBalancers"][0]
+
+    release = deployer.release("dns")
+    deployer.deploy(release)
+    records = {r["Name"]: r for r in route53.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]}
+    assert records["iris.ml.example.com."]["AliasTarget"]["DNSName"].rstrip(".") == balancer["DNSName"]
+    assert deployer.plan(release).changes == []
+
+    v2 = deployer.release("dns-2", version=2)
+    route53.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Changes": [
+        {"Action": "DELETE", "ResourceRecordSet": records["iris.ml.example.com."]},
+        {"Action": "UPSERT", "ResourceRecordSet": {"Name": "*.ml.example.com", "Type": "CNAME", "TTL": 60,
+                                                   "ResourceRecords": [{"Value": "elsewhere.example.net"}]}}]})
+    with pytest.raises(ConfigError, match=r"DNS record \*.ml.example.com in hosted zone .* points at "
+                                          r"elsewhere.example.net, not at the load balancer"):
+        deployer.plan(v2)

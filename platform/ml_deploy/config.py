@@ -70,6 +70,10 @@ class Environment:
     vpc: Optional[str] = field(default=None, metadata={"help": "VPC id of the load balancer's target groups."})
     listener: Optional[str] = field(default=None, metadata={
         "help": "ARN of the ALB listener serving *.ml.<domain>; each model version gets a rule on it."})
+    hosted_zone: Optional[str] = field(default=None, metadata={
+        "help": "Route 53 hosted zone id of `domain`. Set, a deploy checks that <model>.ml.<domain> "
+                "points at the listener's load balancer (the wildcard *.ml.<domain> record infra/ makes, "
+                "or the model's own) and creates the model's own alias record if neither exists."})
     execution_role: Optional[str] = field(default=None, metadata={
         "help": "ECS task execution role ARN (pulls the image, writes logs)."})
     task_role: Optional[str] = field(default=None, metadata={"help": "ECS task role ARN (optional)."})
