@@ -52,3 +52,15 @@ def test_experimental_deploy_runs_the_same_rollout() -> None:
         rule_runner.run_goal_rule(ExperimentalDeploy, global_args=repo_options(), args=["models/m:m"],
                                   env_inherit=ENV_INHERIT)
 
+
+
+def test_ci_credentials_reach_the_deploy_tools() -> None:
+    """Every AWS credential mechanism (ml_contract.aws_env, checked against botocore in
+    platform/ml_deploy/aws_test.py) is handed to the deploy tools' process."""
+    from ml_contract.aws_env import AWS_ENV
+    from ml_platform.deploy import _DEPLOY_ENV
+
+    assert set(AWS_ENV) <= set(_DEPLOY_ENV)
+    for name in ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CA_BUNDLE"):
+        assert name in _DEPLOY_ENV

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Mapping
 
+from ml_contract.aws_env import AWS_ENV, AWS_SECRET_ENV
 from ml_contract.package_layout import (
     IMAGE_LAYOUT,
     MODEL_PEX,
@@ -47,13 +48,9 @@ from pants.util.frozendict import FrozenDict
 from pants.util.logging import LogLevel
 
 # Registry credentials and AWS settings, passed through from the user's environment.
-REGISTRY_ENV = (
-    "ML_REGISTRY_USERNAME", "ML_REGISTRY_PASSWORD", "AWS_PROFILE", "AWS_REGION",
-    "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "SSL_CERT_FILE", "HOME",
-)
+REGISTRY_ENV = ("ML_REGISTRY_USERNAME", "ML_REGISTRY_PASSWORD", *AWS_ENV, "SSL_CERT_FILE", "HOME")
 # Of those, the secrets: no persistently cached process may have them in its environment.
-SECRET_ENV = ("ML_REGISTRY_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+SECRET_ENV = ("ML_REGISTRY_PASSWORD", *AWS_SECRET_ENV)
 _TOOL = "ml_image.model_image"
 _WHEEL_DIR = "__wheel"  # where a big dependency's wheel sits for its own layer's process
 
