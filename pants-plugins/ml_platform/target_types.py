@@ -49,8 +49,11 @@ from ml_contract.model_settings import (
     DEFAULT_TIMEOUT_SECONDS,
     DEFAULT_VERSION,
     GPU_COMPUTES,
+    LAMBDA_ENV_LIMIT_BYTES,
+    LAMBDA_INIT_LIMIT_SECONDS,
     LAMBDA_MAX_TIMEOUT_SECONDS,
     LAMBDA_MEMORY_RANGE_MIB,
+    LAMBDA_PLATFORM_ENV_BYTES,
     Compute,
     ModelSettings,
     SettingError,
@@ -289,14 +292,18 @@ class MLModelTimeoutField(IntField):
 
 class MLModelLoadTimeoutField(IntField):
     alias = "load_timeout"
-    default = DEFAULT_LOAD_TIMEOUT_SECONDS
+    default = None
     help = help_text(
-        """
+        f"""
         Seconds a new replica may take from its start until it is ready (its workers have
-        loaded the model), on a busy host: the image's pull does not count. Deploys wait this
+        loaded the model), on a busy host: the image's pull does not count. Defaults to
+        {DEFAULT_LOAD_TIMEOUT_SECONDS}; on `lambda` to the model's `timeout`. Deploys wait this
         long for it (`local`), and on `ecs` and `fargate` it is the service's health-check grace
         period, during which failed load-balancer checks do not stop the task. Raise it for a
-        model with big weights or a slow first import, e.g. the CUDA build of torch.
+        model with big weights or a slow first import, e.g. the CUDA build of torch. On
+        `lambda` it is at most `timeout`: Lambda gives a cold start
+        {LAMBDA_INIT_LIMIT_SECONDS} s to load, then retries the load within the first
+        request.
         """
     )
 
@@ -306,9 +313,12 @@ class MLModelLoadTimeoutField(IntField):
 class MLModelEnvField(DictStringToStringField):
     alias = "env"
     help = help_text(
-        """
+        f"""
         Environment variables set for the model's process, e.g.
-        `env={"OMP_NUM_THREADS": "1"}`. Never put secrets here: BUILD files live in git.
+        `env={{"OMP_NUM_THREADS": "1"}}`. Never put secrets here: BUILD files live in git. On
+        `lambda` Lambda's own names (AWS_REGION, _HANDLER, ...) are refused, and names and
+        values together must stay under {LAMBDA_ENV_LIMIT_BYTES - LAMBDA_PLATFORM_ENV_BYTES:,}
+        bytes (Lambda's {LAMBDA_ENV_LIMIT_BYTES:,}, less what the platform sets).
         """
     )
 

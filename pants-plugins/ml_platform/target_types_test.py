@@ -226,3 +226,10 @@ def test_workers_that_do_not_fit_memory_are_refused_with_the_numbers(rule_runner
 def test_workers_times_threads_may_not_oversubscribe_the_cpus(rule_runner: RuleRunner) -> None:
     assert_invalid(rule_runner, "entry_point='model.py:Model', cpu=2, threads=4", "`threads`",
                    "1 worker(s) x 4 thread(s) = 4 busy cores, but the model has 2 (cpu=2)")
+
+
+def test_lambdas_limits_are_said_when_the_build_file_is_read(rule_runner: RuleRunner) -> None:
+    assert_invalid(rule_runner, "entry_point='model.py:Model', compute='lambda', env={'AWS_REGION': 'x'}",
+                   "`env`", "which Lambda sets itself")
+    assert_invalid(rule_runner, "entry_point='model.py:Model', compute='lambda', timeout=20, load_timeout=60",
+                   "`load_timeout`", "retries the load within the first request's `timeout` (20 s)")

@@ -37,6 +37,21 @@ GPU_COMPUTES = frozenset({Compute.LOCAL, Compute.ECS, Compute.EC2})
 LAMBDA_MEMORY_RANGE_MIB = (128, 10240)
 LAMBDA_MAX_TIMEOUT_SECONDS = 900
 LAMBDA_MAX_PAYLOAD_BYTES = 6 * 2**20  # a synchronous invocation's request, and its response
+LAMBDA_ENV_LIMIT_BYTES = 4096  # a function's environment variables together, names and values
+# What a function's environment holds besides the model's `env`: the platform's own variables
+# (where models answer, streaming mode, where secrets are), kept free at BUILD time.
+LAMBDA_PLATFORM_ENV_BYTES = 1024
+# Lambda gives an execution environment's init (the model's load) this long; a longer one is
+# retried within the first request, under the function's timeout.
+LAMBDA_INIT_LIMIT_SECONDS = 10
+# Names Lambda sets itself and refuses in a function's environment.
+LAMBDA_RESERVED_ENV = (
+    "_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV",
+    "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_INITIALIZATION_TYPE", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR",
+)
 
 # Fargate task sizes: vCPU -> allowed memory (MiB). Fargate rejects every other pair.
 FARGATE_TASK_SIZES: Dict[float, Tuple[int, ...]] = {
@@ -72,6 +87,11 @@ SECRET_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 RESERVED_ENV_PREFIXES = ("ML_", "AWS_", "LAMBDA_")
 
 
+def env_bytes(env: Mapping[str, str]) -> int:
+    """What environment variables count against Lambda's limit: their names and values, in UTF-8."""
+    return sum(len(k.encode()) + len(v.encode()) for k, v in env.items())
+
+
 class SettingError(ValueError):
     """One setting is invalid for the model's compute; `setting` names it."""
 
@@ -105,7 +125,7 @@ class ModelSettings:
     memory: Optional[int] = None  # MiB; None: DEFAULT_MEMORY_MIB
     gpu: int = DEFAULT_GPU
     timeout: int = DEFAULT_TIMEOUT_SECONDS  # seconds per request
-    load_timeout: int = DEFAULT_LOAD_TIMEOUT_SECONDS  # seconds from start until ready
+    load_timeout: Optional[int] = None  # seconds from start until ready; None: effective_load_timeout
     env: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
     workers: Optional[int] = None  # model worker processes; None: from cpu and gpu
@@ -116,6 +136,15 @@ class ModelSettings:
     @property
     def effective_cpu(self) -> float:
         return DEFAULT_CPU if self.cpu is None else float(self.cpu)
+
+    @property
+    def effective_load_timeout(self) -> int:
+        """On Lambda a cold start loads within the first request (past init's 10 s): its timeout."""
+        if self.load_timeout is not None:
+            return self.load_timeout
+        if Compute(self.compute) == Compute.LAMBDA:
+            return self.timeout
+        return DEFAULT_LOAD_TIMEOUT_SECONDS
 
     @property
     def effective_memory(self) -> int:
@@ -163,6 +192,21 @@ class ModelSettings:
             if self.timeout > LAMBDA_MAX_TIMEOUT_SECONDS:
                 raise SettingError("timeout", f"is {self.timeout} s, but Lambda allows at most "
                                    f"{LAMBDA_MAX_TIMEOUT_SECONDS} s.")
+            if self.load_timeout is not None and self.load_timeout > max(self.timeout, LAMBDA_INIT_LIMIT_SECONDS):
+                raise SettingError("load_timeout", f"is {self.load_timeout} s, but Lambda gives a cold start "
+                                   f"{LAMBDA_INIT_LIMIT_SECONDS} s to load, then retries the load within the first "
+                                   f"request's `timeout` ({self.timeout} s): a load that long never finishes. Raise "
+                                   f"`timeout` to at least {self.load_timeout}, or deploy to fargate, ecs or ec2.")
+            reserved = sorted(set(self.env) & set(LAMBDA_RESERVED_ENV))
+            if reserved:
+                raise SettingError("env", f"sets {', '.join(reserved)}, which Lambda sets itself and refuses in a "
+                                   "function's environment. Rename them.")
+            size = env_bytes(self.env)
+            if size > LAMBDA_ENV_LIMIT_BYTES - LAMBDA_PLATFORM_ENV_BYTES:
+                raise SettingError("env", f"holds {size:,} bytes of names and values, but Lambda allows "
+                                   f"{LAMBDA_ENV_LIMIT_BYTES:,} for a function's whole environment and the platform "
+                                   f"keeps {LAMBDA_PLATFORM_ENV_BYTES:,} of them. Move big values into the "
+                                   "model's files (its artifacts), or into secrets.")
         for secret in self.secrets:
             if not SECRET_NAME.match(secret) or secret.startswith(RESERVED_ENV_PREFIXES):
                 raise SettingError("secrets", f"names {secret!r}: a secret is an environment variable, upper-case "

@@ -26,6 +26,13 @@ from ml_contract.model_settings import DEFAULT_CPU, ModelSettings, SettingError
         (dict(secrets=("api-key",)), "secrets", "upper-case letters, digits and _"),
         (dict(secrets=("AWS_SECRET_ACCESS_KEY",)), "secrets", "not starting with ML_, AWS_, LAMBDA_"),
         (dict(secrets=("KEY",), env={"KEY": "x"}), "secrets", "which `env` sets too"),
+        # Lambda's limits, said when the BUILD file is read rather than by AWS at deploy time.
+        (dict(compute="lambda", env={"AWS_REGION": "eu-west-1"}), "env", "AWS_REGION, which Lambda sets itself"),
+        (dict(compute="lambda", env={"_HANDLER": "x"}), "env", "which Lambda sets itself"),
+        (dict(compute="lambda", env={"PROMPT": "x" * 3100}), "env",
+         "holds 3,106 bytes of names and values, but Lambda allows 4,096"),
+        (dict(compute="lambda", timeout=30, load_timeout=120), "load_timeout",
+         "Lambda gives a cold start 10 s to load, then retries the load within the first request's `timeout` (30 s)"),
     ],
 )
 def test_each_compute_rule_names_the_setting(settings: dict, setting: str, fragment: str) -> None:
@@ -62,3 +69,10 @@ def test_workers_and_threads_come_from_the_declared_cpu_and_gpu(settings: dict, 
 def test_secrets_round_trip_through_json() -> None:
     settings = ModelSettings(name="m", secrets=("API_KEY", "DB_PASSWORD"))
     assert ModelSettings.from_json(settings.to_json()) == settings
+
+
+def test_the_load_timeout_on_lambda_is_the_requests_timeout() -> None:
+    assert ModelSettings(name="m", compute="lambda", timeout=45).effective_load_timeout == 45
+    assert ModelSettings(name="m", compute="lambda", timeout=5, load_timeout=10).effective_load_timeout == 10
+    assert ModelSettings(name="m", compute="ecs").effective_load_timeout == 180
+    ModelSettings(name="m", compute="lambda", env={"AWS_MAX_ATTEMPTS": "3", "PROMPT": "x" * 3000}).check()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from ml_contract.model_settings import ModelSettings
+from ml_contract.model_settings import LAMBDA_ENV_LIMIT_BYTES, ModelSettings, env_bytes
 from ml_contract.package_layout import LAMBDA_RESPONSE_STREAMING_ENV
 from ml_deploy import aws, ecr_repository, publish, secrets
 from ml_runtime.aws_secrets import SECRETS_ENV
@@ -133,6 +133,11 @@ def plan(release: Release, environment: Environment) -> Plan:
     state = read_state(lam, function)
     wanted = Settings(release.digest, release.settings.effective_memory, release.settings.timeout,
                       tuple(sorted(_function_env(release, environment, found).items())), environment.lambda_role or "")
+    size = env_bytes(dict(wanted.env))
+    if size > LAMBDA_ENV_LIMIT_BYTES:
+        raise ConfigError(f"{release.settings.address or release.name}: the function's environment is {size:,} bytes "
+                          f"(the model's env, its secrets' sources, the platform's variables), over Lambda's "
+                          f"{LAMBDA_ENV_LIMIT_BYTES:,}: shorten `env` or the secrets' sources")
     result = Plan(target=f"{release.name} v{release.version} -> lambda ({environment.name})",
                   digest=release.digest, serving=state.serving(), url=state.url)
     publish.plan_push(result, release, environment)

@@ -284,7 +284,7 @@ def _plan_task_definition(result: Plan, ecs: Any, release: Release, environment:
 def _grace(release: Release) -> int:
     """Models load before /v2/health/ready answers: failed load-balancer checks meanwhile must
     not stop the task."""
-    return release.settings.load_timeout
+    return release.settings.effective_load_timeout
 
 
 def placement(release: Release, environment: Environment) -> Dict[str, Any]:

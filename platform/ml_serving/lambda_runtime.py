@@ -25,6 +25,7 @@ from urllib.parse import urlencode, urlsplit
 
 import httptools
 
+from ml_contract.model_settings import LAMBDA_MAX_PAYLOAD_BYTES
 from ml_contract.package_layout import LAMBDA_RESPONSE_STREAMING_ENV
 from ml_http.server import Request, Response
 from ml_serving import streams
@@ -154,7 +155,22 @@ async def _invoke_next(app: "ModelApp", client: "_RuntimeClient") -> None:
         # response.
         response.body = b"".join([part async for part in response.stream])
         response.stream = None
-    await client.post(f"/invocation/{request_id}/response", to_lambda_response(response))
+    await client.post(f"/invocation/{request_id}/response", within_payload_limit(to_lambda_response(response), request))
+
+
+def within_payload_limit(result: dict[str, Any], request: Request) -> dict[str, Any]:
+    """`result`, or a 413 saying why if it is over Lambda's buffered response limit: Lambda would
+    refuse the post and the client would get a bare 502 with the reason only in the logs."""
+    size = len(json.dumps(result).encode())
+    if size <= LAMBDA_MAX_PAYLOAD_BYTES:
+        return result
+    request_id = request.headers["x-request-id"]
+    _log(logging.WARNING, "lambda_response_too_large", request_id=request_id, path=request.path, bytes=size)
+    return to_lambda_response(Response.json(413, {
+        "error": f"the response is {size:,} bytes, more than Lambda's {LAMBDA_MAX_PAYLOAD_BYTES:,}-byte limit "
+                 f"for a buffered response: ask for less (a smaller batch), or deploy with the environment's "
+                 f"function_url_invoke_mode RESPONSE_STREAM",
+        "request_id": request_id}, headers={"x-request-id": request_id}))
 
 
 async def _handle(app: "ModelApp", request: Request, deadline: Optional[float]) -> Response:

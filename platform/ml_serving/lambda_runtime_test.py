@@ -163,6 +163,8 @@ class EchoApp:
                     yield b'{"n":%d}\n' % n
 
             return Response(200, content_type="application/x-ndjson", stream=items())
+        if request.path == "/big":  # over Lambda's 6 MB buffered response
+            return Response.json(200, {"masks": "x" * (7 * 2**20)})
         return Response.json(200, {"method": request.method, "path": request.path},
                              headers={"x-request-id": request.headers["x-request-id"]})
 
@@ -273,3 +275,24 @@ def test_report_init_error(runtime_api: LambdaRuntimeApi) -> None:
         {"errorType": "ModelLoadError", "errorMessage": "no artifacts", "stackTrace": []},
     )
     assert runtime_api.init_error == post
+
+
+def test_a_response_over_lambdas_limit_is_a_413_that_says_why(runtime_api: LambdaRuntimeApi) -> None:
+    """Lambda refuses a buffered response over 6 MB (the stand-in too, as Lambda does): the client
+    would get a bare 502. The runtime answers 413 with the reason and what to do instead."""
+    runtime_api.put({**FUNCTION_URL_EVENT, "rawPath": "/big"}, "id-big")
+
+    async def scenario() -> list[tuple[str, Any, Any]]:
+        task = asyncio.ensure_future(lambda_runtime.run(EchoApp(), runtime_api.address))  # type: ignore[arg-type]
+        posts = await _posts(runtime_api, 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return posts
+
+    ((path, _, result),) = asyncio.run(scenario())
+    assert path == "/2018-06-01/runtime/invocation/id-big/response" and runtime_api.rejected == []
+    assert result["statusCode"] == 413
+    error = json.loads(result["body"])
+    assert "more than Lambda's 6,291,456-byte limit" in error["error"] and "RESPONSE_STREAM" in error["error"]
+    assert error["request_id"] == result["headers"]["x-request-id"]

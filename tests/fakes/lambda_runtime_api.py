@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
+from ml_contract.model_settings import LAMBDA_MAX_PAYLOAD_BYTES
+
 PREFIX = "/2018-06-01/runtime"
 DEFAULT_FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:test"
 
@@ -69,6 +71,7 @@ class LambdaRuntimeApi:
         self.deadline_seconds = deadline_seconds  # each invocation's deadline, from when /next hands it out
         self.chunked = chunked
         self.polls = 0  # GET /invocation/next requests received
+        self.rejected: List[str] = []  # request ids whose response was refused as too large
         self.drop_next = 0  # how many of the next /next polls to answer by closing the connection
         self.changed = threading.Condition()
         self.results: Dict[str, Post] = {}  # the latest post for each request id (or "init")
@@ -115,6 +118,10 @@ class LambdaRuntimeApi:
                     key, kind = "init", "error"
                 else:
                     return self._reply(404)
+                if kind == "response" and len(body) > LAMBDA_MAX_PAYLOAD_BYTES and not trailers and not chunk_times:
+                    # As Lambda: a buffered response over the limit is refused (the client gets a 502).
+                    api.rejected.append(key)
+                    return self._reply(413)
                 api._record(Post(self.path, key, kind, body, {k.lower(): v for k, v in self.headers.items()},
                                  chunk_times, trailers))
                 self._reply(202)

@@ -164,12 +164,12 @@ class ProcessBackend(Backend):
             return BackendFailed(f"{release.name} v{release.version} {release.short_digest} {why}; "
                                  f"the end of its log ({log}):\n{tail(log)}")
 
-        deadline = time.monotonic() + release.settings.load_timeout
+        deadline = time.monotonic() + release.settings.effective_load_timeout
         while not ready_file.exists():
             if process.poll() is not None:
                 raise fail(f"exited with code {process.returncode} before it was ready")
             if time.monotonic() > deadline:
-                raise fail(f"was not ready within {release.settings.load_timeout} s (its `load_timeout`)")
+                raise fail(f"was not ready within {release.settings.effective_load_timeout} s (its `load_timeout`)")
             time.sleep(0.02)
         backend = ready_file.read_text().strip().removeprefix("http://")
         ready_file.unlink()
@@ -265,12 +265,12 @@ class ContainerBackend(Backend):
             container.reload()
             return container.status not in ("exited", "dead")
 
-        if wait_for_200(f"http://127.0.0.1:{port}{READY_PATH}", release.settings.load_timeout, running, interval=0.05):
+        if wait_for_200(f"http://127.0.0.1:{port}{READY_PATH}", release.settings.effective_load_timeout, running, interval=0.05):
             return deployment
         logs = container.logs().decode(errors="replace")[-3000:]
         container.remove(force=True)
         raise BackendFailed(f"{release.name} v{release.version} {release.short_digest} (container {name}) was not "
-                            f"ready within {release.settings.load_timeout} s (its `load_timeout`) or exited; its log:\n{logs}")
+                            f"ready within {release.settings.effective_load_timeout} s (its `load_timeout`) or exited; its log:\n{logs}")
 
     def _container(self, deployment: Deployment) -> Any:
         """The deployment's container, or None if it is gone."""
