@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import shlex
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
@@ -30,7 +31,8 @@ from ml_deploy import alb, aws, ecr_repository, publish
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.ecs import log_group
 from ml_deploy.plan import CREATE, REPLACE, UNCHANGED, UPDATE, Plan
-from ml_contract.package_layout import CONTAINER_PORT
+from ml_contract.package_layout import CONTAINER_PORT, IMAGE_LAYOUT
+from ml_image.registry import read_layout
 
 from ml_deploy.release import Release
 
@@ -42,6 +44,11 @@ SERVING_STATES = ("pending", "running")
 WAIT_RUNNING = {"Delay": 5, "MaxAttempts": 120}
 WAIT_HEALTHY = {"Delay": 15, "MaxAttempts": 80}
 LAUNCH_TEMPLATE_ID, LAUNCH_TEMPLATE_VERSION = "launch_template_id", "launch_template_version"
+HOST_MEMORY_MIB = 512  # what the OS and the engine keep of an instance's memory
+ROOT_VOLUME_BASE_GIB = 20
+UNPACKED_PER_COMPRESSED = 3
+# run_instances errors that another subnet (another availability zone) may not have.
+CAPACITY_ERRORS = ("InsufficientInstanceCapacity", "Unsupported", "InsufficientFreeAddressesInSubnet")
 
 
 @dataclass
@@ -70,6 +77,7 @@ def plan(release: Release, environment: Environment) -> Plan:
                           "where instance metadata readers see them): use compute fargate, ecs or lambda")
     ec2 = aws.client(environment, "ec2")
     elb = aws.client(environment, "elbv2")
+    check_instance_type(ec2, release, environment)
     outputs: Dict[str, str] = {}
     result = Plan(target=f"{release.name} v{release.version} -> ec2 ({environment.name})", digest=release.digest,
                   serving="")
@@ -82,7 +90,7 @@ def plan(release: Release, environment: Environment) -> Plan:
     # The rule comes before the instance: the ALB health-checks only target groups it routes to,
     # and the instance step waits for that health check.
     alb.plan_listener_rule(result, release, environment, outputs)
-    data = launch_template_data(release, environment)
+    data = launch_template_data(release, environment, root_device(ec2, environment))
     spec = fingerprint(data)
     _plan_launch_template(result, ec2, release, data, spec, state, outputs)
     _plan_instance(result, ec2, elb, release, environment, spec, state, outputs)
@@ -97,12 +105,59 @@ def instance_tags(release: Release, spec: str) -> Dict[str, str]:
     return {"Name": release.resource_name, RESOURCE_TAG: release.resource_name, **release.labels(), SPEC_TAG: spec}
 
 
-def launch_template_data(release: Release, environment: Environment) -> Dict[str, Any]:
+def check_instance_type(ec2: Any, release: Release, environment: Environment) -> None:
+    """The environment's instance type must hold what the model declares (said before any change)."""
+    name = instance_type(release, environment)
+    setting = "gpu_instance_type" if release.settings.gpu else "instance_type"
+    try:
+        (found,) = ec2.describe_instance_types(InstanceTypes=[name])["InstanceTypes"]
+    except Exception as e:
+        if aws.error_code(e) == "InvalidInstanceType":
+            raise ConfigError(f"environment {environment.name!r}: `{setting}` {name} is no EC2 instance type in "
+                              f"{environment.region}") from e
+        raise
+    cpus = found["VCpuInfo"]["DefaultVCpus"]
+    memory = found["MemoryInfo"]["SizeInMiB"] - HOST_MEMORY_MIB
+    gpus = sum(g.get("Count", 0) for g in (found.get("GpuInfo") or {}).get("Gpus", []))
+    wanted = release.settings
+    short = [f"{what} {need:g} > {have:g}" for what, need, have in (
+        ("vCPUs", wanted.effective_cpu, cpus), ("MiB of memory", wanted.effective_memory, memory),
+        ("GPUs", wanted.gpu, gpus)) if need > have]
+    if short:
+        raise ConfigError(f"{wanted.address or release.name}: {name} (`{setting}` of environment "
+                          f"{environment.name!r}) is too small for the model: {', '.join(short)} (the host keeps "
+                          f"{HOST_MEMORY_MIB} MiB); choose a bigger `{setting}` or lower the model's cpu/memory/gpu")
+
+
+def root_device(ec2: Any, environment: Environment) -> str:
+    """The AMI's root device name (where the root volume's size is set); the AMI must exist."""
+    try:
+        (image,) = ec2.describe_images(ImageIds=[environment.ami])["Images"]
+    except Exception as e:
+        if aws.error_code(e) in ("InvalidAMIID.NotFound", "InvalidAMIID.Malformed"):
+            raise ConfigError(f"environment {environment.name!r}: `ami` {environment.ami} does not exist in "
+                              f"{environment.region}") from e
+        raise
+    return image.get("RootDeviceName") or "/dev/xvda"
+
+
+def root_volume_gib(release: Release) -> int:
+    """Room for the image unpacked (a few times its compressed size: multi-GB torch layers),
+    the engine's copy while it pulls, logs and the OS."""
+    manifest = json.loads(read_layout(release.package_dir / IMAGE_LAYOUT).manifest)
+    compressed = sum(layer.get("size", 0) for layer in manifest.get("layers", []))
+    return ROOT_VOLUME_BASE_GIB + math.ceil(UNPACKED_PER_COMPRESSED * compressed / 2**30)
+
+
+def launch_template_data(release: Release, environment: Environment, device: str = "/dev/xvda") -> Dict[str, Any]:
     """The launch template's data, without its tag specifications (they carry its fingerprint)."""
     data: Dict[str, Any] = {
         "ImageId": environment.ami,
         "InstanceType": instance_type(release, environment),
         "SecurityGroupIds": list(environment.security_groups),
+        "BlockDeviceMappings": [{"DeviceName": device, "Ebs": {
+            "VolumeSize": root_volume_gib(release), "VolumeType": "gp3", "Encrypted": True,
+            "DeleteOnTermination": True}}],
         "UserData": base64.b64encode(user_data(release, environment).encode()).decode("ascii"),
         # IMDSv2 only, and one hop: the host (engine, AWS CLI) reaches the instance role, the
         # model's container (one hop further, behind the engine's bridge) does not.
@@ -124,15 +179,27 @@ def user_data(release: Release, environment: Environment) -> str:
     q = shlex.quote
     image = release.image_uri(environment)
     region = environment.region or ""
-    gpu_docker = f"  gpus=(--gpus {release.settings.gpu})\n" if release.settings.gpu else ""
-    gpu_podman = "  gpus=(--device nvidia.com/gpu=all)\n" if release.settings.gpu else ""
+    # GPUs reach a container through the NVIDIA container toolkit: docker's runtime hook, podman's
+    # CDI spec. The driver and the toolkit come with the AMI (the ECS GPU-optimized and the Deep
+    # Learning AMIs have both); without them the model must not start on the CPU unnoticed.
+    gpu_check = ("for tool in nvidia-smi nvidia-ctk; do command -v \"$tool\" >/dev/null 2>&1 || "
+                 "{ echo \"ml-platform: $tool is missing: this GPU model needs an AMI with the NVIDIA driver and "
+                 "container toolkit (e.g. the ECS GPU-optimized AMI)\" >&2; exit 1; }; done\n"
+                 "nvidia-smi -L\n") if release.settings.gpu else ""
+    gpu_docker = (f"  nvidia-ctk runtime configure --runtime=docker && systemctl restart docker\n"
+                  f"  gpus=(--gpus {release.settings.gpu})\n") if release.settings.gpu else ""
+    gpu_podman = ("  nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml\n"
+                  "  gpus=(--device nvidia.com/gpu=all)\n") if release.settings.gpu else ""
     login = ""
     if ecr_repository.is_ecr(environment):
         registry = environment.registry or ""
         ecr_region = ecr_host_region(registry) or region
         # No password can go in user data (anyone allowed DescribeInstanceAttribute reads it):
         # the token comes from ECR through the instance role, valid for 12 hours.
-        login = (f"ecr_login() {{ aws ecr get-login-password --region {q(ecr_region)} | "
+        login = ("# The AWS CLI fetches the token: installed from the distribution if the AMI has none.\n"
+                 "command -v aws >/dev/null 2>&1 || dnf install -y awscli || yum install -y awscli || "
+                 "{ apt-get update && apt-get install -y awscli; }\n"
+                 f"ecr_login() {{ aws ecr get-login-password --region {q(ecr_region)} | "
                  f"\"$engine\" login --username AWS --password-stdin {q(registry)}; }}\n"
                  f"retry ecr_login\n")
     env_args = "".join(f" \\\n  -e {q(f'{k}={v}')}" for k, v in sorted(release.runtime_env(environment).items()))
@@ -144,7 +211,7 @@ set -euo pipefail
 image={q(image)}
 name={q(release.resource_name)}
 retry() {{ for attempt in 1 2 3 4 5 6 7 8 9; do "$@" && return 0; sleep 10; done; "$@"; }}
-if command -v docker >/dev/null 2>&1; then
+{gpu_check}if command -v docker >/dev/null 2>&1; then
   engine=docker
   systemctl enable --now docker || true
   logging=(--log-driver awslogs --log-opt awslogs-region={q(region)} --log-opt awslogs-group={q(log_group(release))} --log-opt {q(f"tag=v{release.version}/{{{{.ID}}}}")})
@@ -298,11 +365,25 @@ class _Replacer:
         template = {"LaunchTemplateId": self.outputs[LAUNCH_TEMPLATE_ID],
                     "Version": self.outputs[LAUNCH_TEMPLATE_VERSION]}
         tags = {**instance_tags(self.release, self.spec), "ml.launch-template-version": template["Version"]}
-        # The first subnet: one instance per version, so spreading over zones buys nothing.
-        instance = self.ec2.run_instances(
-            LaunchTemplate=template, MinCount=1, MaxCount=1, SubnetId=self.environment.subnets[0],
-            TagSpecifications=[{"ResourceType": "instance", "Tags": _aws_tags(tags)}])["Instances"][0]
-        return instance["InstanceId"]
+        # Each subnet in turn (another availability zone) while EC2 has no capacity for the type
+        # there; versions start at different subnets, so their instances spread over the zones.
+        subnets = list(self.environment.subnets)
+        start = int(hashlib.sha256(self.release.resource_name.encode()).hexdigest(), 16) % len(subnets)
+        refused = []
+        for subnet in subnets[start:] + subnets[:start]:
+            try:
+                instance = self.ec2.run_instances(
+                    LaunchTemplate=template, MinCount=1, MaxCount=1, SubnetId=subnet,
+                    TagSpecifications=[{"ResourceType": "instance", "Tags": _aws_tags(tags)}])["Instances"][0]
+            except Exception as e:
+                if aws.error_code(e) not in CAPACITY_ERRORS:
+                    raise
+                refused.append(f"{subnet}: {aws.error_code(e)}")
+                continue
+            return instance["InstanceId"]
+        raise RuntimeError(f"no subnet had capacity for {instance_type(self.release, self.environment)} "
+                           f"({'; '.join(refused)}): try again later, add subnets in other zones, or choose "
+                           f"another instance type")
 
     def wait(self, instance_id: str) -> None:
         from botocore.exceptions import WaiterError  # pants: no-infer-dep (botocore comes with boto3)

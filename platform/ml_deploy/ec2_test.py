@@ -87,7 +87,7 @@ def test_deploy_launches_a_tagged_instance_registered_in_the_target_group(
     assert instance["State"]["Name"] == "running"
     assert instance["InstanceType"] == environment.instance_type == "t3.medium"
     assert instance["ImageId"] == environment.ami
-    assert instance["SubnetId"] == environment.subnets[0]
+    assert instance["SubnetId"] in environment.subnets
     labels = tags(instance)
     assert {k: labels[k] for k in ("ml.model", "ml.version", "ml.digest")} == \
         {"ml.model": "iris", "ml.version": "1", "ml.digest": release.digest}
@@ -212,7 +212,7 @@ def test_user_data_pulls_by_digest_and_runs_the_image(tmp_path: Path, engine: st
                                  "gpu": 1, "env": {"GREETING": "it's $HOME"}}, package)
     bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
     bin_dir.mkdir()
-    for tool in (engine, "aws", "systemctl"):
+    for tool in (engine, "aws", "systemctl", "nvidia-smi", "nvidia-ctk"):
         (bin_dir / tool).write_text(f'#!/bin/sh\nprintf "%s\\n" "{tool} $*" >> {log}\n')
         (bin_dir / tool).chmod(0o755)
     script = tmp_path / "user-data.sh"
@@ -231,9 +231,85 @@ def test_user_data_pulls_by_digest_and_runs_the_image(tmp_path: Path, engine: st
     assert run.startswith(f"{engine} run -d --name ml-iris-v2 --restart=always -p 8080:8080 --memory 4096m --cpus 2 ")
     assert f"-e GREETING=it's $HOME -e ML_MODEL_URL=https://{{model}}.ml." in run  # one argument, not expanded
     assert run.endswith(f" {image}")
+    # The GPU's runtime is checked and wired before anything runs.
+    assert "nvidia-smi -L" in calls
+    if engine == "docker":
+        assert "nvidia-ctk runtime configure --runtime=docker" in calls
+    else:
+        assert "nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml" in calls
     if engine == "docker":
         assert "--log-driver awslogs" in run and "--gpus 1" in run
         assert "systemctl enable --now docker" in calls
     else:
         assert "--log-driver journald" in run and "--device nvidia.com/gpu=all" in run
         assert "systemctl enable podman-restart.service" in calls
+
+
+
+def test_a_gpu_model_on_an_ami_without_the_nvidia_toolkit_stops_saying_so(tmp_path: Path) -> None:
+    environment = Environment(name="prod", region="eu-west-1", registry="127.0.0.1:5000", ami="ami-1")
+    write_test_image(tmp_path / "image", b"gpu")
+    release = Release.from_spec({"name": "sam", "compute": "ec2", "gpu": 1, "cpu": 4, "memory": 16384}, tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("docker", "systemctl", "nvidia-smi"):  # no nvidia-ctk
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / tool).chmod(0o755)
+    script = tmp_path / "user-data.sh"
+    script.write_text(ec2.user_data(release, environment))
+    finished = subprocess.run([shutil.which("bash") or "/bin/bash", str(script)], env={"PATH": str(bin_dir)},
+                              capture_output=True, text=True, timeout=30)
+    assert finished.returncode == 1
+    assert "nvidia-ctk is missing: this GPU model needs an AMI with the NVIDIA driver and container toolkit" in \
+        finished.stderr
+
+
+def test_the_instance_type_must_hold_the_model(deployer: Deployer, environment: Environment) -> None:
+    """EC2's own catalogue (DescribeInstanceTypes) says what a type holds."""
+    with pytest.raises(ConfigError, match=r"t3.medium \(`instance_type` of environment 'test'\) is too small for "
+                                          r"the model: vCPUs 4 > 2, MiB of memory 8192 > 3584"):
+        deployer.plan(deployer.release("big", cpu=4, memory=8192))
+    with pytest.raises(ConfigError, match=r"g5.xlarge \(`gpu_instance_type` .*GPUs 4 > 1"):
+        deployer.plan(deployer.release("gpus", gpu=4))
+    with pytest.raises(ConfigError, match=r"`instance_type` t9.galactic is no EC2 instance type"):
+        ec2.plan(deployer.release("odd"), dataclasses.replace(environment, instance_type="t9.galactic"))
+    with pytest.raises(ConfigError, match=r"`ami` ami-00000000000000000 does not exist"):
+        ec2.plan(deployer.release("odd"), dataclasses.replace(environment, ami="ami-00000000000000000"))
+
+
+def test_the_root_volume_holds_the_unpacked_image(deployer: Deployer, environment: Environment) -> None:
+    release = deployer.release("disk")
+    deployer.deploy(release)
+    template = aws.client(environment, "ec2").describe_launch_template_versions(
+        LaunchTemplateName=release.resource_name, Versions=["$Default"])["LaunchTemplateVersions"][0]
+    (volume,) = template["LaunchTemplateData"]["BlockDeviceMappings"]
+    (ami,) = aws.client(environment, "ec2").describe_images(ImageIds=[environment.ami])["Images"]
+    assert volume["DeviceName"] == ami["RootDeviceName"]  # the AMI's root device
+    assert volume["Ebs"]["VolumeSize"] == ec2.root_volume_gib(release) >= ec2.ROOT_VOLUME_BASE_GIB + 1
+    assert volume["Ebs"]["Encrypted"] is True
+
+
+def test_a_zone_without_capacity_tries_the_next_subnet(deployer: Deployer, environment: Environment) -> None:
+    """InsufficientInstanceCapacity (a real account's answer; moto has capacity everywhere) in one
+    zone: the instance is launched in the environment's next subnet."""
+    from botocore.exceptions import ClientError  # pants: no-infer-dep
+
+    tried = []
+
+    def no_capacity(params: Dict[str, Any], **_: Any) -> None:
+        tried.append(params["SubnetId"])
+        if len(tried) == 1:
+            raise ClientError({"Error": {"Code": "InsufficientInstanceCapacity",
+                                         "Message": "We currently do not have sufficient g5.xlarge capacity"}},
+                              "RunInstances")
+
+    events = aws.session(environment).events
+    events.register("provide-client-params.ec2.RunInstances", no_capacity)
+    try:
+        release = deployer.release("crowded", gpu=1)
+        assert deployer.deploy(release)
+    finally:
+        events.unregister("provide-client-params.ec2.RunInstances", no_capacity)
+    (instance,) = instances(environment, release)
+    assert len(tried) == 2 and tried[0] != tried[1] and set(tried) == set(environment.subnets)
+    assert instance["SubnetId"] == tried[1]

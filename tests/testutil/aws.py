@@ -195,8 +195,6 @@ ECS_TRUST_POLICY = {
     "Statement": [{"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"},
                    "Action": "sts:AssumeRole"}],
 }
-# moto launches instances of any AMI id (listing its own images takes 1.6 s).
-TEST_AMI = "ami-0a1b2c3d4e5f60718"
 EC2_TRUST_POLICY = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
@@ -239,9 +237,12 @@ def with_load_balancer(environment, cluster: str = "ml-test", domain: str = "exa
     profile = iam.create_instance_profile(InstanceProfileName="ml-ec2")["InstanceProfile"]["Arn"]
     iam.add_role_to_instance_profile(InstanceProfileName="ml-ec2", RoleName="ml-ec2")
     cpu, gpu = (create_capacity_provider(session, name) for name in ("ml-cpu", "ml-gpu"))
+    # An AMI of the account (the driver reads its root device); moto boots nothing from it.
+    ami = ec2.register_image(Name="ml-test-gpu-ready", RootDeviceName="/dev/xvda", BlockDeviceMappings=[
+        {"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}])["ImageId"]
     return _dataclasses.replace(
         environment, domain=domain, cluster=cluster, vpc=vpc, subnets=subnets, security_groups=(group,),
-        listener=listener, execution_role=execution_role, instance_profile=profile, ami=TEST_AMI,
+        listener=listener, execution_role=execution_role, instance_profile=profile, ami=ami,
         capacity_provider=cpu, gpu_capacity_provider=gpu)
 
 
