@@ -216,16 +216,15 @@ def plan_dns_record(plan: Plan, release: Release, environment: Environment, elb:
     target = balancer["DNSName"].lower().rstrip(".")
     host = release.hostname(environment)
     wildcard = f"*.ml.{environment.domain}"
-    names = {f"{host}.", f"{wildcard}.", f"\\052.ml.{environment.domain}."}
     resource = f"DNS record {host}"
     pages = route53.get_paginator("list_resource_record_sets").paginate(HostedZoneId=environment.hosted_zone)
-    found = [r for page in pages for r in page["ResourceRecordSets"]
-             if r["Type"] in ("A", "AAAA", "CNAME") and r["Name"].lower() in names]
-    for record in found:
+    # Route 53 answers names with a final dot and `*` as \052.
+    named = [(r["Name"].replace("\\052", "*").rstrip(".").lower(), r) for page in pages for r in page["ResourceRecordSets"]]
+    found = [(n, r) for n, r in named if r["Type"] in ("A", "AAAA", "CNAME") and n in (host, wildcard)]
+    for name, record in sorted(found, key=lambda f: f[0] != host):  # the host's own record first
         points = ((record.get("AliasTarget") or {}).get("DNSName")
                   or next((v["Value"] for v in record.get("ResourceRecords", [])), ""))
         points = points.lower().rstrip(".").removeprefix("dualstack.")
-        name = record["Name"].replace("\\052", "*").rstrip(".")
         if points != target:
             raise ConfigError(f"environment {environment.name!r}: DNS record {name} in hosted zone "
                               f"{environment.hosted_zone} points at {points}, not at the load balancer of "
