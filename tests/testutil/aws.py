@@ -85,10 +85,10 @@ def aws_environ(moto: MotoServer) -> dict:
     return {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": moto.endpoint}
 
 
-def moto_server(workdir: Path) -> Iterator[MotoServer]:
+def moto_server(workdir: Path, pex: Optional[Path] = None) -> Iterator[MotoServer]:
     """For a pytest fixture: `yield from moto_server(tmp_path)`. Sets the AWS environment of
     this process for the duration."""
-    server = start_moto(workdir)
+    server = start_moto(workdir, pex)
     saved = {k: os.environ.get(k) for k in (*FAKE_CREDENTIALS, "AWS_ENDPOINT_URL")}
     os.environ.update(aws_environ(server))
     try:
