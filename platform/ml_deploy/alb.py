@@ -92,22 +92,26 @@ def tags(release: Release) -> List[Dict[str, str]]:
 
 def plan_target_group(plan: Plan, release: Release, environment: Environment, *, target_type: str,
                       outputs: Dict[str, str]) -> None:
-    """The version's target group (`ip` for awsvpc tasks, `instance` for EC2 instances); its ARN
-    goes to outputs[TARGET_GROUP_ARN], now if it exists, else when the step creates it."""
+    """The version's target group (`ip` for awsvpc tasks, `instance` for EC2 instances, `lambda`
+    for a function's alias); its ARN goes to outputs[TARGET_GROUP_ARN], now if it exists, else
+    when the step creates it."""
     elb = aws.client(environment, "elbv2")
     name = target_group_name(release)
     resource = f"target group {name}"
     current = _find_target_group(elb, name)
     if current is None:
         def create() -> None:
-            created = elb.create_target_group(
-                Name=name, Protocol="HTTP", Port=CONTAINER_PORT, VpcId=environment.vpc,
-                TargetType=target_type, Tags=tags(release), **HEALTH_CHECK)["TargetGroups"][0]
+            # A Lambda target has no port, VPC or health check (each check would be an invocation).
+            where = ({"HealthCheckEnabled": False} if target_type == "lambda" else
+                     {"Protocol": "HTTP", "Port": CONTAINER_PORT, "VpcId": environment.vpc, **HEALTH_CHECK})
+            created = elb.create_target_group(Name=name, TargetType=target_type, Tags=tags(release),
+                                              **where)["TargetGroups"][0]
             outputs[TARGET_GROUP_ARN] = created["TargetGroupArn"]
-            _set_deregistration_delay(elb, created["TargetGroupArn"], release)
+            if target_type != "lambda":
+                _set_deregistration_delay(elb, created["TargetGroupArn"], release)
 
-        plan.add(CREATE, resource, f"{target_type} targets on port {CONTAINER_PORT}, health check "
-                                   f"{READY_PATH}", create)
+        plan.add(CREATE, resource, "a Lambda function's alias" if target_type == "lambda" else
+                 f"{target_type} targets on port {CONTAINER_PORT}, health check {READY_PATH}", create)
         return
 
     arn = outputs[TARGET_GROUP_ARN] = current["TargetGroupArn"]
@@ -118,6 +122,9 @@ def plan_target_group(plan: Plan, release: Release, environment: Environment, *,
             f"on {release.compute} needs target type {target_type}: the version was deployed to another "
             f"compute before; delete its target group, listener rule and service or instance, or "
             f"deploy a new model version")
+    if target_type == "lambda":
+        plan.add(UNCHANGED, resource, "a Lambda function's alias")
+        return
     if current.get("VpcId") != environment.vpc:
         raise ConfigError(
             f"{resource} is in {current.get('VpcId')}, but environment {environment.name!r} sets vpc "

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ml_contract.model_settings import LAMBDA_ENV_LIMIT_BYTES, ModelSettings, env_bytes
 from ml_contract.package_layout import LAMBDA_RESPONSE_STREAMING_ENV
-from ml_deploy import aws, ecr_repository, publish, secrets
+from ml_deploy import alb, aws, ecr_repository, publish, secrets
 from ml_runtime.aws_secrets import SECRETS_ENV
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.plan import CREATE, DELETE, REPLACE, UNCHANGED, UPDATE, Plan
@@ -38,6 +38,7 @@ ALIAS = "live"
 PUBLIC_URL_STATEMENT = "FunctionURLAllowPublicAccess"
 PUBLIC_URL_INVOKE_STATEMENT = "FunctionURLAllowInvokeAction"
 PUBLIC_URL_STATEMENTS = (PUBLIC_URL_STATEMENT, PUBLIC_URL_INVOKE_STATEMENT)
+ALB_STATEMENT = "ml-load-balancer-invoke"  # lets the ALB's Lambda target group invoke the alias
 # Lambda's own limits, checked before anything is created so that the error names the model.
 MEMORY_RANGE = (128, 10240)  # MiB
 TIMEOUT_RANGE = (1, 900)  # seconds
@@ -104,6 +105,7 @@ class FunctionState:
     url_auth: str = ""
     url_invoke_mode: str = ""
     public_permission: List[str] = field(default_factory=list)  # the public URL statements present
+    statements: List[str] = field(default_factory=list)  # every statement id of the alias' policy
 
     @property
     def exists(self) -> bool:
@@ -145,6 +147,8 @@ def plan(release: Release, environment: Environment) -> Plan:
     aws.plan_log_group(result, environment, f"/aws/lambda/{function}")
     _plan_function_and_version(result, lam, release, environment, state, wanted)
     _plan_url(result, lam, function, environment, state)
+    if environment.listener:
+        _plan_load_balancer(result, lam, release, environment, state)
     return result
 
 
@@ -228,6 +232,7 @@ def read_state(lam: Any, function: str) -> FunctionState:
     else:
         present = {s.get("Sid") for s in policy.get("Statement", [])}
         state.public_permission = [sid for sid in PUBLIC_URL_STATEMENTS if sid in present]
+        state.statements = sorted(sid for sid in present if sid)
     return state
 
 
@@ -421,6 +426,49 @@ def _plan_url(result: Plan, lam: Any, function: str, environment: Environment, s
         result.add(UNCHANGED, permission)
     elif state.public_permission:
         result.add(DELETE, permission, f"the URL's AuthType is {auth} now", remove_public)
+
+
+def _plan_load_balancer(result: Plan, lam: Any, release: Release, environment: Environment,
+                        state: FunctionState) -> None:
+    """Under the namespace too, as every other compute: <model>.ml.<domain>/v<N>/... through the
+    environment's ALB listener, whose rules forward to a Lambda target group holding the alias
+    (alb.py; the runtime takes ALB events as it takes Function URL ones)."""
+    function = release.resource_name
+    outputs: Dict[str, str] = {}
+    alb.plan_target_group(result, release, environment, target_type="lambda", outputs=outputs)
+    elb = aws.client(environment, "elbv2")
+    registered = (_alias_arn(state) in _lambda_targets(elb, outputs[alb.TARGET_GROUP_ARN])
+                  if alb.TARGET_GROUP_ARN in outputs and state.arn else False)
+    permission = f"load balancer invoke permission of {function}:{ALIAS}"
+    if ALB_STATEMENT in state.statements:
+        result.add(UNCHANGED, permission)
+    else:
+        def allow() -> None:
+            lam.add_permission(FunctionName=function, Qualifier=ALIAS, StatementId=ALB_STATEMENT,
+                               Action="lambda:InvokeFunction", Principal="elasticloadbalancing.amazonaws.com",
+                               SourceArn=outputs[alb.TARGET_GROUP_ARN])
+
+        result.add(CREATE, permission, f"from target group {alb.target_group_name(release)}", allow)
+    target = f"target of {alb.target_group_name(release)}"
+    if registered:
+        result.add(UNCHANGED, target, f"alias {ALIAS}")
+    else:
+        def register() -> None:
+            arn = lam.get_alias(FunctionName=function, Name=ALIAS)["AliasArn"]
+            elb.register_targets(TargetGroupArn=outputs[alb.TARGET_GROUP_ARN], Targets=[{"Id": arn}])
+
+        result.add(CREATE, target, f"alias {function}:{ALIAS}", register)
+    url = result.url
+    alb.plan_listener_rule(result, release, environment, outputs)
+    result.url = url or result.url  # the Function URL stays the plan's URL where there is one
+
+
+def _alias_arn(state: FunctionState) -> str:
+    return f"{state.arn}:{ALIAS}"
+
+
+def _lambda_targets(elb: Any, group: str) -> List[str]:
+    return [h["Target"]["Id"] for h in elb.describe_target_health(TargetGroupArn=group)["TargetHealthDescriptions"]]
 
 
 def _settle(lam: Any, function: str, plan: Plan, environment: Environment, *, own_update: bool = True,

@@ -15,16 +15,18 @@ from typing import Any, Dict, List
 import pytest
 
 from ml_contract.package_layout import LAMBDA_RESPONSE_STREAMING_ENV
-from ml_deploy import aws, aws_lambda
+from ml_deploy import alb, aws, aws_lambda
 from ml_deploy.config import ConfigError, Environment
 from ml_deploy.conftest import Deployer
 from ml_deploy.plan import REPLACE, UNCHANGED, DeployFailed, execute
 from ml_deploy.release import Release
 from testutil.aws import (
     ECR_TOKEN_CREDENTIALS,
+    alb_route,
     create_lambda_role,
     mutating,
     record_api_calls,
+    with_load_balancer,
     write_test_image,
 )
 from ml_image.registry import Auth, RegistryClient
@@ -449,3 +451,28 @@ def test_a_registry_lambda_cannot_pull_from_fails_before_any_call(registry_host:
     release = Release.from_spec({"name": "m", "compute": "lambda"}, tmp_path)
     with pytest.raises(ConfigError, match=re.escape(error)):
         aws_lambda.plan(release, environment)
+
+
+def test_a_lambda_model_answers_under_the_namespace_through_the_load_balancer(
+        deployer: Deployer, environment: Environment) -> None:
+    """With the environment's listener, <model>.ml.<domain>/v<N>/... reaches the function as it
+    reaches every other compute: rules forward to a Lambda target group holding alias `live`.
+    (That the ALB invokes it only a real account shows: moto routes nothing, alb_route reads
+    the rules.)"""
+    deployer.environment = with_load_balancer(environment)
+    release = deployer.release("namespaced")
+    assert deployer.deploy(release)
+    function, elb = release.resource_name, aws.client(environment, "elbv2")
+    (group,) = elb.describe_target_groups(Names=[alb.target_group_name(release)])["TargetGroups"]
+    assert group["TargetType"] == "lambda"
+    alias = lambda_client(environment).get_alias(FunctionName=function, Name="live")["AliasArn"]
+    targets = [h["Target"]["Id"] for h in elb.describe_target_health(TargetGroupArn=group["TargetGroupArn"])["TargetHealthDescriptions"]]
+    assert targets == [alias]
+    statements = json.loads(lambda_client(environment).get_policy(FunctionName=function, Qualifier="live")["Policy"])["Statement"]
+    (invoke,) = [s for s in statements if s["Sid"] == "ml-load-balancer-invoke"]
+    assert invoke["Principal"] == {"Service": "elasticloadbalancing.amazonaws.com"}
+    host = release.hostname(deployer.environment)
+    session, listener = aws.session(environment), deployer.environment.listener
+    for path in ("/v1/predict", "/v2/models/x/versions/1/infer", "/v2/health/ready"):
+        assert alb_route(session, listener, host, path) == group["TargetGroupArn"], path
+    assert deployer.plan(release).changes == []

@@ -296,3 +296,16 @@ def test_a_response_over_lambdas_limit_is_a_413_that_says_why(runtime_api: Lambd
     error = json.loads(result["body"])
     assert "more than Lambda's 6,291,456-byte limit" in error["error"] and "RESPONSE_STREAM" in error["error"]
     assert error["request_id"] == result["headers"]["x-request-id"]
+
+
+def test_an_application_load_balancer_event() -> None:
+    """What an ALB's Lambda target group sends (models under <model>.ml.<domain> on lambda)."""
+    event = {"requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:eu-west-1:1:targetgroup/ml-iris-v1/x"}},
+             "httpMethod": "POST", "path": "/v1/predict", "queryStringParameters": {"explain": "1"},
+             "headers": {"host": "iris.ml.example.com", "content-type": "application/json"},
+             "body": "eyJhIjogMX0=", "isBase64Encoded": True}
+    request = lambda_runtime.event_to_request(event, "id-alb")
+    assert (request.method, request.path, request.body) == ("POST", "/v1/predict", b'{"a": 1}')
+    assert request.query == "explain=1" and request.headers["host"] == "iris.ml.example.com"
+    response = lambda_runtime.to_lambda_response(Response.json(200, {"ok": True}))
+    assert {"statusCode", "headers", "body", "isBase64Encoded"} <= set(response)  # what ALB requires
