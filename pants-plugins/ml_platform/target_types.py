@@ -248,6 +248,85 @@ class MLModelWorkersField(IntField):
     valid_numbers = ValidNumbers.positive_only
 
 
+class MLModelMinReplicasField(IntField):
+    alias = "min_replicas"
+    default = 1
+    help = help_text(
+        """
+        Tasks that always run, on `fargate` and `ecs` (each behind the load balancer); also
+        how many a new service starts with. At least 1: an ECS service at 0 tasks answers 503
+        until scaled out, which target tracking never does. For scale to zero use `lambda`
+        (a cold start then pays the model's load, `load_timeout`); GPU instances of `ecs` scale
+        to zero between models by themselves.
+        """
+    )
+
+
+class MLModelMaxReplicasField(IntField):
+    alias = "max_replicas"
+    default = None
+    help = help_text(
+        """
+        Most tasks autoscaling may run, on `fargate` and `ecs` (Application Auto Scaling, target
+        tracking on `target_requests` or `target_cpu`). Defaults to `min_replicas`: no
+        autoscaling. A GPU task each needs a GPU instance, which the GPU capacity provider starts
+        (minutes).
+        """
+    )
+
+
+class MLModelTargetRequestsField(IntField):
+    alias = "target_requests"
+    default = None
+    help = help_text(
+        """
+        Requests per replica per minute that autoscaling keeps (the load balancer's
+        RequestCountPerTarget): set one of this or `target_cpu` when `max_replicas` is above
+        `min_replicas`. Measure a replica's rate at an acceptable latency (bench/serving.py) and
+        take a margin below it.
+        """
+    )
+    valid_numbers = ValidNumbers.positive_only
+
+
+class MLModelTargetCpuField(IntField):
+    alias = "target_cpu"
+    default = None
+    help = help_text(
+        """
+        Average CPU percent of the service's tasks that autoscaling keeps (1-100); for models
+        whose load is CPU-bound. The alternative to `target_requests`.
+        """
+    )
+    valid_numbers = ValidNumbers.positive_only
+
+
+class MLModelReservedConcurrencyField(IntField):
+    alias = "reserved_concurrency"
+    default = None
+    help = help_text(
+        """
+        On `lambda`: the most execution environments the function may run at once, reserved for
+        it out of the account's concurrency (0 stops it). Unset: the account's shared pool. It
+        caps the model's cost and protects what it calls.
+        """
+    )
+
+
+class MLModelProvisionedConcurrencyField(IntField):
+    alias = "provisioned_concurrency"
+    default = None
+    help = help_text(
+        """
+        On `lambda`: execution environments kept initialised on alias `live` (the model loaded),
+        so that this many concurrent requests never meet a cold start; they are paid for while
+        idle. Unset: none, so the function scales to zero and a request after a quiet spell
+        pays the cold start (the image's start and the model's load).
+        """
+    )
+    valid_numbers = ValidNumbers.positive_only
+
+
 class MLModelThreadsField(IntField):
     alias = "threads"
     default = None
@@ -480,6 +559,12 @@ class MLModelTarget(Target):
         MLModelMemoryField,
         MLModelGpuField,
         MLModelWorkersField,
+        MLModelMinReplicasField,
+        MLModelMaxReplicasField,
+        MLModelTargetRequestsField,
+        MLModelTargetCpuField,
+        MLModelReservedConcurrencyField,
+        MLModelProvisionedConcurrencyField,
         MLModelThreadsField,
         MLModelWorkerMemoryField,
         MLModelLoadTimeoutField,
@@ -525,6 +610,12 @@ class MLModelTarget(Target):
             threads=self[MLModelThreadsField].value,
             worker_memory=self[MLModelWorkerMemoryField].value,
             secrets=tuple(self[MLModelSecretsField].value or ()),
+            min_replicas=self[MLModelMinReplicasField].value,
+            max_replicas=self[MLModelMaxReplicasField].value,
+            target_requests=self[MLModelTargetRequestsField].value,
+            target_cpu=self[MLModelTargetCpuField].value,
+            reserved_concurrency=self[MLModelReservedConcurrencyField].value,
+            provisioned_concurrency=self[MLModelProvisionedConcurrencyField].value,
         )
 
     def validate(self) -> None:

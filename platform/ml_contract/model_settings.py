@@ -92,6 +92,10 @@ def env_bytes(env: Mapping[str, str]) -> int:
     return sum(len(k.encode()) + len(v.encode()) for k, v in env.items())
 
 
+# Where replicas and their autoscaling apply (Application Auto Scaling on an ECS service).
+REPLICATED_COMPUTES = (Compute.FARGATE, Compute.ECS)
+
+
 class SettingError(ValueError):
     """One setting is invalid for the model's compute; `setting` names it."""
 
@@ -132,6 +136,17 @@ class ModelSettings:
     threads: Optional[int] = None  # math-library threads per worker; None: from cpu and workers
     worker_memory: Optional[int] = None  # MiB one loaded worker needs; checked against memory
     secrets: Tuple[str, ...] = ()  # environment variables each deploy environment supplies
+    # Scaling (SCALING_HELP): replicas on fargate/ecs, concurrency on lambda.
+    min_replicas: int = 1
+    max_replicas: Optional[int] = None  # None: min_replicas (no autoscaling)
+    target_requests: Optional[int] = None  # requests per replica per minute autoscaling keeps
+    target_cpu: Optional[int] = None  # average CPU percent autoscaling keeps
+    reserved_concurrency: Optional[int] = None
+    provisioned_concurrency: Optional[int] = None
+
+    @property
+    def effective_max_replicas(self) -> int:
+        return self.min_replicas if self.max_replicas is None else self.max_replicas
 
     @property
     def effective_cpu(self) -> float:
@@ -218,6 +233,7 @@ class ModelSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SettingError(name, f"is {value}; it must be at least 1 (or unset, to derive it).")
+        self._check_scaling(compute)
         if compute == Compute.LAMBDA and self.effective_workers > 1:
             raise SettingError("workers", f"is {self.workers}, but Lambda sends one request at a time to an "
                                "environment: more workers only cost memory. Remove `workers`.")
@@ -249,6 +265,44 @@ class ModelSettings:
         if Compute(self.compute) == Compute.LAMBDA:
             return f"Lambda's share for {self.effective_memory} MiB"
         return f"cpu={self.effective_cpu:g}"
+
+    def _check_scaling(self, compute: Compute) -> None:
+        replicas = self.min_replicas != 1 or self.max_replicas is not None
+        if replicas and compute not in REPLICATED_COMPUTES:
+            raise SettingError("min_replicas" if self.min_replicas != 1 else "max_replicas",
+                               f"applies to {' and '.join(c.value for c in REPLICATED_COMPUTES)} only, not "
+                               f"{compute.value}" + (" (Lambda scales by itself: set reserved_concurrency or "
+                                                      "provisioned_concurrency)" if compute == Compute.LAMBDA else "")
+                               + ". Remove it.")
+        if self.min_replicas < 1:
+            raise SettingError("min_replicas", f"is {self.min_replicas}: a service at 0 tasks answers 503 until it "
+                               "is scaled out again, which target tracking never does (no requests reach it, so "
+                               "there is no metric). For scale to zero use compute='lambda' (its cold start "
+                               "pays the model's load); GPU instances of ecs already scale to zero between models.")
+        if self.effective_max_replicas < self.min_replicas:
+            raise SettingError("max_replicas", f"is {self.max_replicas}, below min_replicas ({self.min_replicas}).")
+        targets = [n for n in ("target_requests", "target_cpu") if getattr(self, n) is not None]
+        if self.effective_max_replicas > self.min_replicas and len(targets) != 1:
+            raise SettingError("max_replicas", "scales between min_replicas and max_replicas on one target: set "
+                               "exactly one of `target_requests` (requests per replica per minute) or "
+                               "`target_cpu` (percent).")
+        if targets and self.effective_max_replicas == self.min_replicas:
+            raise SettingError(targets[0], "has nothing to scale: set max_replicas above min_replicas, or remove it.")
+        if self.target_cpu is not None and not 1 <= self.target_cpu <= 100:
+            raise SettingError("target_cpu", f"is {self.target_cpu}; it is a percentage, 1-100.")
+        if self.target_requests is not None and self.target_requests < 1:
+            raise SettingError("target_requests", f"is {self.target_requests}; it must be at least 1.")
+        for name in ("reserved_concurrency", "provisioned_concurrency"):
+            value = getattr(self, name)
+            if value is not None and compute != Compute.LAMBDA:
+                raise SettingError(name, f"applies to lambda only, not {compute.value}: use min_replicas and "
+                                   "max_replicas. Remove it.")
+            if value is not None and value < (0 if name == "reserved_concurrency" else 1):
+                raise SettingError(name, f"is {value}; it must be at least {0 if name == 'reserved_concurrency' else 1}.")
+        if (self.reserved_concurrency is not None and self.provisioned_concurrency is not None
+                and self.provisioned_concurrency > self.reserved_concurrency):
+            raise SettingError("provisioned_concurrency", f"is {self.provisioned_concurrency}, more than "
+                               f"reserved_concurrency ({self.reserved_concurrency}), which caps it.")
 
     def to_dict(self) -> Dict[str, Any]:
         return {**dataclasses.asdict(self), "env": dict(self.env), "secrets": list(self.secrets)}

@@ -26,6 +26,18 @@ from ml_contract.model_settings import DEFAULT_CPU, ModelSettings, SettingError
         (dict(secrets=("api-key",)), "secrets", "upper-case letters, digits and _"),
         (dict(secrets=("AWS_SECRET_ACCESS_KEY",)), "secrets", "not starting with ML_, AWS_, LAMBDA_"),
         (dict(secrets=("KEY",), env={"KEY": "x"}), "secrets", "which `env` sets too"),
+        # Scaling, declared per model.
+        (dict(compute="ec2", max_replicas=3), "max_replicas", "applies to fargate and ecs only, not ec2"),
+        (dict(compute="lambda", min_replicas=2), "min_replicas", "Lambda scales by itself"),
+        (dict(compute="fargate", min_replicas=0), "min_replicas", "For scale to zero use compute='lambda'"),
+        (dict(compute="ecs", min_replicas=3, max_replicas=2), "max_replicas", "below min_replicas (3)"),
+        (dict(compute="ecs", max_replicas=4), "max_replicas", "set exactly one of `target_requests`"),
+        (dict(compute="ecs", max_replicas=4, target_requests=100, target_cpu=50), "max_replicas", "exactly one"),
+        (dict(compute="ecs", target_cpu=50), "target_cpu", "has nothing to scale"),
+        (dict(compute="ecs", max_replicas=4, target_cpu=150), "target_cpu", "a percentage, 1-100"),
+        (dict(compute="fargate", reserved_concurrency=5), "reserved_concurrency", "applies to lambda only"),
+        (dict(compute="lambda", reserved_concurrency=2, provisioned_concurrency=3), "provisioned_concurrency",
+         "more than reserved_concurrency (2)"),
         # Lambda's limits, said when the BUILD file is read rather than by AWS at deploy time.
         (dict(compute="lambda", env={"AWS_REGION": "eu-west-1"}), "env", "AWS_REGION, which Lambda sets itself"),
         (dict(compute="lambda", env={"_HANDLER": "x"}), "env", "which Lambda sets itself"),

@@ -147,6 +147,7 @@ def plan(release: Release, environment: Environment) -> Plan:
     aws.plan_log_group(result, environment, f"/aws/lambda/{function}")
     _plan_function_and_version(result, lam, release, environment, state, wanted)
     _plan_url(result, lam, function, environment, state)
+    _plan_concurrency(result, lam, release, environment, state)
     if environment.listener:
         _plan_load_balancer(result, lam, release, environment, state)
     return result
@@ -426,6 +427,61 @@ def _plan_url(result: Plan, lam: Any, function: str, environment: Environment, s
         result.add(UNCHANGED, permission)
     elif state.public_permission:
         result.add(DELETE, permission, f"the URL's AuthType is {auth} now", remove_public)
+
+
+def _plan_concurrency(result: Plan, lam: Any, release: Release, environment: Environment,
+                      state: FunctionState) -> None:
+    """The model's reserved concurrency (the function's) and provisioned concurrency (alias
+    `live`'s: environments kept loaded, waited for until READY)."""
+    function, settings = release.resource_name, release.settings
+    reserved = (lam.get_function_concurrency(FunctionName=function).get("ReservedConcurrentExecutions")
+                if state.exists else None)
+    resource = f"reserved concurrency of {function}"
+    if reserved == settings.reserved_concurrency:
+        result.add(UNCHANGED, resource, str(reserved) if reserved is not None else "none (the account's pool)")
+    elif settings.reserved_concurrency is None:
+        result.add(DELETE, resource, f"{reserved} -> the account's pool",
+                   lambda: lam.delete_function_concurrency(FunctionName=function))
+    else:
+        wanted = settings.reserved_concurrency
+        result.add(CREATE if reserved is None else UPDATE, resource, f"{reserved} -> {wanted}" if reserved is not None
+                   else str(wanted), lambda: lam.put_function_concurrency(FunctionName=function,
+                                                                          ReservedConcurrentExecutions=wanted))
+    provisioned = None
+    if state.alias_version is not None:
+        try:
+            provisioned = lam.get_provisioned_concurrency_config(
+                FunctionName=function, Qualifier=ALIAS)["RequestedProvisionedConcurrentExecutions"]
+        except lam.exceptions.ProvisionedConcurrencyConfigNotFoundException:
+            pass
+    resource = f"provisioned concurrency of {function}:{ALIAS}"
+    wanted_provisioned = settings.provisioned_concurrency
+    if provisioned == wanted_provisioned:
+        result.add(UNCHANGED, resource, str(provisioned) if provisioned else "none (scales to zero)")
+        return
+    if wanted_provisioned is None:
+        result.add(DELETE, resource, f"{provisioned} -> none (scales to zero)",
+                   lambda: lam.delete_provisioned_concurrency_config(FunctionName=function, Qualifier=ALIAS))
+        return
+
+    def provision() -> str:
+        lam.put_provisioned_concurrency_config(FunctionName=function, Qualifier=ALIAS,
+                                               ProvisionedConcurrentExecutions=wanted_provisioned)
+
+        def read() -> Tuple[bool, str]:
+            config = lam.get_provisioned_concurrency_config(FunctionName=function, Qualifier=ALIAS)
+            if config["Status"] == "FAILED":
+                raise RuntimeError(f"provisioned concurrency of {function}:{ALIAS} FAILED: "
+                                   f"{config.get('StatusReason') or 'no reason given'}")
+            return config["Status"] == "READY", (f"{config['Status']}, {config.get('AvailableProvisionedConcurrentExecutions', 0)}"
+                                                 f" of {wanted_provisioned} environments loaded")
+
+        aws.wait_for(f"provisioned concurrency of {function}:{ALIAS}", read, environment, result.say)
+        return f"{wanted_provisioned} environments loaded"
+
+    result.add(CREATE if provisioned is None else UPDATE, resource,
+               f"{provisioned} -> {wanted_provisioned}" if provisioned else f"{wanted_provisioned} environments kept loaded",
+               provision)
 
 
 def _plan_load_balancer(result: Plan, lam: Any, release: Release, environment: Environment,

@@ -476,3 +476,26 @@ def test_a_lambda_model_answers_under_the_namespace_through_the_load_balancer(
     for path in ("/v1/predict", "/v2/models/x/versions/1/infer", "/v2/health/ready"):
         assert alb_route(session, listener, host, path) == group["TargetGroupArn"], path
     assert deployer.plan(release).changes == []
+
+
+def test_reserved_and_provisioned_concurrency(deployer: Deployer, environment: Environment,
+                                              strict_aws: StrictAws) -> None:
+    """Reserved concurrency on the function; provisioned on alias live, waited for until READY
+    (strict_aws plays that API: moto has none). Unset again, the function scales to zero."""
+    strict_aws.reads = 2
+    release = deployer.release("concurrent", reserved_concurrency=10, provisioned_concurrency=2)
+    assert deployer.deploy(release)
+    function, lam = release.resource_name, lambda_client(environment)
+    assert lam.get_function_concurrency(FunctionName=function)["ReservedConcurrentExecutions"] == 10
+    config = lam.get_provisioned_concurrency_config(FunctionName=function, Qualifier="live")
+    assert (config["RequestedProvisionedConcurrentExecutions"], config["Status"]) == (2, "READY")
+    assert f"provisioned concurrency of {function}:live: IN_PROGRESS, 0 of 2 environments loaded" in deployer.text
+    assert deployer.plan(release).changes == []
+
+    plain = deployer.release("concurrent")
+    plan = deployer.plan(plain)
+    assert sorted(s.resource for s in plan.changes) == [f"provisioned concurrency of {function}:live",
+                                                        f"reserved concurrency of {function}"]
+    execute(plan, say=lambda _: None)
+    with pytest.raises(lam.exceptions.ProvisionedConcurrencyConfigNotFoundException):
+        lam.get_provisioned_concurrency_config(FunctionName=function, Qualifier="live")

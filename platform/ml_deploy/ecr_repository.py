@@ -87,6 +87,12 @@ def plan_repository(plan: Plan, release: Release, environment: Environment, *, l
         todo.append(f"lifecycle: expire untagged images after {UNTAGGED_EXPIRY_DAYS} days")
 
     def settle() -> None:
+        if repository is None:
+            # The push creates it when it uploads; an image already in the registry is not pushed.
+            try:
+                ecr.create_repository(repositoryName=name, imageScanningConfiguration={"scanOnPush": True})
+            except ecr.exceptions.RepositoryAlreadyExistsException:
+                pass
         if not scanning:
             ecr.put_image_scanning_configuration(repositoryName=name,
                                                  imageScanningConfiguration={"scanOnPush": True})

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from ml_deploy import alb, aws, ecr_repository, publish, secrets
 from ml_deploy.config import ConfigError, Environment
-from ml_deploy.plan import CREATE, UNCHANGED, UPDATE, Plan
+from ml_deploy.plan import CREATE, DELETE, UNCHANGED, UPDATE, Plan
 from ml_contract.package_layout import CONTAINER_PORT
 
 from ml_deploy.release import Release
@@ -57,6 +57,11 @@ FARGATE_SIZES = {
     16384: tuple(range(32768, 122881, 8192)),
 }
 TASK_DEFINITION_ARN = "task_definition_arn"  # key of the outputs the steps share
+LOAD_BALANCER_ARN = "load_balancer_arn"
+SCALABLE_DIMENSION = "ecs:service:DesiredCount"
+SCALING_POLICY = "ml-target-tracking"
+# Scale out fast (a model's queue builds in seconds), in slowly (a new task takes minutes to load).
+SCALE_OUT_COOLDOWN, SCALE_IN_COOLDOWN = 60, 300
 
 
 def log_group(release: Release) -> str:
@@ -109,6 +114,7 @@ def plan(release: Release, environment: Environment) -> Plan:
     arns = secrets.aws_arns(found, lambda service: aws.client(environment, service))
     _plan_task_definition(result, ecs, release, environment, state, outputs, arns)
     _plan_service(result, ecs, release, environment, state, outputs)
+    _plan_scaling(result, release, environment, outputs)
     return result
 
 
@@ -328,14 +334,15 @@ def _plan_service(result: Plan, ecs: Any, release: Release, environment: Environ
         def create() -> str:
             created = ecs.create_service(
                 cluster=cluster, serviceName=name, taskDefinition=outputs[TASK_DEFINITION_ARN],
-                desiredCount=1, loadBalancers=load_balancers(), networkConfiguration=network,
+                desiredCount=release.settings.min_replicas, loadBalancers=load_balancers(), networkConfiguration=network,
                 deploymentConfiguration=deployment, healthCheckGracePeriodSeconds=_grace(release),
                 propagateTags="SERVICE", enableECSManagedTags=True,
                 tags=[{"key": k, "value": v} for k, v in release.labels().items()], **placed)["service"]
             return _await_rollout(result, ecs, release, environment, created, previous=None)
 
-        result.add(CREATE, resource, f"{_describe_placement(_placement_key(placed))}, 1 task, behind target "
-                                     f"group {alb.target_group_name(release)}", create)
+        result.add(CREATE, resource, f"{_describe_placement(_placement_key(placed))}, "
+                                     f"{release.settings.min_replicas} task(s), behind target group "
+                                     f"{alb.target_group_name(release)}", create)
         return
 
     now, wanted = _placement_key(service), _placement_key(placed)
@@ -366,6 +373,11 @@ def _plan_service(result: Plan, ecs: Any, release: Release, environment: Environ
     reported = service.get("deploymentConfiguration")
     if reported is not None and _deployment_key(reported) != _deployment_key(deployment):
         changes.append("deployment configuration")
+    # Autoscaling owns the count of an autoscaled service; a fixed one is the model's min_replicas.
+    fixed = release.settings.effective_max_replicas == release.settings.min_replicas
+    count_changed = fixed and service.get("desiredCount") not in (None, release.settings.min_replicas)
+    if count_changed:
+        changes.append(f"tasks {service.get('desiredCount')} -> {release.settings.min_replicas}")
     if not changes:
         result.add(UNCHANGED, resource, f"on {_revision(current_arn)}")
         return
@@ -377,6 +389,8 @@ def _plan_service(result: Plan, ecs: Any, release: Release, environment: Environ
             extra["loadBalancers"] = load_balancers()
         if network_changed:
             extra["networkConfiguration"] = network
+        if count_changed:
+            extra["desiredCount"] = release.settings.min_replicas
         if placement_changed:
             # From a launch type to a capacity provider strategy: ECS requires a new deployment.
             extra.update(placed, forceNewDeployment=True)
@@ -387,6 +401,89 @@ def _plan_service(result: Plan, ecs: Any, release: Release, environment: Environ
         return _await_rollout(result, ecs, release, environment, updated, previous=current_arn)
 
     result.add(UPDATE, resource, "; ".join(changes) + gap, update)
+
+
+def scaling_resource_id(release: Release, environment: Environment) -> str:
+    return f"service/{environment.cluster}/{release.resource_name}"
+
+
+def scaling_policy(release: Release, environment: Environment, outputs: Mapping[str, str]) -> Dict[str, Any]:
+    """The target tracking configuration of the model's `target_requests` or `target_cpu`."""
+    settings = release.settings
+    if settings.target_cpu is not None:
+        metric: Dict[str, Any] = {"PredefinedMetricType": "ECSServiceAverageCPUUtilization"}
+        value = float(settings.target_cpu)
+    else:
+        # ALB's label of the group: app/<balancer>/<id>/targetgroup/<group>/<id>.
+        balancer = outputs[LOAD_BALANCER_ARN].partition(":loadbalancer/")[2]
+        group = outputs[alb.TARGET_GROUP_ARN].rpartition(":")[2]
+        metric = {"PredefinedMetricType": "ALBRequestCountPerTarget", "ResourceLabel": f"{balancer}/{group}"}
+        value = float(settings.target_requests or 0)
+    return {"TargetValue": value, "PredefinedMetricSpecification": metric,
+            "ScaleOutCooldown": SCALE_OUT_COOLDOWN, "ScaleInCooldown": SCALE_IN_COOLDOWN}
+
+
+def _plan_scaling(result: Plan, release: Release, environment: Environment, outputs: Dict[str, str]) -> None:
+    """Application Auto Scaling of the service between min_replicas and max_replicas."""
+    scaling = aws.client(environment, "application-autoscaling")
+    resource_id = scaling_resource_id(release, environment)
+    resource = f"autoscaling of ECS service {release.resource_name}"
+    low, high = release.settings.min_replicas, release.settings.effective_max_replicas
+    targets = scaling.describe_scalable_targets(ServiceNamespace="ecs", ResourceIds=[resource_id],
+                                                ScalableDimension=SCALABLE_DIMENSION)["ScalableTargets"]
+    current = targets[0] if targets else None
+    if high == low:
+        if current is None:
+            result.add(UNCHANGED, resource, f"none: {low} task(s)")
+            return
+
+        def stop() -> None:
+            scaling.deregister_scalable_target(ServiceNamespace="ecs", ResourceId=resource_id,
+                                               ScalableDimension=SCALABLE_DIMENSION)
+
+        result.add(DELETE, resource, f"the model declares {low} task(s), no max_replicas", stop)
+        return
+    if settings_need_balancer(release):
+        elb = aws.client(environment, "elbv2")
+        outputs[LOAD_BALANCER_ARN] = elb.describe_listeners(
+            ListenerArns=[environment.listener])["Listeners"][0]["LoadBalancerArn"]
+    policies = scaling.describe_scaling_policies(ServiceNamespace="ecs", ResourceId=resource_id,
+                                                 PolicyNames=[SCALING_POLICY])["ScalingPolicies"] if current else []
+    now = (policies[0].get("TargetTrackingScalingPolicyConfiguration") if policies else None)
+    known = alb.TARGET_GROUP_ARN in outputs
+    wanted = scaling_policy(release, environment, outputs) if known else None
+    same_bounds = current is not None and (current["MinCapacity"], current["MaxCapacity"]) == (low, high)
+    if same_bounds and wanted is not None and _policy_key(now) == _policy_key(wanted):
+        result.add(UNCHANGED, resource, f"{low}-{high} tasks on {_describe_target(release)}")
+        return
+
+    def apply() -> str:
+        scaling.register_scalable_target(ServiceNamespace="ecs", ResourceId=resource_id,
+                                         ScalableDimension=SCALABLE_DIMENSION, MinCapacity=low, MaxCapacity=high)
+        scaling.put_scaling_policy(PolicyName=SCALING_POLICY, ServiceNamespace="ecs", ResourceId=resource_id,
+                                   ScalableDimension=SCALABLE_DIMENSION, PolicyType="TargetTrackingScaling",
+                                   TargetTrackingScalingPolicyConfiguration=scaling_policy(release, environment, outputs))
+        return f"{low}-{high} tasks"
+
+    result.add(CREATE if current is None else UPDATE, resource,
+               f"{low}-{high} tasks, target tracking on {_describe_target(release)}", apply)
+
+
+def settings_need_balancer(release: Release) -> bool:
+    return release.settings.target_requests is not None
+
+
+def _describe_target(release: Release) -> str:
+    if release.settings.target_cpu is not None:
+        return f"{release.settings.target_cpu}% CPU"
+    return f"{release.settings.target_requests} requests per task per minute"
+
+
+def _policy_key(config: Optional[Mapping[str, Any]]) -> Any:
+    if not config:
+        return None
+    metric = config.get("PredefinedMetricSpecification") or {}
+    return (float(config.get("TargetValue", 0)), metric.get("PredefinedMetricType"), metric.get("ResourceLabel"))
 
 
 def _await_rollout(plan: Plan, ecs: Any, release: Release, environment: Environment,

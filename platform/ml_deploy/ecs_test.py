@@ -76,7 +76,7 @@ def test_fargate_deploy_records_task_definition_service_and_load_balancer(
     plan = deployer.plan(release)
     assert plan.serving == "nothing (new service)"
     assert plan.url == "http://iris.ml.example.com/v1/"
-    assert [s.action for s in plan.steps] == [CREATE] * 10, [s.describe() for s in plan.steps]
+    assert [s.action for s in plan.steps] == [CREATE] * 10 + [UNCHANGED]  # no autoscaling: 1 task, [s.describe() for s in plan.steps]
     assert execute(plan, say=deployer.output.append)
     assert f"deployed {release.digest}: http://iris.ml.example.com/v1/" in deployer.text
 
@@ -272,12 +272,16 @@ def test_the_health_check_grace_is_the_models_load_timeout(deployer: Deployer, e
                 described.setdefault("healthCheckGracePeriodSeconds", 420)
 
     session.events.register("after-call.ecs", report_grace)
-    slower = deployer.release("slow", compute="ecs", gpu=1, cpu=4, memory=16384, load_timeout=600)
-    plan = deployer.plan(slower)
-    (step,) = [s for s in plan.steps if s.resource == "ECS service ml-iris-v1"]
-    assert step.action == UPDATE and "health-check grace 420 s -> 600 s" in step.detail
-    assert execute(plan, say=deployer.output.append)
-    assert sent == {"CreateService": 420, "UpdateService": 600}
+    try:
+        slower = deployer.release("slow", compute="ecs", gpu=1, cpu=4, memory=16384, load_timeout=600)
+        plan = deployer.plan(slower)
+        (step,) = [s for s in plan.steps if s.resource == "ECS service ml-iris-v1"]
+        assert step.action == UPDATE and "health-check grace 420 s -> 600 s" in step.detail
+        assert execute(plan, say=deployer.output.append)
+        assert sent == {"CreateService": 420, "UpdateService": 600}
+    finally:
+        session.events.unregister("after-call.ecs", report_grace)
+        session.events.unregister("before-parameter-build.ecs", record)
 
 
 def test_settings_are_checked_before_any_call(deployer: Deployer, environment: Environment) -> None:
@@ -384,3 +388,34 @@ def test_gpu_without_managed_scaling_replaces_the_task_in_place(deployer: Deploy
     plan = deployer.plan(deployer.release("fixed-2", compute="ecs", gpu=1, cpu=4, memory=16384))
     step = next(s for s in plan.steps if s.resource == "ECS service ml-iris-v1")
     assert "the old task stops before the new one starts" in step.detail
+
+
+def test_autoscaling_between_the_models_replicas_on_its_request_target(deployer: Deployer,
+                                                                       environment: Environment) -> None:
+    """Application Auto Scaling target tracking on the load balancer's requests per target.
+    (That tasks really come and go only a real account shows: moto records the policy.)"""
+    release = deployer.release("scaled", min_replicas=2, max_replicas=6, target_requests=600)
+    assert deployer.deploy(release)
+    assert service(environment, release)["desiredCount"] == 2
+    scaling = aws.client(environment, "application-autoscaling")
+    resource_id = f"service/{environment.cluster}/ml-iris-v1"
+    (target,) = scaling.describe_scalable_targets(ServiceNamespace="ecs", ResourceIds=[resource_id])["ScalableTargets"]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (2, 6)
+    (policy,) = scaling.describe_scaling_policies(ServiceNamespace="ecs", ResourceId=resource_id)["ScalingPolicies"]
+    config = policy["TargetTrackingScalingPolicyConfiguration"]
+    group = service(environment, release)["loadBalancers"][0]["targetGroupArn"]
+    assert config["TargetValue"] == 600.0
+    metric = config["PredefinedMetricSpecification"]
+    assert metric["PredefinedMetricType"] == "ALBRequestCountPerTarget"
+    assert metric["ResourceLabel"].startswith("app/ml/") and metric["ResourceLabel"].endswith(
+        "/" + group.rpartition(":")[2])
+    assert deployer.plan(release).changes == []
+
+    fixed = deployer.release("scaled", min_replicas=3)  # no max: autoscaling goes, 3 tasks stay
+    plan = deployer.plan(fixed)
+    assert {(s.action, s.resource, s.detail) for s in plan.changes} == {
+        ("update", "ECS service ml-iris-v1", "tasks 2 -> 3"),
+        ("delete", "autoscaling of ECS service ml-iris-v1", "the model declares 3 task(s), no max_replicas")}
+    execute(plan, say=lambda _: None)
+    assert service(environment, release)["desiredCount"] == 3
+    assert scaling.describe_scalable_targets(ServiceNamespace="ecs", ResourceIds=[resource_id])["ScalableTargets"] == []

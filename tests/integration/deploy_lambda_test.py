@@ -21,6 +21,7 @@ from ml_deploy.release import Release
 from testutil.aws import ECR_TOKEN_CREDENTIALS, REGION, MotoServer, create_lambda_role, moto_server
 from testutil.podman import podman_store
 from testutil.registry import REGISTRY_PACKAGES, require_tool, start_registry
+from testutil.strict_aws import StrictAws
 
 PACKAGE = Path("models.iris/iris")  # `pants package models/iris:iris`, put here by runtime_package_dependencies
 FLOWER = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -46,13 +47,18 @@ def test_deployed_iris_image_answers_a_function_url_request_as_lambda_runs_it(mo
     require_tool("docker-registry", REGISTRY_PACKAGES)
     username, password = ECR_TOKEN_CREDENTIALS
     with start_registry(tmp_path / "registry", username=username, password=password) as registry:
-        environment = Environment(name="integration", compute="lambda", region=REGION,
+        environment = Environment(name="integration", compute="lambda", region=REGION, poll_seconds=0.05,
                                   endpoint_url=moto.endpoint, registry=registry.host, registry_auth="ecr")
         environment = dataclasses.replace(environment, lambda_role=create_lambda_role(aws.session(environment)))
         release = Release.from_spec(SPEC, PACKAGE)
 
         output: list = []
-        assert execute(drivers.plan_deploy(release, environment), say=output.append), "\n".join(output)
+        # AWS's rules over moto's (testutil.strict_aws): Pending states, ECR pull rights, ...
+        strict = StrictAws(aws.session(environment)).install()
+        try:
+            assert execute(drivers.plan_deploy(release, environment), say=output.append), "\n".join(output)
+        finally:
+            strict.uninstall()
         lam = aws.client(environment, "lambda")
         live = lam.get_function(FunctionName="ml-iris-v1", Qualifier="live")
         image_uri = live["Code"]["ImageUri"]

@@ -122,6 +122,7 @@ class StrictAws:
     _fail_create: Dict[str, str] = field(default_factory=dict)
     _revisions: Dict[str, str] = field(default_factory=dict)
     _rollouts: Dict[str, Rollout] = field(default_factory=dict)
+    _provisioned_configs: Dict[str, Tuple[int, _Countdown]] = field(default_factory=dict)
     _strategies: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     _handlers: List[Tuple[str, Callable[..., Any]]] = field(default_factory=list)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
@@ -155,6 +156,9 @@ class StrictAws:
             ("after-call.lambda.CreateAlias", self._alias_changed),
             ("after-call.lambda.UpdateAlias", self._alias_changed),
             ("after-call.lambda.GetAlias", self._alias_read),
+            ("before-call.lambda.PutProvisionedConcurrencyConfig", self._provision),
+            ("before-call.lambda.GetProvisionedConcurrencyConfig", self._provisioned),
+            ("before-call.lambda.DeleteProvisionedConcurrencyConfig", self._unprovision),
             ("before-call.ecs.CreateService", self._ecs_capacity),
             ("before-call.ecs.UpdateService", self._ecs_capacity),
             ("after-call.ecs.CreateService", self._ecs_rollout_started),
@@ -343,6 +347,28 @@ class StrictAws:
     def _alias_read(self, params: Dict[str, Any], parsed: Dict[str, Any], **_: Any) -> None:
         if "Error" not in parsed:
             parsed["RevisionId"] = self._revisions.setdefault(self._alias_key(params), str(uuid.uuid4()))
+
+    # Provisioned concurrency (moto has none): IN_PROGRESS for `reads` reads, then READY.
+    def _provision(self, params: Dict[str, Any], **_: Any) -> Any:
+        key = self._alias_key({**params, "Name": params.get("Qualifier")})
+        count = int(params["ProvisionedConcurrentExecutions"])
+        self._provisioned_configs[key] = (count, _Countdown("IN_PROGRESS", self.reads, "READY"))
+        return _ok({"RequestedProvisionedConcurrentExecutions": count, "Status": "IN_PROGRESS"})
+
+    def _provisioned(self, params: Dict[str, Any], **_: Any) -> Any:
+        key = self._alias_key({**params, "Name": params.get("Qualifier")})
+        if key not in self._provisioned_configs:
+            return _error("ProvisionedConcurrencyConfigNotFoundException",
+                          "No Provisioned Concurrency Config found for this function", 404)
+        count, status = self._provisioned_configs[key]
+        state = status.read()
+        return _ok({"RequestedProvisionedConcurrentExecutions": count, "Status": state,
+                    "AvailableProvisionedConcurrentExecutions": count if state == "READY" else 0,
+                    "AllocatedProvisionedConcurrentExecutions": count if state == "READY" else 0})
+
+    def _unprovision(self, params: Dict[str, Any], **_: Any) -> Any:
+        self._provisioned_configs.pop(self._alias_key({**params, "Name": params.get("Qualifier")}), None)
+        return _Response(204), {"ResponseMetadata": {"HTTPStatusCode": 204}}
 
     # -- ECS ------------------------------------------------------------------------------------
 
