@@ -92,7 +92,7 @@ def create_stack(environment: Environment) -> Dict[str, Any]:
     parameters = {"EnvironmentName": "prod", "Domain": "example.com", "HostedZoneId": zone.split("/")[-1],
                   "EcsAmi": "/ml-test/ami", "EcsGpuAmi": "/ml-test/ami", "CertificateArn": certificate,
                   "CiRoleTrust": "arn:aws:iam::123456789012:role/ci"}
-    cloudformation.create_stack(StackName="ml-prod", TemplateBody=TEMPLATE.read_text(), Capabilities=["CAPABILITY_IAM"],
+    cloudformation.create_stack(StackName="ml-prod", TemplateBody=TEMPLATE.read_text(), Capabilities=["CAPABILITY_NAMED_IAM"],
                                 Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()])
     (stack,) = cloudformation.describe_stacks(StackName="ml-prod")["Stacks"]
     return stack
@@ -132,6 +132,10 @@ def test_the_stack_creates_on_moto_and_its_outputs_are_a_deploy_environment(
     records = session.client("route53").list_resource_record_sets(HostedZoneId=environment.hosted_zone)
     names = {r["Name"].replace("\\052", "*").rstrip(".") for r in records["ResourceRecordSets"]}
     assert "*.ml.example.com" in names and "iris.ml.example.com" not in names, names  # the wildcard serves
+    # The names platform/deploy.yaml's sections use.
+    assert environment.execution_role.endswith(":role/ml-prod-ecs-execution")
+    assert environment.lambda_role.endswith(":role/ml-prod-lambda")
+    assert environment.instance_profile.endswith(":instance-profile/ml-prod-ec2")
     roles = session.client("iam").list_roles()["Roles"]
     deployer_role = next(r for r in roles if "DeployerRole" in r["RoleName"])
     assert json.dumps(deployer_role["AssumeRolePolicyDocument"]).count("arn:aws:iam::123456789012:role/ci") == 1

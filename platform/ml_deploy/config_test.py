@@ -18,7 +18,7 @@ def test_the_repos_environments_file_parses() -> None:
     assert prod.registry == "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
     assert prod.subnets == ("subnet-a", "subnet-b")
     assert (prod.domain, prod.cluster) == ("example.com", "ml-prod")  # prod overrides the shared dev values
-    assert prod.lambda_role == "arn:aws:iam::123456789012:role/ml-lambda"
+    assert prod.lambda_role == "arn:aws:iam::123456789012:role/ml-prod-lambda"
 
 
 def test_variables_expand_with_defaults_and_fail_naming_the_key_when_unset() -> None:
