@@ -74,7 +74,7 @@ def main() -> None:
                 environment = dataclasses.replace(environment, lambda_role=create_lambda_role(aws.session(environment)))
                 strict = StrictAws(aws.session(environment), reads=args.reads).install()
                 try:
-                    print(f"| compute | deploy | API calls | of them changing | wall, waiting |")
+                    print("| compute | deploy | API calls | of them changing | wall, waiting |")
                     print("| --- | --- | ---: | ---: | --- |")
                     for name, settings in MODELS.items():
                         for label, calls, changing, waited in measure(root, environment, strict, name, settings):
