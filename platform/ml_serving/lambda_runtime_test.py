@@ -183,6 +183,19 @@ async def _posts(api: LambdaRuntimeApi, count: int) -> list[tuple[str, Any, Any]
     return [(post.path, post.error_type, post.payload) for post in posts]
 
 
+def _answered(api: LambdaRuntimeApi, count: int) -> list[tuple[str, Any, Any]]:
+    """The runtime loop over EchoApp until it has posted `count` results; those posts."""
+    async def scenario() -> list[tuple[str, Any, Any]]:
+        task = asyncio.ensure_future(lambda_runtime.run(EchoApp(), api.address))  # type: ignore[arg-type]
+        posts = await _posts(api, count)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return posts
+
+    return asyncio.run(scenario())
+
+
 def test_run_answers_events_and_survives_bad_ones(runtime_api: LambdaRuntimeApi, monkeypatch) -> None:
     monkeypatch.setattr(lambda_runtime, "DEADLINE_MARGIN", 0.0)
     runtime_api.drop_next = 1  # a broken connection is retried, not fatal
@@ -221,16 +234,7 @@ def test_run_answers_events_and_survives_bad_ones(runtime_api: LambdaRuntimeApi,
 
 def test_a_stream_is_answered_whole_in_buffered_mode(runtime_api: LambdaRuntimeApi) -> None:
     runtime_api.put({**FUNCTION_URL_EVENT, "rawPath": "/stream"}, "id-s")
-
-    async def scenario() -> list[tuple[str, Any, Any]]:
-        task = asyncio.ensure_future(lambda_runtime.run(EchoApp(), runtime_api.address))  # type: ignore[arg-type]
-        posts = await _posts(runtime_api, 1)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return posts
-
-    ((path, _, result),) = asyncio.run(scenario())
+    ((path, _, result),) = _answered(runtime_api, 1)
     assert path == "/2018-06-01/runtime/invocation/id-s/response"
     assert result["statusCode"] == 200 and result["body"] == '{"n":0}\n{"n":1}\n{"n":2}\n'
 
@@ -281,16 +285,7 @@ def test_a_response_over_lambdas_limit_is_a_413_that_says_why(runtime_api: Lambd
     """Lambda refuses a buffered response over 6 MB (the stand-in too, as Lambda does): the client
     would get a bare 502. The runtime answers 413 with the reason and what to do instead."""
     runtime_api.put({**FUNCTION_URL_EVENT, "rawPath": "/big"}, "id-big")
-
-    async def scenario() -> list[tuple[str, Any, Any]]:
-        task = asyncio.ensure_future(lambda_runtime.run(EchoApp(), runtime_api.address))  # type: ignore[arg-type]
-        posts = await _posts(runtime_api, 1)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return posts
-
-    ((path, _, result),) = asyncio.run(scenario())
+    ((path, _, result),) = _answered(runtime_api, 1)
     assert path == "/2018-06-01/runtime/invocation/id-big/response" and runtime_api.rejected == []
     assert result["statusCode"] == 413
     error = json.loads(result["body"])

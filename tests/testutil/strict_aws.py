@@ -12,7 +12,8 @@ session the drivers use, the moto server underneath unchanged) makes it so:
   RevisionId, and a call passing a stale RevisionId raises PreconditionFailedException. A
   function can be made `Failed` (its creation failed, e.g. the image could not be pulled).
   CreateFunction and UpdateFunctionCode refuse an image whose ECR repository policy does not let
-  lambda.amazonaws.com pull it.
+  lambda.amazonaws.com pull it. Provisioned concurrency (which moto lacks) is kept per alias,
+  IN_PROGRESS for `reads` reads, then READY.
 - ECS: each CreateService/UpdateService starts a deployment whose `rolloutState` walks from
   `IN_PROGRESS` to `COMPLETED` over `reads` DescribeServices, or to `FAILED` (the circuit
   breaker: the service goes back to its previous task definition, a stopped task says why), or
