@@ -2,6 +2,7 @@
 
     python -m ml_deploy deploy   --config platform/deploy.yaml --env dev --spec release.json --package DIR [--gateway-pex gateway.pex] [--dry-run]
     python -m ml_deploy rollback --config platform/deploy.yaml --env dev --model iris --model-version 1 --compute lambda [--dry-run]
+    python -m ml_deploy retire   --config platform/deploy.yaml --env prod --model iris --model-version 1 --compute fargate [--dry-run] [--force]
     python -m ml_deploy status   --config platform/deploy.yaml --env local
     python -m ml_deploy stop     --config platform/deploy.yaml --env local [--model iris]
 """
@@ -28,6 +29,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     commands = {
         "deploy": "deploy one packaged model version",
         "rollback": "serve the version that was live before the last deploy",
+        "retire": "remove a model version from AWS once nothing routes to it",
         "status": "what runs locally (local environments)",
         "stop": "stop local deployments and the gateway (local environments)",
     }
@@ -42,12 +44,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parsers["deploy"].add_argument("--gateway-pex", type=Path,
                                    help="local environments: the gateway to start if none runs "
                                         "(`pants deploy` passes //platform:gateway)")
-    for name in ("deploy", "rollback"):
+    for name in ("deploy", "rollback", "retire"):
         parsers[name].add_argument("--dry-run", action="store_true",
                                    help="print the plan; make no changes")
-    parsers["rollback"].add_argument("--model", required=True)
-    parsers["rollback"].add_argument("--model-version", type=int, required=True)
-    parsers["rollback"].add_argument("--compute", choices=config.COMPUTE_TYPES, required=True)
+    for name in ("rollback", "retire"):
+        parsers[name].add_argument("--model", required=True, help="the model's name")
+        parsers[name].add_argument("--model-version", type=int, required=True, help="its version")
+        parsers[name].add_argument("--compute", choices=config.COMPUTE_TYPES, required=True,
+                                   help="the compute it was deployed to")
+    parsers["retire"].add_argument("--force", action="store_true",
+                                   help="retire it even though it served requests in the last hour")
     parsers["stop"].add_argument("--model", help="only this model (all versions)")
     args = parser.parse_args(argv)
 
@@ -56,6 +62,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "deploy":
             release = Release.from_files(args.spec, args.package)
             execute(drivers.plan_deploy(release, environment, args.gateway_pex), dry_run=args.dry_run, say=_say)
+        elif args.command == "retire":
+            from ml_deploy.retire import plan_retire
+
+            plan = plan_retire(args.model, args.model_version, args.compute, environment, force=args.force)
+            execute(plan, dry_run=args.dry_run, say=_say)
         elif args.command == "rollback":
             compute = environment.compute or args.compute
             module = drivers.driver(compute)

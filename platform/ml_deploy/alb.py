@@ -23,13 +23,14 @@ listener's certificates must cover <model>.ml.<domain> (`*.example.com` does not
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ml_deploy import aws
 from ml_deploy.config import ConfigError, Environment
-from ml_deploy.plan import CREATE, UNCHANGED, UPDATE, Plan
+from ml_deploy.plan import CREATE, DELETE, UNCHANGED, UPDATE, Plan
 from ml_contract.package_layout import CONTAINER_PORT, READY_PATH
 
 from ml_deploy.release import Release
@@ -401,3 +402,64 @@ def _set_deregistration_delay(elb: Any, arn: str, release: Release) -> None:
     seconds = max(5, min(3600, release.settings.timeout + 5))
     elb.modify_target_group_attributes(TargetGroupArn=arn, Attributes=[
         {"Key": "deregistration_delay.timeout_seconds", "Value": str(seconds)}])
+
+
+# -- retiring a version (ml_deploy.retire) ------------------------------------------------------
+
+def recent_requests(environment: Environment, group_arn: str, balancer_arn: str, minutes: int) -> int:
+    """Requests the load balancer sent the target group in the last `minutes` (CloudWatch)."""
+    import datetime
+
+    cloudwatch = aws.client(environment, "cloudwatch")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    stats = cloudwatch.get_metric_statistics(
+        Namespace="AWS/ApplicationELB", MetricName="RequestCount", Statistics=["Sum"], Period=60 * minutes,
+        StartTime=now - datetime.timedelta(minutes=minutes), EndTime=now,
+        Dimensions=[{"Name": "TargetGroup", "Value": group_arn.rpartition(":")[2]},
+                    {"Name": "LoadBalancer", "Value": balancer_arn.partition(":loadbalancer/")[2]}])
+    return int(sum(point.get("Sum", 0) for point in stats.get("Datapoints", [])))
+
+
+def plan_retire_routes(plan: Plan, release: Release, environment: Environment, *, force: bool,
+                       quiet_minutes: int) -> Optional[str]:
+    """Take the version out of the listener: its rules go, the rule of OIP's unversioned paths
+    moves to the highest version left. Refused while the version's target group served requests
+    in the last `quiet_minutes` (clients still call it), unless `force`. The group's ARN, if any."""
+    elb = aws.client(environment, "elbv2")
+    group = _find_target_group(elb, target_group_name(release))
+    rules = list(_rules(elb, environment.listener))
+    arn = group["TargetGroupArn"] if group else None
+    if arn and not force:
+        listener = _describe_listener(elb, environment)
+        served = recent_requests(environment, arn, listener["LoadBalancerArn"], quiet_minutes)
+        if served:
+            raise ConfigError(f"{release.name} v{release.version} in environment {environment.name!r} served "
+                              f"{served} requests in the last {quiet_minutes} minutes: its clients still call "
+                              f"it. Move them to another version first, or retire it anyway with --force")
+    for kind in (VERSION, OIP_VERSION):
+        rule = next((r for r in rules if _same_conditions(r.get("Conditions", []), conditions(release, environment, kind))), None)
+        if rule is not None:
+            plan.add(DELETE, f"listener rule {release.hostname(environment)} {', '.join(rule_paths(release, kind))}",
+                     f"priority {rule['Priority']}", lambda rule=rule: elb.delete_rule(RuleArn=rule["RuleArn"]))
+    latest = next((r for r in rules if _same_conditions(r.get("Conditions", []), conditions(release, environment, OIP_LATEST))), None)
+    if latest is not None and arn and _forwards_to(latest) == [arn]:
+        others = sorted(v for v in _versions_routed(rules, release, environment) if v != release.version)
+        if others:
+            successor = dataclasses.replace(release, settings=dataclasses.replace(release.settings, version=others[-1]))
+            successor_group = _find_target_group(elb, target_group_name(successor))
+            if successor_group:
+                plan.add(UPDATE, f"listener rule {release.hostname(environment)} {', '.join(OIP_UNVERSIONED_PATHS)}",
+                         f"forward to version {others[-1]} (the highest left)",
+                         lambda: elb.modify_rule(RuleArn=latest["RuleArn"],
+                                                 Actions=_forward(successor_group["TargetGroupArn"])))
+        else:
+            plan.add(DELETE, f"listener rule {release.hostname(environment)} {', '.join(OIP_UNVERSIONED_PATHS)}",
+                     "no version of the model is left", lambda: elb.delete_rule(RuleArn=latest["RuleArn"]))
+    return arn
+
+
+def plan_delete_target_group(plan: Plan, release: Release, environment: Environment, arn: Optional[str]) -> None:
+    if arn:
+        elb = aws.client(environment, "elbv2")
+        plan.add(DELETE, f"target group {target_group_name(release)}", "",
+                 lambda: elb.delete_target_group(TargetGroupArn=arn))

@@ -43,6 +43,7 @@ class Plan:
     serving: str  # what serves now, kept if a step fails: "alias live -> version 3 (sha256:...)"
     steps: List[Step] = field(default_factory=list)
     url: str = ""  # where the release answers once deployed
+    done: str = ""  # said when every step has run (default: "deployed <digest>: <url>")
     # Where a running step reports progress (execute sets it): waits on AWS take minutes.
     say: Callable[[str], None] = field(default=lambda _: None, repr=False)
 
@@ -98,5 +99,5 @@ def execute(plan: Plan, *, dry_run: bool = False, say: Callable[[str], None] = p
         if note:
             say(f"      {note}")
         done.append(step)
-    say(f"  deployed {plan.digest}" + (f": {plan.url}" if plan.url else ""))
+    say(f"  {plan.done}" if plan.done else f"  deployed {plan.digest}" + (f": {plan.url}" if plan.url else ""))
     return True
