@@ -48,7 +48,7 @@ from pants.engine.target import (
     WrappedTarget,
     WrappedTargetRequest,
 )
-from pants.option.option_types import BoolOption, StrOption
+from pants.option.option_types import BoolOption, IntOption, StrOption
 from pants.util.logging import LogLevel
 from pants.util.strutil import help_text, pluralize
 
@@ -77,6 +77,17 @@ class DeploySubsystem(GoalSubsystem):
             The environment to deploy to: a top-level section of the deploy environments file
             (`[ml-platform].deploy_config`), e.g. `local` (this machine, behind the gateway at
             `http://<model>.ml.localhost:8480`), `dev` or `prod`.
+            """
+        ),
+    )
+    rollout_timeout = IntOption(
+        default=None,
+        help=help_text(
+            """
+            Seconds each deploy waits for the rollout it started (ECS: the new deployment
+            COMPLETED; EC2: the new instance healthy; Lambda: the function and version Active)
+            before it fails, saying what still serves. Default: the environment's
+            `rollout_timeout` (1800 s unless it sets one).
             """
         ),
     )
@@ -161,6 +172,7 @@ async def prepare_rollout(
         "--spec", _SPEC, "--package", artifact.relpath,
         "--gateway-pex", f"{_TOOL_INPUTS}/{GATEWAY_PEX}",
         *(("--dry-run",) if deploy.dry_run else ()),
+        *(("--rollout-timeout", str(deploy.rollout_timeout)) if deploy.rollout_timeout is not None else ()),
     )
     process = await Get(
         Process,

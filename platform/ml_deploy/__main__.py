@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -47,6 +48,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name in ("deploy", "rollback", "retire"):
         parsers[name].add_argument("--dry-run", action="store_true",
                                    help="print the plan; make no changes")
+    parsers["deploy"].add_argument("--rollout-timeout", type=int,
+                                   help="seconds to wait for the rollout (default: the environment's "
+                                        "rollout_timeout)")
     for name in ("rollback", "retire"):
         parsers[name].add_argument("--model", required=True, help="the model's name")
         parsers[name].add_argument("--model-version", type=int, required=True, help="its version")
@@ -59,6 +63,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         environment = config.load(args.config, args.env)
+        if getattr(args, "rollout_timeout", None) is not None:
+            environment = dataclasses.replace(environment, rollout_timeout=args.rollout_timeout)
         if args.command == "deploy":
             release = Release.from_files(args.spec, args.package)
             execute(drivers.plan_deploy(release, environment, args.gateway_pex), dry_run=args.dry_run, say=_say)

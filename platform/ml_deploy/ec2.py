@@ -39,10 +39,8 @@ from ml_deploy.release import Release
 SPEC_TAG = "ml.spec"
 RESOURCE_TAG = "ml.resource"
 SERVING_STATES = ("pending", "running")
-# Booting, pulling a multi-GB image and loading a model take minutes; the ALB then needs two
-# healthy checks 15 s apart (alb.HEALTH_CHECK).
-WAIT_RUNNING = {"Delay": 5, "MaxAttempts": 120}
-WAIT_HEALTHY = {"Delay": 15, "MaxAttempts": 80}
+# Instance states from which it never runs.
+GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped")
 LAUNCH_TEMPLATE_ID, LAUNCH_TEMPLATE_VERSION = "launch_template_id", "launch_template_version"
 HOST_MEMORY_MIB = 512  # what the OS and the engine keep of an instance's memory
 ROOT_VOLUME_BASE_GIB = 20
@@ -316,7 +314,7 @@ def _plan_instance(result: Plan, ec2: Any, elb: Any, release: Release, environme
     fresh = [i for i in state.instances if _tag(i, SPEC_TAG) == spec]
     keep = fresh[0] if fresh else None
     stale = [i["InstanceId"] for i in state.instances if i is not keep]
-    replacer = _Replacer(ec2, elb, release, environment, outputs, spec, stale)
+    replacer = _Replacer(result, ec2, elb, release, environment, outputs, spec, stale)
 
     if keep is not None:
         kept = keep["InstanceId"]
@@ -340,9 +338,9 @@ class _Replacer:
     """Launch (or adopt) the new instance, wait until the ALB finds it healthy, then retire the
     old ones. Anything going wrong before the old ones are touched leaves them serving."""
 
-    def __init__(self, ec2: Any, elb: Any, release: Release, environment: Environment,
+    def __init__(self, plan: Plan, ec2: Any, elb: Any, release: Release, environment: Environment,
                  outputs: Dict[str, str], spec: str, stale: List[str]) -> None:
-        self.ec2, self.elb, self.release, self.environment = ec2, elb, release, environment
+        self.plan, self.ec2, self.elb, self.release, self.environment = plan, ec2, elb, release, environment
         self.outputs, self.spec, self.stale = outputs, spec, stale
 
     def target(self, instance_id: str) -> Dict[str, Any]:
@@ -386,24 +384,34 @@ class _Replacer:
                            f"another instance type")
 
     def wait(self, instance_id: str) -> None:
-        from botocore.exceptions import WaiterError  # pants: no-infer-dep (botocore comes with boto3)
-
+        """Until the instance runs, then until the ALB finds it healthy (booting, pulling a
+        multi-GB image and loading the model take minutes), saying how it stands; bounded by the
+        environment's rollout_timeout."""
         group = self.outputs[alb.TARGET_GROUP_ARN]
-        try:
-            self.ec2.get_waiter("instance_running").wait(InstanceIds=[instance_id], WaiterConfig=WAIT_RUNNING)
-        except WaiterError as e:
-            raise RuntimeError(f"instance {instance_id} did not reach state running: {e}") from e
+
+        def running() -> Any:
+            (reservation,) = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+            instance = reservation["Instances"][0]
+            state = instance["State"]["Name"]
+            if state in GONE_STATES:
+                reason = (instance.get("StateReason") or {}).get("Message", "no reason given")
+                raise RuntimeError(f"instance {instance_id} is {state}: {reason}")
+            return state == "running", state
+
+        aws.wait_for(f"EC2 instance {instance_id}", running, self.environment, self.plan.say)
         self.elb.register_targets(TargetGroupArn=group, Targets=[self.target(instance_id)])
-        try:
-            self.elb.get_waiter("target_in_service").wait(TargetGroupArn=group, Targets=[self.target(instance_id)],
-                                                          WaiterConfig=WAIT_HEALTHY)
-        except WaiterError as e:
+
+        def healthy() -> Any:
             health = self.elb.describe_target_health(TargetGroupArn=group, Targets=[self.target(instance_id)])
             found = (health["TargetHealthDescriptions"] or [{}])[0].get("TargetHealth", {})
-            raise RuntimeError(
-                f"instance {instance_id} did not get healthy in target group {alb.target_group_name(self.release)}: "
-                f"{found.get('State')} {found.get('Reason', '')} {found.get('Description', '')}".rstrip()
-                + " (its user data log: /var/log/cloud-init-output.log)") from e
+            return found.get("State") == "healthy", " ".join(
+                str(found.get(k)) for k in ("State", "Reason", "Description") if found.get(k))
+
+        try:
+            aws.wait_for(f"target {instance_id} in {alb.target_group_name(self.release)}", healthy,
+                         self.environment, self.plan.say)
+        except aws.RolloutTimedOut as e:
+            raise RuntimeError(f"{e} (its user data log: /var/log/cloud-init-output.log)") from e
 
     def discard(self, instance_id: str) -> str:
         """The new instance failed: take it out again, so that only the old ones serve."""

@@ -70,6 +70,9 @@ def test_deploy_launches_a_tagged_instance_registered_in_the_target_group(
     assert plan.url == "http://iris.ml.example.com/v1/"
     assert [s.action for s in plan.steps] == [CREATE] * 9, [s.describe() for s in plan.steps]
     assert execute(plan, say=deployer.output.append)
+    # It waited for the instance, then for the ALB's health check, saying so.
+    assert any(": running (" in line and "EC2 instance i-" in line for line in deployer.output), deployer.text
+    assert any("in ml-iris-v1: healthy (" in line for line in deployer.output), deployer.text
 
     script = template_user_data(environment, release)
     image = f"{registry.host}/ml/iris@{release.digest}"
