@@ -4,9 +4,16 @@
       version N               published by each deploy; its description names its image digest
       alias live -> N         what serves; its description remembers the version live before
         Function URL          on the alias: AWS_IAM by default, NONE adds the public permission
+        target group          with the environment's listener: <model>.ml.<domain> through the ALB
 
 Traffic only ever follows the alias, and the alias moves last: a deploy that fails before that
 step leaves the previous version serving, and a rollback is moving the alias back.
+
+Lambda works on each change for a while (a new function is Pending while it optimises the
+image, an update InProgress, a new version Pending) and refuses another change meanwhile: every
+step waits for the function to settle first (an interrupted deploy's change included), and the
+publish and the alias move pass the RevisionId of what they checked, so a concurrent change
+fails the deploy instead of being published or overridden.
 
 What a version runs (image digest, memory, timeout, environment, role) decides what has to
 change: a version already live with the same settings makes the deploy a no-op, and a version

@@ -1,11 +1,12 @@
 """The `fargate` and `ecs` computes: one ECS service per model version, behind the ALB.
 
-    cluster (environment.cluster)          created if missing
-      service ml-iris-v1                   launch type FARGATE (`fargate`) or EC2 (`ecs`),
-        task definition ml-iris-v1:N         awsvpc, deployment circuit breaker with rollback
+    cluster (environment.cluster)          created if missing, with the model's capacity provider
+      service ml-iris-v1                   launch type FARGATE (`fargate`), or the capacity
+        task definition ml-iris-v1:N         provider (`ecs`); awsvpc, circuit breaker with rollback
           container `model`                 the image by digest, port 8080, logs to /ml/iris
         target group ml-iris-v1            target type ip (see alb.py)
-    listener rule iris.ml.<domain>/v1/*    -> the target group
+        autoscaling                        min_replicas..max_replicas, target tracking
+    listener rules iris.ml.<domain>        /v1/* and the OIP paths -> the target group
 
 Both computes use the awsvpc network mode: every task gets its own address and the
 environment's security groups, so the target group (type ip, port 8080) and the service's
@@ -14,9 +15,14 @@ never compete for a host port as they would with `bridge` and fixed ports. Its c
 per task on EC2 instances (turn on ENI trunking, the `awsvpcTrunking` account setting, for
 dense GPU hosts).
 
+`ecs` tasks are placed by a capacity provider, never by launch type EC2: capacity providers'
+managed scaling starts instances only for tasks placed through them, so a launch-type task in a
+cluster of capacity providers waits PENDING for ever.
+
 A new image or new settings register a new task definition revision and move the service to it;
 ECS replaces the tasks and its deployment circuit breaker rolls the service back to the previous
-revision if the new tasks do not get healthy, so the previous version keeps serving. A revision
+revision if the new tasks do not get healthy, so the previous version keeps serving. The deploy
+waits for that deployment's rolloutState: COMPLETED, or FAILED with the reasons. A revision
 registered by an earlier, failed deploy with the same settings is reused, not registered again.
 """
 
