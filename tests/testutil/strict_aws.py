@@ -395,17 +395,18 @@ class StrictAws:
         service = parsed.get("service") or {}
         name = service.get("serviceName", "")
         previous = self._rollouts.get(name)
-        was = previous.task_definition if previous else None
         if params.get("taskDefinition") is None and previous:
             return  # an update that starts no new deployment
+        # What serves until this deployment completes: the last one's revision, or, if that one
+        # failed, the revision the circuit breaker went back to.
+        serving = None if previous is None else (
+            previous.previous if previous.state == "FAILED" else previous.task_definition)
         outcome, reason = self.ecs_outcomes.pop(name, ("COMPLETED", ""))
         wants_gpu = self._task_wants_gpu(service.get("taskDefinition", ""))
         if wants_gpu and params.get("launchType") == "EC2":
             outcome = "STUCK"  # capacity providers do not scale for launch-type tasks
         rollout = self._rollouts[name] = Rollout(
-            f"ecs-svc/{next(self._ids)}", service.get("taskDefinition", ""),
-            was if previous and previous.state != "FAILED" else (previous.previous if previous else None),
-            outcome, self.reads, reason)
+            f"ecs-svc/{next(self._ids)}", service.get("taskDefinition", ""), serving, outcome, self.reads, reason)
         if params.get("capacityProviderStrategy"):
             self._strategies[name] = params["capacityProviderStrategy"]
         elif params.get("launchType"):
