@@ -158,19 +158,20 @@ async def _invoke_next(app: "ModelApp", client: "_RuntimeClient") -> None:
     await client.post(f"/invocation/{request_id}/response", within_payload_limit(to_lambda_response(response), request))
 
 
-def within_payload_limit(result: dict[str, Any], request: Request) -> dict[str, Any]:
-    """`result`, or a 413 saying why if it is over Lambda's buffered response limit: Lambda would
-    refuse the post and the client would get a bare 502 with the reason only in the logs."""
-    size = len(json.dumps(result).encode())
+def within_payload_limit(result: dict[str, Any], request: Request) -> bytes:
+    """`result`, encoded, or a 413 saying why if it is over Lambda's buffered response limit:
+    Lambda would refuse the post and the client would get a bare 502, the reason only in logs."""
+    encoded = json.dumps(result).encode()
+    size = len(encoded)
     if size <= LAMBDA_MAX_PAYLOAD_BYTES:
-        return result
+        return encoded
     request_id = request.headers["x-request-id"]
     _log(logging.WARNING, "lambda_response_too_large", request_id=request_id, path=request.path, bytes=size)
-    return to_lambda_response(Response.json(413, {
+    return json.dumps(to_lambda_response(Response.json(413, {
         "error": f"the response is {size:,} bytes, more than Lambda's {LAMBDA_MAX_PAYLOAD_BYTES:,}-byte limit "
                  f"for a buffered response: ask for less (a smaller batch), or deploy with the environment's "
                  f"function_url_invoke_mode RESPONSE_STREAM",
-        "request_id": request_id}, headers={"x-request-id": request_id}))
+        "request_id": request_id}, headers={"x-request-id": request_id}))).encode()
 
 
 async def _handle(app: "ModelApp", request: Request, deadline: Optional[float]) -> Response:
@@ -236,11 +237,13 @@ class _RuntimeClient:
             self.close()
         return parser.get_status_code(), message.headers, b"".join(message.body)
 
-    async def post(self, path: str, payload: dict[str, Any], error_type: Optional[str] = None) -> None:
+    async def post(self, path: str, payload: Union[dict[str, Any], bytes], error_type: Optional[str] = None) -> None:
+        """`payload`: JSON, or JSON already encoded (a response whose size was checked)."""
         headers = {"content-type": "application/json"}
         if error_type:
             headers["lambda-runtime-function-error-type"] = error_type
-        status, _, body = await self.request("POST", path, json.dumps(payload).encode(), headers)
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        status, _, body = await self.request("POST", path, data, headers)
         if status >= 300:  # e.g. 413 for a response over Lambda's 6 MB: nothing to retry
             _log(logging.ERROR, "lambda_post_rejected", path=path, status=status,
                  body=body[:500].decode("utf-8", "replace"))
