@@ -56,7 +56,9 @@ HEALTH_CHECK = {
     "Matcher": {"HttpCode": "200"},
 }
 _VERSION_PATH = re.compile(r"^/v(\d+)/\*$")
-TARGET_GROUP_ARN = "target_group_arn"  # key of the shared outputs dict the drivers' steps fill
+# Keys of the shared outputs dict the drivers' steps fill.
+TARGET_GROUP_ARN = "target_group_arn"
+LOAD_BALANCER_ARN = "load_balancer_arn"  # the listener's, set by plan_listener_rule
 
 
 def target_group_name(release: Release) -> str:
@@ -149,6 +151,7 @@ def plan_listener_rule(plan: Plan, release: Release, environment: Environment,
     listener (idle timeout, certificate) and sets plan.url from its protocol and port."""
     elb = aws.client(environment, "elbv2")
     listener = _describe_listener(elb, environment)
+    outputs[LOAD_BALANCER_ARN] = listener["LoadBalancerArn"]
     check_listener(elb, listener, release, environment)
     plan.url = _url(release, environment, listener)
     if environment.hosted_zone:
@@ -166,10 +169,9 @@ def _plan_rule(plan: Plan, elb: Any, release: Release, environment: Environment,
                rules: List[Mapping[str, Any]], kind: str) -> None:
     listener = environment.listener
     paths = ", ".join(rule_paths(release, kind))
-    label = {OIP_VERSION: "", OIP_LATEST: " (the highest version)", VERSION: ""}[kind]
+    label = " (the highest version)" if kind == OIP_LATEST else ""
     resource = f"listener rule {release.hostname(environment)} {paths}{label}"
-    wanted = conditions(release, environment, kind)
-    rule = next((r for r in rules if _same_conditions(r.get("Conditions", []), wanted)), None)
+    rule = _find_rule(rules, release, environment, kind)
     # The group's ARN is only known now if the group exists; otherwise the group step sets it.
     known_arn = outputs.get(TARGET_GROUP_ARN)
 
@@ -199,6 +201,13 @@ def _plan_rule(plan: Plan, elb: Any, release: Release, environment: Environment,
             elb.set_rule_priorities(RulePriorities=[{"RuleArn": rule["RuleArn"], "Priority": priority}])
 
     plan.add(UPDATE, resource, f"priority {rule['Priority']}: " + "; ".join(changes), update)
+
+
+def _find_rule(rules: Iterable[Mapping[str, Any]], release: Release, environment: Environment,
+               kind: str) -> Optional[Mapping[str, Any]]:
+    """The rule of that kind for the release, found by its conditions (they are what make it so)."""
+    wanted = conditions(release, environment, kind)
+    return next((r for r in rules if _same_conditions(r.get("Conditions", []), wanted)), None)
 
 
 def _versions_routed(rules: Iterable[Mapping[str, Any]], release: Release, environment: Environment) -> List[int]:
@@ -437,11 +446,11 @@ def plan_retire_routes(plan: Plan, release: Release, environment: Environment, *
                               f"{served} requests in the last {quiet_minutes} minutes: its clients still call "
                               f"it. Move them to another version first, or retire it anyway with --force")
     for kind in (VERSION, OIP_VERSION):
-        rule = next((r for r in rules if _same_conditions(r.get("Conditions", []), conditions(release, environment, kind))), None)
+        rule = _find_rule(rules, release, environment, kind)
         if rule is not None:
             plan.add(DELETE, f"listener rule {release.hostname(environment)} {', '.join(rule_paths(release, kind))}",
                      f"priority {rule['Priority']}", lambda rule=rule: elb.delete_rule(RuleArn=rule["RuleArn"]))
-    latest = next((r for r in rules if _same_conditions(r.get("Conditions", []), conditions(release, environment, OIP_LATEST))), None)
+    latest = _find_rule(rules, release, environment, OIP_LATEST)
     if latest is not None and arn and _forwards_to(latest) == [arn]:
         others = sorted(v for v in _versions_routed(rules, release, environment) if v != release.version)
         if others:

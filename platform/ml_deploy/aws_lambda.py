@@ -500,7 +500,7 @@ def _plan_load_balancer(result: Plan, lam: Any, release: Release, environment: E
     outputs: Dict[str, str] = {}
     alb.plan_target_group(result, release, environment, target_type="lambda", outputs=outputs)
     elb = aws.client(environment, "elbv2")
-    registered = (_alias_arn(state) in _lambda_targets(elb, outputs[alb.TARGET_GROUP_ARN])
+    registered = (f"{state.arn}:{ALIAS}" in _lambda_targets(elb, outputs[alb.TARGET_GROUP_ARN])
                   if alb.TARGET_GROUP_ARN in outputs and state.arn else False)
     permission = f"load balancer invoke permission of {function}:{ALIAS}"
     if ALB_STATEMENT in state.statements:
@@ -524,10 +524,6 @@ def _plan_load_balancer(result: Plan, lam: Any, release: Release, environment: E
     url = result.url
     alb.plan_listener_rule(result, release, environment, outputs)
     result.url = url or result.url  # the Function URL stays the plan's URL where there is one
-
-
-def _alias_arn(state: FunctionState) -> str:
-    return f"{state.arn}:{ALIAS}"
 
 
 def _lambda_targets(elb: Any, group: str) -> List[str]:

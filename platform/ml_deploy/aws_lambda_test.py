@@ -223,17 +223,29 @@ def test_rollback_of_a_model_never_deployed(environment: Environment) -> None:
         aws_lambda.plan_rollback("nothing", 3, environment)
 
 
-def test_public_url_gets_the_invoke_permission_and_loses_it_again(deployer: Deployer,
-                                                                 environment: Environment) -> None:
-    release = deployer.release("public")
+def alias_statements(environment: Environment, function: str) -> Dict[str, Dict[str, Any]]:
+    """The statements of alias live's resource policy, by Sid."""
+    policy = lambda_client(environment).get_policy(FunctionName=function, Qualifier="live")["Policy"]
+    return {st["Sid"]: st for st in json.loads(policy)["Statement"]}
+
+
+def deploy_public(deployer: Deployer, environment: Environment, content: str) -> Release:
+    """A release deployed with an AuthType NONE Function URL."""
+    release = deployer.release(content)
     deployer.environment = dataclasses.replace(environment, function_url_auth="NONE")
     deployer.deploy(release)
+    return release
+
+
+def test_public_url_gets_the_invoke_permission_and_loses_it_again(deployer: Deployer,
+                                                                 environment: Environment) -> None:
+    release = deploy_public(deployer, environment, "public")
     function, lam = release.resource_name, lambda_client(environment)
     assert lam.get_function_url_config(FunctionName=function, Qualifier="live")["AuthType"] == "NONE"
     # Both statements AWS requires since October 2025; with the first alone the URL answers 403.
     # moto keeps the request's parameters (AWS turns them into the statements' Conditions) and
     # answers anyway: only a real account proves the 403; this proves what is asked for.
-    statements = {st["Sid"]: st for st in json.loads(lam.get_policy(FunctionName=function, Qualifier="live")["Policy"])["Statement"]}
+    statements = alias_statements(environment, function)
     assert set(statements) == {"FunctionURLAllowPublicAccess", "FunctionURLAllowInvokeAction"}, statements
     url, invoke = statements["FunctionURLAllowPublicAccess"], statements["FunctionURLAllowInvokeAction"]
     assert (url["Action"], url["Principal"], url["FunctionUrlAuthType"]) == ("lambda:InvokeFunctionUrl", "*", "NONE")
@@ -254,16 +266,14 @@ def test_public_url_gets_the_invoke_permission_and_loses_it_again(deployer: Depl
 def test_a_public_url_with_the_invoke_url_statement_only_gets_the_other(deployer: Deployer,
                                                                       environment: Environment) -> None:
     """A function deployed before October 2025's rule (one statement) is completed, not left 403."""
-    release = deployer.release("half-public")
-    deployer.environment = dataclasses.replace(environment, function_url_auth="NONE")
-    deployer.deploy(release)
+    release = deploy_public(deployer, environment, "half-public")
     function, lam = release.resource_name, lambda_client(environment)
     lam.remove_permission(FunctionName=function, Qualifier="live", StatementId="FunctionURLAllowInvokeAction")
     plan = deployer.plan(release)
     assert [(s.action, s.resource) for s in plan.changes] == [("update", f"public invoke permission of {function}:live")]
     execute(plan, say=lambda _: None)
-    policy = json.loads(lam.get_policy(FunctionName=function, Qualifier="live")["Policy"])
-    assert sorted(st["Sid"] for st in policy["Statement"]) == ["FunctionURLAllowInvokeAction", "FunctionURLAllowPublicAccess"]
+    assert sorted(alias_statements(environment, function)) == ["FunctionURLAllowInvokeAction",
+                                                                "FunctionURLAllowPublicAccess"]
     assert deployer.plan(release).changes == []
 
 
@@ -468,8 +478,7 @@ def test_a_lambda_model_answers_under_the_namespace_through_the_load_balancer(
     alias = lambda_client(environment).get_alias(FunctionName=function, Name="live")["AliasArn"]
     targets = [h["Target"]["Id"] for h in elb.describe_target_health(TargetGroupArn=group["TargetGroupArn"])["TargetHealthDescriptions"]]
     assert targets == [alias]
-    statements = json.loads(lambda_client(environment).get_policy(FunctionName=function, Qualifier="live")["Policy"])["Statement"]
-    (invoke,) = [s for s in statements if s["Sid"] == "ml-load-balancer-invoke"]
+    invoke = alias_statements(environment, function)["ml-load-balancer-invoke"]
     assert invoke["Principal"] == {"Service": "elasticloadbalancing.amazonaws.com"}
     host = release.hostname(deployer.environment)
     session, listener = aws.session(environment), deployer.environment.listener

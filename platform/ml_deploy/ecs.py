@@ -63,7 +63,6 @@ FARGATE_SIZES = {
     16384: tuple(range(32768, 122881, 8192)),
 }
 TASK_DEFINITION_ARN = "task_definition_arn"  # key of the outputs the steps share
-LOAD_BALANCER_ARN = "load_balancer_arn"
 SCALABLE_DIMENSION = "ecs:service:DesiredCount"
 SCALING_POLICY = "ml-target-tracking"
 # Scale out fast (a model's queue builds in seconds), in slowly (a new task takes minutes to load).
@@ -83,13 +82,12 @@ def cpu_units(release: Release) -> int:
 class State:
     """What ECS holds for the version, read with read-only calls before planning."""
 
-    cluster_exists: bool
+    cluster: Optional[Mapping[str, Any]]  # the ACTIVE cluster, or None
     service: Optional[Mapping[str, Any]]  # the ACTIVE service, or None
     current: Optional[Mapping[str, Any]]  # the service's task definition
     current_tags: Dict[str, str]
     latest: Optional[Mapping[str, Any]]  # the newest ACTIVE revision of the family
     latest_tags: Dict[str, str]
-    cluster: Optional[Mapping[str, Any]]  # the ACTIVE cluster, or None
     provider: Optional[Mapping[str, Any]]  # the capacity provider `ecs` places the model with
 
     def serving(self) -> str:
@@ -168,11 +166,11 @@ def fingerprint(spec: Mapping[str, Any]) -> str:
 def read_state(ecs: Any, release: Release, environment: Environment) -> State:
     cluster = environment.cluster
     found = ecs.describe_clusters(clusters=[cluster]).get("clusters", [])
-    cluster_exists = any(c.get("status") == "ACTIVE" for c in found)
+    active = next((c for c in found if c.get("status") == "ACTIVE"), None)
     service = current = latest = None
     current_tags: Dict[str, str] = {}
     latest_tags: Dict[str, str] = {}
-    if cluster_exists:
+    if active is not None:
         services = ecs.describe_services(cluster=cluster, services=[release.resource_name]).get("services", [])
         for s in services:
             if s.get("status") == "DRAINING":
@@ -193,8 +191,7 @@ def read_state(ecs: Any, release: Release, environment: Environment) -> State:
                               f"which does not exist (or is being deleted): create it (infra/ does) or correct "
                               f"`{setting}`")
     latest, latest_tags = _describe_task_definition(ecs, release.resource_name)
-    active = next((c for c in found if c.get("status") == "ACTIVE"), None)
-    return State(cluster_exists, service, current, current_tags, latest, latest_tags, active, provider)
+    return State(active, service, current, current_tags, latest, latest_tags, provider)
 
 
 def _check(release: Release, environment: Environment) -> None:
@@ -421,7 +418,7 @@ def scaling_policy(release: Release, environment: Environment, outputs: Mapping[
         value = float(settings.target_cpu)
     else:
         # ALB's label of the group: app/<balancer>/<id>/targetgroup/<group>/<id>.
-        balancer = outputs[LOAD_BALANCER_ARN].partition(":loadbalancer/")[2]
+        balancer = outputs[alb.LOAD_BALANCER_ARN].partition(":loadbalancer/")[2]
         group = outputs[alb.TARGET_GROUP_ARN].rpartition(":")[2]
         metric = {"PredefinedMetricType": "ALBRequestCountPerTarget", "ResourceLabel": f"{balancer}/{group}"}
         value = float(settings.target_requests or 0)
@@ -449,10 +446,6 @@ def _plan_scaling(result: Plan, release: Release, environment: Environment, outp
 
         result.add(DELETE, resource, f"the model declares {low} task(s), no max_replicas", stop)
         return
-    if settings_need_balancer(release):
-        elb = aws.client(environment, "elbv2")
-        outputs[LOAD_BALANCER_ARN] = elb.describe_listeners(
-            ListenerArns=[environment.listener])["Listeners"][0]["LoadBalancerArn"]
     policies = scaling.describe_scaling_policies(ServiceNamespace="ecs", ResourceId=resource_id,
                                                  PolicyNames=[SCALING_POLICY])["ScalingPolicies"] if current else []
     now = (policies[0].get("TargetTrackingScalingPolicyConfiguration") if policies else None)
@@ -473,10 +466,6 @@ def _plan_scaling(result: Plan, release: Release, environment: Environment, outp
 
     result.add(CREATE if current is None else UPDATE, resource,
                f"{low}-{high} tasks, target tracking on {_describe_target(release)}", apply)
-
-
-def settings_need_balancer(release: Release) -> bool:
-    return release.settings.target_requests is not None
 
 
 def _describe_target(release: Release) -> str:

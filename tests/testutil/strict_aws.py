@@ -69,6 +69,15 @@ def _error(code: str, message: str, status: int = 400) -> Tuple[_Response, Dict[
                                "ResponseMetadata": {"HTTPStatusCode": status}}
 
 
+def _stale_revision(params: Dict[str, Any], current: Optional[str]) -> Any:
+    """AWS's answer to a call whose RevisionId is not the resource's current one (None: it is)."""
+    wanted = params.get("RevisionId")
+    if wanted is None or wanted == current:
+        return None
+    return _error("PreconditionFailedException", "The Revision Id provided does not match the latest Revision "
+                  "Id. Call the GetFunction/GetAlias API to retrieve the latest Revision Id", 412)
+
+
 def _ok(body: Dict[str, Any]) -> Tuple[_Response, Dict[str, Any]]:
     return _Response(200), {**body, "ResponseMetadata": {"HTTPStatusCode": 200}}
 
@@ -201,15 +210,11 @@ class StrictAws:
     def next_rollout(self, service: str, outcome: str, stopped_reason: str = "") -> None:
         """What the next deployment of `service` does: COMPLETED, FAILED (with a stopped task
         saying `stopped_reason`) or STUCK."""
-        self._ecs_outcomes_check(outcome)
+        assert outcome in ("COMPLETED", "FAILED", "STUCK"), outcome
         self.ecs_outcomes[service] = (outcome, stopped_reason)
 
     def rollout(self, service: str) -> Optional[Rollout]:
         return self._rollouts.get(service)
-
-    @staticmethod
-    def _ecs_outcomes_check(outcome: str) -> None:
-        assert outcome in ("COMPLETED", "FAILED", "STUCK"), outcome
 
     # -- every call -----------------------------------------------------------------------------
 
@@ -272,11 +277,9 @@ class StrictAws:
             return _error("ResourceConflictException",
                           f"The operation cannot be performed at this time. An update is in progress for "
                           f"resource: {function}", 409)
-        wanted = params.get("RevisionId")
-        if wanted is not None and wanted != self._revisions.get(function):
-            return _error("PreconditionFailedException",
-                          "The Revision Id provided does not match the latest Revision Id. Call the "
-                          "GetFunction/GetAlias API to retrieve the latest Revision Id", 412)
+        stale = _stale_revision(params, self._revisions.get(function))
+        if stale:
+            return stale
         if event_name.endswith("UpdateFunctionCode"):
             return self._lambda_image_pullable(params)
         return None
@@ -334,12 +337,7 @@ class StrictAws:
         return f"{self._function(params)}:{params.get('Name')}"
 
     def _alias_revision(self, params: Dict[str, Any], **_: Any) -> Any:
-        wanted = params.get("RevisionId")
-        if wanted is not None and wanted != self._revisions.get(self._alias_key(params)):
-            return _error("PreconditionFailedException",
-                          "The Revision Id provided does not match the latest Revision Id. Call the "
-                          "GetFunction/GetAlias API to retrieve the latest Revision Id", 412)
-        return None
+        return _stale_revision(params, self._revisions.get(self._alias_key(params)))
 
     def _alias_changed(self, params: Dict[str, Any], parsed: Dict[str, Any], **_: Any) -> None:
         if "Error" not in parsed:
