@@ -3,6 +3,7 @@ packaged, run, published and deployed."""
 
 from ml_platform import deploy, dependency_inference, image, model_folder, package, publish, run, tailor
 from ml_platform.model_folder import ml_model_addresses, ml_model_resolves
+from ml_platform.test_env import machine_test_env
 from ml_platform.target_types import MLModelTarget, MLRScriptTarget
 from pants.build_graph.build_file_aliases import BuildFileAliases
 
@@ -25,4 +26,8 @@ def target_types():
 
 
 def build_file_aliases():
-    return BuildFileAliases(objects={"ml_model_resolves": ml_model_resolves, "ml_model_addresses": ml_model_addresses})
+    return BuildFileAliases(objects={
+        "ml_model_resolves": ml_model_resolves,
+        "ml_model_addresses": ml_model_addresses,
+        "machine_test_env": machine_test_env,
+    })
