@@ -11,7 +11,6 @@ it answers a lookup, so eviction turns hits into misses, never into wrong or bro
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path

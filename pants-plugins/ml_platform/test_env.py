@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import socket
 
-# What the tools these tests run read from the environment: where to find them, and the caches
-# and the Pants bootstrap under HOME.
-MACHINE_ENV_VARS = ("HOME", "PATH", "PYENV_ROOT")
+# What the tools these tests run read from the environment: where to find them, the caches and
+# the Pants bootstrap under HOME, and this machine's wheel folder (./pants: ML_PLATFORM_WHEELS),
+# so that the Pants these tests run resolves as the one running them does.
+MACHINE_ENV_VARS = ("HOME", "PATH", "PYENV_ROOT", "PIP_FIND_LINKS", "ML_PLATFORM_WHEELS")
 # What tests keep for people to look at (the pages' screenshots), under the repository.
 ARTIFACTS_DIR = "dist/test/artifacts"
 _MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")

@@ -1,0 +1,139 @@
+"""The shared build cache (BuildGrid on 127.0.0.1) between two scratch clones of the repository at
+different paths, each with empty local caches of its own (Pants' store and execution root; the
+named caches, which hold downloads and never enter a cache key, are the machine's):
+
+- the reading clone gets every cacheable process from the cache, and an image byte for byte the
+  same as the writing clone's local build;
+- nothing secret, nothing of the writing clone's paths, and nothing of the home folder but the
+  Python interpreters' paths (Pants 2.17 keys processes on them; README) is in any cached blob;
+- a cache that is down costs a warning, not the build;
+- a push is never replayed from the cache: the registry sees the second push's requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Dict, Iterator
+
+import pytest
+
+from testutil.net import free_port
+from testutil.registry import start_registry
+from testutil.remote_cache import RunningCache, pants_counters, remote_cache
+from testutil.scratch import scratch_repo
+
+TOPS = ("pants", "pants.toml", "BUILD", "pants-plugins", "platform", "models", "tests")
+IMAGE = Path("dist/models.iris/iris")
+# Values no cached action may hold: the writer runs with them in its environment, as CI does.
+SECRETS = {
+    "AWS_SECRET_ACCESS_KEY": "cache-test-secret-4f1d7e",
+    "AWS_SESSION_TOKEN": "cache-test-session-9a2b3c",
+    "ML_REGISTRY_PASSWORD": "cache-test-registry-5e6f70",
+}
+# A Python interpreter, or the folder of one: what Pants 2.17 writes into PEX processes.
+INTERPRETER = re.compile(r".*/(bin/python[0-9.]*|bin)$")
+
+
+def pants(repo: Path, *args: str, env: Dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "pants", "--no-pantsd", "--no-dynamic-ui", "--stats-log", *args],
+                          cwd=repo, capture_output=True, text=True, env=env)
+
+
+def clone_env(root: Path, cache: str, *, write: bool = False, **extra: str) -> Dict[str, str]:
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PANTS_REMOTE", "ML_REMOTE"))}
+    return {**env, **extra, "PANTS_CONCURRENT": "true",
+            "PANTS_LOCAL_STORE_DIR": str(root / "lmdb_store"),
+            "PANTS_LOCAL_EXECUTION_ROOT_DIR": str(root / "tmp"),
+            "ML_REMOTE_CACHE": cache, "ML_REMOTE_CACHE_WRITE": "true" if write else "false"}
+
+
+def digests(repo: Path) -> Dict[str, str]:
+    return {str(p.relative_to(repo / IMAGE)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((repo / IMAGE).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Iterator[RunningCache]:
+    with remote_cache(tmp_path_factory.mktemp("cache") / "data") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def clones(tmp_path_factory, cache: RunningCache):
+    """The writer packages iris cold into the cache, then the reader packages it from there."""
+    writer = scratch_repo(tmp_path_factory.mktemp("writer"), TOPS)
+    reader = scratch_repo(tmp_path_factory.mktemp("reader-at-another-path"), TOPS)
+    writer_caches, reader_caches = tmp_path_factory.mktemp("writer-caches"), tmp_path_factory.mktemp("reader-caches")
+    wrote = pants(writer, "package", "models/iris:", env=clone_env(writer_caches, cache.address, write=True, **SECRETS))
+    assert wrote.returncode == 0, wrote.stderr[-4000:]
+    read = pants(reader, "package", "models/iris:", env=clone_env(reader_caches, cache.address))
+    assert read.returncode == 0, read.stderr[-4000:]
+    return writer, reader, reader_caches, pants_counters(wrote.stderr), pants_counters(read.stderr)
+
+
+def test_a_clone_with_empty_caches_gets_the_same_image_from_the_cache(clones) -> None:
+    writer, reader, _, wrote, read = clones
+    assert wrote["remote_cache_write_successes"] >= 10, wrote
+    # Every process the writer could share, the reader found: none ran again, nothing missed.
+    assert read["remote_cache_requests_cached"] == wrote["remote_cache_write_successes"], (wrote, read)
+    assert read["remote_cache_requests_uncached"] == 0, read
+    assert read["remote_cache_write_attempts"] == 0, read  # a reader writes nothing
+    image = digests(writer)
+    assert image and any(name.startswith("image/blobs/") for name in image)
+    assert digests(reader) == image
+
+
+def test_nothing_secret_or_of_this_machine_is_in_the_cache(clones, cache: RunningCache) -> None:
+    writer, *_ = clones
+    home = os.environ["HOME"].encode()
+    blobs = cache.blobs()
+    assert len(blobs) > 20
+    home_paths = set()
+    for blob in blobs:
+        data = blob.read_bytes()
+        for name, value in SECRETS.items():
+            assert value.encode() not in data, f"{name}'s value is in the cached blob {blob.name}"
+        assert str(writer).encode() not in data, f"the writer's checkout path is in the cached blob {blob.name}"
+        home_paths.update(m.group().decode() for m in re.finditer(re.escape(home) + rb"/[^\x00-\x20:\"']*", data))
+    # The interpreters (PEX processes name their Python) and nothing else: not PATH's user
+    # folders, not the caches, not the checkout.
+    assert home_paths, "expected the interpreters' paths (pants.toml [python-bootstrap])"
+    assert {p for p in home_paths if not INTERPRETER.match(p)} == set()
+
+
+def test_a_cache_that_is_down_costs_a_warning_not_the_build(clones) -> None:
+    _, reader, reader_caches, *_ = clones
+    with (reader / "models/iris/src/model.py").open("a") as f:
+        f.write("# built while the cache is down\n")  # so that processes need running again
+    down = f"grpc://127.0.0.1:{free_port()}"  # nothing listens there
+    result = pants(reader, "package", "models/iris:", env=clone_env(reader_caches, down))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Failed to read from remote cache" in result.stderr
+    assert (reader / IMAGE / "image" / "index.json").is_file()
+
+
+def test_a_push_is_never_replayed_from_the_cache(clones, cache: RunningCache, tmp_path: Path) -> None:
+    """The same push twice, the registry emptied in between: the second must upload everything
+    again, which only a push that really runs does."""
+    from ml_image.registry import Auth, pull
+
+    writer, *_ = clones
+    with start_registry(tmp_path / "registry", auth="none") as registry:
+        env = clone_env(tmp_path / "caches", cache.address, write=True)
+        option = f"--ml-platform-registry={registry.host}"
+        for attempt in (1, 2):
+            result = pants(writer, option, "publish", "models/iris:", env=env)
+            assert result.returncode == 0, result.stderr[-4000:]
+            summary = json.loads(next(line for line in (result.stdout + result.stderr).splitlines()
+                                      if line.startswith("{")))
+            assert summary["uploaded"] >= 3 and summary["skipped"] == 0, (attempt, summary)
+            pulled = pull(f"{registry.host}/ml/iris:v1", tmp_path / f"pulled-{attempt}", Auth(), quiet=True)
+            assert f"@{pulled.manifest_digest}" in summary["reference"]
+            shutil.rmtree(registry.root / "data")  # an empty registry for the next push
