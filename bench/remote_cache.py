@@ -65,7 +65,10 @@ def main() -> None:
     args = parser.parse_args()
 
     root = repo_root()
-    subprocess.run(["bash", "pants", "package", SERVE], cwd=root, check=True, capture_output=True)
+    built = subprocess.run(["bash", "pants", "--no-dynamic-ui", "--concurrent", "package", SERVE], cwd=root,
+                           capture_output=True, text=True)
+    if built.returncode != 0:
+        sys.exit(f"`./pants package {SERVE}` failed:\n{built.stderr[-3000:]}")
     scratch = Path(tempfile.mkdtemp(prefix="ml-platform-bench-cache-"))
     goals = [["package", "models/::"]] + ([["test", "::"]] if args.suite else [])
     rows = []
