@@ -4,6 +4,7 @@ port of 127.0.0.1, stopped by its PID at the end; and what Pants' `--stats-log` 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import socket
 import subprocess
@@ -47,6 +48,12 @@ def _listening(port: int) -> bool:
     return False
 
 
+def _own_env() -> Dict[str, str]:
+    """The environment without what a PEX running us (`pants run` of a bench) set for itself:
+    the server is a PEX of its own, with its own sys.path."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PEX_") and k != "PYTHONPATH"}
+
+
 @contextlib.contextmanager
 def remote_cache(data: Path, *, pex: Path = SERVE_PEX, max_size: str = "20G") -> Iterator[RunningCache]:
     port = free_port()
@@ -55,7 +62,7 @@ def remote_cache(data: Path, *, pex: Path = SERVE_PEX, max_size: str = "20G") ->
     with log.open("wb") as out:
         proc = subprocess.Popen([str(pex), "--data", str(data), "--address", f"127.0.0.1:{port}",
                                  "--max-size", max_size], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, env=_own_env())
     try:
         deadline = time.monotonic() + _START_TIMEOUT
         while not _listening(port):
