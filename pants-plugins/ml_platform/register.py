@@ -3,7 +3,7 @@ packaged, run, published and deployed."""
 
 from ml_platform import deploy, dependency_inference, image, model_folder, package, publish, run, tailor
 from ml_platform.model_folder import ml_model_addresses, ml_model_resolves
-from ml_platform.test_env import machine_test_env
+from ml_platform.machine_env import machine_test_env
 from ml_platform.target_types import MLModelTarget, MLRScriptTarget
 from pants.build_graph.build_file_aliases import BuildFileAliases
 
