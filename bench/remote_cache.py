@@ -9,12 +9,12 @@ the start):
   warm   the second clone, as a new CI runner or developer would, reads it
 
 For `package models/::` (every model, the PyTorch ones included) and, with --suite, for
-`test ::`: wall time, warm/cold, what the cache sent (the server's bytes written), and the
+`test ::` (or the specs given): wall time, warm/cold, what the cache sent (the server's bytes written), and the
 cache's size on disk afterwards. Pants' named caches (downloaded wheels, never part of a cache
 key) are this machine's, unless --cold-downloads gives each clone empty ones (then the cold
 build downloads every wheel again).
 
-Usage: ./pants run bench/remote_cache.py -- [--suite] [--cold-downloads]
+Usage: ./pants run bench/remote_cache.py -- [--suite [SPEC ...]] [--cold-downloads]
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def timed(goal: List[str], cwd: Path, env: Dict[str, str]) -> Tuple[float, Dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", action="store_true", help="Also `test ::` (two more full suite runs).")
+    parser.add_argument("--suite", nargs="*", metavar="SPEC",
+                        help="Also `test SPEC...` (default `test ::`, two more full suite runs; the "
+                             "whole suite with two empty stores needs some 40 GB of disk).")
     parser.add_argument("--cold-downloads", action="store_true",
                         help="Empty named caches too: the cold build downloads every wheel.")
     args = parser.parse_args()
@@ -70,7 +72,7 @@ def main() -> None:
     if built.returncode != 0:
         sys.exit(f"`./pants package {SERVE}` failed:\n{built.stderr[-3000:]}")
     scratch = Path(tempfile.mkdtemp(prefix="ml-platform-bench-cache-"))
-    goals = [["package", "models/::"]] + ([["test", "::"]] if args.suite else [])
+    goals = [["package", "models/::"]] + ([["test", *(args.suite or ["::"])]] if args.suite is not None else [])
     rows = []
     try:
         with remote_cache(scratch / "cache", pex=root / SERVE_PEX, max_size="200G") as cache:

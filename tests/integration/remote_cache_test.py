@@ -137,3 +137,13 @@ def test_a_push_is_never_replayed_from_the_cache(clones, cache: RunningCache, tm
             pulled = pull(f"{registry.host}/ml/iris:v1", tmp_path / f"pulled-{attempt}", Auth(), quiet=True)
             assert f"@{pulled.manifest_digest}" in summary["reference"]
             shutil.rmtree(registry.root / "data")  # an empty registry for the next push
+
+
+@pytest.mark.parametrize("variables, says", [
+    ({"ML_REMOTE_CACHE": "http://cache:8080"}, "is not a REAPI address: write grpc://host:port"),
+    ({"ML_REMOTE_CACHE": "grpc://cache:50051", "ML_REMOTE_CACHE_WRITE": "yes"}, "must be true or false"),
+])
+def test_a_mistyped_cache_setting_is_refused_saying_what_to_write(variables, says) -> None:
+    result = subprocess.run(["bash", "pants", "--version"], capture_output=True, text=True,
+                            env={**os.environ, **variables})
+    assert result.returncode == 1 and says in result.stderr, result.stderr
