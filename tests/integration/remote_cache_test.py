@@ -81,9 +81,8 @@ def clones(tmp_path_factory, cache: RunningCache):
 def test_a_clone_with_empty_caches_gets_the_same_image_from_the_cache(clones) -> None:
     writer, reader, _, wrote, read = clones
     assert wrote["remote_cache_write_successes"] >= 10, wrote
-    # Every process the reader looked up, it found: nothing missed, nothing ran again. (It may
-    # look up one or two fewer than the writer stored: a process whose output a later hit already
-    # holds is not asked for.)
+    # Every process the reader looked up, it found: nothing missed, nothing ran again. How many
+    # it looks up varies a little with scheduling (a fresh clone's run: 12 of the 13 stored).
     assert read["remote_cache_requests_uncached"] == 0, read
     assert wrote["remote_cache_write_successes"] - 2 <= read["remote_cache_requests_cached"], (wrote, read)
     assert read["remote_cache_write_attempts"] == 0, read  # a reader writes nothing
