@@ -9,7 +9,7 @@ the start):
   warm   the second clone, as a new CI runner or developer would, reads it
 
 For `package models/::` (every model, the PyTorch ones included) and, with --suite, for
-`test ::` (or the specs given): wall time, warm/cold, what the cache sent (the server's bytes written), and the
+`test ::` (or the specs given): wall time, warm/cold, what the reader's empty store took in (its bytes on disk afterwards: what it downloaded, plus what it built itself), and the
 cache's size on disk afterwards. Pants' named caches (downloaded wheels, never part of a cache
 key) are this machine's, unless --cold-downloads gives each clone empty ones (then the cold
 build downloads every wheel again).
@@ -40,6 +40,11 @@ def clone_env(root: Path, cache: str, write: bool, cold_downloads: bool) -> Dict
     if not cold_downloads:
         env.pop("PANTS_NAMED_CACHES_DIR")
     return {**env, "ML_REMOTE_CACHE": cache, "ML_REMOTE_CACHE_WRITE": "true" if write else "false"}
+
+
+def disk_bytes(folder: Path) -> int:
+    """Bytes on disk under `folder` (allocated blocks: Pants' LMDB files are sparse)."""
+    return sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
 
 
 def timed(goal: List[str], cwd: Path, env: Dict[str, str]) -> Tuple[float, Dict[str, int]]:
@@ -88,21 +93,21 @@ def main() -> None:
             reader = scratch_clone(scratch / "a-reader-elsewhere")
             for goal, (cold_s, wrote) in zip(goals, cold):
                 print(f"{' '.join(goal)}: warm, reading it ...", file=sys.stderr, flush=True)
-                sent_before = cache.bytes_sent()
                 warm_s, read = timed(goal, reader, clone_env(scratch / "reader-caches", cache.address, False,
                                                              args.cold_downloads))
-                rows.append((" ".join(goal), cold_s, warm_s, cache.bytes_sent() - sent_before,
+                rows.append((" ".join(goal), cold_s, warm_s, disk_bytes(scratch / "reader-caches" / "lmdb_store"),
                              cache.size_bytes(), wrote.get("remote_cache_write_successes", 0),
                              read.get("remote_cache_requests_cached", 0),
-                             read.get("remote_cache_requests_uncached", 0)))
+                             read.get("remote_cache_requests_uncached", 0),
+                             read.get("remote_cache_request_timeouts", 0)))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    print(f"{'goal':<20}{'cold s':>9}{'warm s':>9}{'warm/cold':>11}{'sent MB':>10}{'cache MB':>10}"
-          f"{'written':>9}{'hits':>7}{'misses':>8}")
-    for name, cold, warm, sent, size, written, hits, misses in rows:
-        print(f"{name:<20}{cold:>9.1f}{warm:>9.1f}{warm / cold:>10.1%}{sent / 1e6:>10.1f}{size / 1e6:>10.1f}"
-              f"{written:>9}{hits:>7}{misses:>8}")
+    print(f"{'goal':<20}{'cold s':>9}{'warm s':>9}{'warm/cold':>11}{'store MB':>10}{'cache MB':>10}"
+          f"{'written':>9}{'hits':>7}{'misses':>8}{'timeouts':>10}")
+    for name, cold, warm, stored, size, written, hits, misses, timeouts in rows:
+        print(f"{name:<20}{cold:>9.1f}{warm:>9.1f}{warm / cold:>10.1%}{stored / 1e6:>10.1f}{size / 1e6:>10.1f}"
+              f"{written:>9}{hits:>7}{misses:>8}{timeouts:>10}")
 
 
 if __name__ == "__main__":

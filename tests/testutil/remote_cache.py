@@ -30,10 +30,6 @@ class RunningCache:
     log: Path
     pid: int
 
-    def bytes_sent(self) -> int:
-        """What the server has written so far (its gRPC answers, nearly all of it; /proc's wchar)."""
-        io = Path(f"/proc/{self.pid}/io").read_text()
-        return int(re.search(r"^wchar: (\d+)$", io, re.M).group(1))
 
     def blobs(self) -> list:
         return [p for p in (self.data / "cas" / "objects").glob("*/*") if p.is_file()]
