@@ -28,11 +28,10 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from testutil.remote_cache import pants_counters, remote_cache
+from testutil.remote_cache import SERVE_PEX, pants_counters, remote_cache
 from testutil.scratch import clone as scratch_clone, own_caches, repo_root
 
 SERVE = "infra/remote_cache:serve"
-SERVE_PEX = Path("dist/infra/remote_cache/serve.pex")
 
 
 def clone_env(root: Path, cache: str, write: bool, cold_downloads: bool) -> Dict[str, str]:
@@ -80,7 +79,7 @@ def main() -> None:
     goals = [["package", "models/::"]] + ([["test", *(args.suite or ["::"])]] if args.suite is not None else [])
     rows = []
     try:
-        with remote_cache(scratch / "cache", pex=root / SERVE_PEX, max_size="200G") as cache:
+        with remote_cache(scratch / "cache", pex=root / "dist" / SERVE_PEX, max_size="200G") as cache:
             writer = scratch_clone(scratch / "writer")
             cold = []
             for goal in goals:
