@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import string
 import sys
@@ -25,6 +24,9 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_MAX_SIZE = "50G"
 DEFAULT_MAX_ACTIONS = 500_000
 DEFAULT_SWEEP_SECONDS = 60.0
+# Pants 2.17's defaults: remote_store_rpc_concurrency 128 + remote_cache_rpc_concurrency 128.
+PANTS_RPCS_PER_CLIENT = 256
+DEFAULT_MAX_RPCS = 4 * PANTS_RPCS_PER_CLIENT
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -57,8 +59,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", default="",
                    help="REAPI instance name (default: the default instance, which Pants asks for "
                         "unless [GLOBAL].remote_instance_name is set).")
-    p.add_argument("--threads", type=int, default=max(5, 4 * (os.cpu_count() or 1)),
-                   help="gRPC worker threads (BuildGrid's minimum is 5).")
+    p.add_argument("--max-rpcs", type=int, default=DEFAULT_MAX_RPCS,
+                   help=f"RPCs served at once, a thread each, started as needed (default "
+                        f"{DEFAULT_MAX_RPCS}; BuildGrid's minimum is 5). gRPC refuses more with "
+                        "RESOURCE_EXHAUSTED, and Pants then builds what it looked up itself. One "
+                        f"Pants run opens up to {PANTS_RPCS_PER_CLIENT} at once (its "
+                        "remote_store_rpc_concurrency + remote_cache_rpc_concurrency): give this "
+                        "that times the builds running at the same time.")
     return p
 
 
@@ -68,7 +75,7 @@ def render_config(args: argparse.Namespace, config_path: Path) -> Path:
         cas_dir=str(args.data.resolve()),
         max_actions=args.max_actions,
         instance=f'"{args.instance}"',
-        threads=args.threads,
+        max_rpcs=args.max_rpcs,
     )
     config_path.write_text(text)
     return config_path
