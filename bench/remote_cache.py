@@ -9,12 +9,14 @@ the start):
   warm   the second clone, as a new CI runner or developer would, reads it
 
 For `package models/::` (every model, the PyTorch ones included) and, with --suite, for
-`test ::` (or the specs given): wall time, warm/cold, what the reader's empty store took in (its bytes on disk afterwards: what it downloaded, plus what it built itself), and the
-cache's size on disk afterwards. Pants' named caches (downloaded wheels, never part of a cache
+`test ::` (or the specs given): wall time, warm/cold, the bytes the reader downloaded (sent over
+127.0.0.1 during its run), what its empty store took in (bytes on disk afterwards: what it
+downloaded, plus what it built itself), the cache's size on disk afterwards, and Pants' counters
+of the reader's lookups. Pants' named caches (downloaded wheels, never part of a cache
 key) are this machine's, unless --cold-downloads gives each clone empty ones (then the cold
 build downloads every wheel again).
 
-Usage: ./pants run bench/remote_cache.py -- [--suite [SPEC ...]] [--cold-downloads]
+Usage: ./pants run bench/remote_cache.py -- [--package SPEC ...] [--suite [SPEC ...]] [--cold-downloads]
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ from testutil.remote_cache import SERVE_PEX, pants_counters, remote_cache
 from testutil.scratch import clone as scratch_clone, own_caches, repo_root
 
 SERVE = "infra/remote_cache:serve"
+# The reader's `remote_cache_<name>` counters, and their columns. A lookup races the process run
+# locally (Pants 2.17 starts both at once): "local first" are lookups that lost that race.
+READ_COUNTERS = (("requests", "lookups"), ("requests_cached", "hits"), ("requests_uncached", "misses"),
+                 ("read_errors", "errors"), ("request_timeouts", "timeouts"),
+                 ("speculation_local_completed_first", "local first"))
 
 
 def clone_env(root: Path, cache: str, write: bool, cold_downloads: bool) -> Dict[str, str]:
@@ -46,6 +53,15 @@ def disk_bytes(folder: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
 
 
+LOOPBACK_SENT = Path("/sys/class/net/lo/statistics/tx_bytes")
+
+
+def loopback_bytes() -> int:
+    """Bytes sent over 127.0.0.1 so far, by every process of this machine: around the reader's
+    run (no pantsd, the cache its only peer) the delta is what it downloaded, plus its requests."""
+    return int(LOOPBACK_SENT.read_text())
+
+
 def timed(goal: List[str], cwd: Path, env: Dict[str, str]) -> Tuple[float, Dict[str, int]]:
     command = ["bash", "pants", "--no-pantsd", "--no-dynamic-ui", "--stats-log", *goal]
     start = time.perf_counter()
@@ -58,11 +74,16 @@ def timed(goal: List[str], cwd: Path, env: Dict[str, str]) -> Tuple[float, Dict[
         # A failing test still ran: its time counts; say which, and go on.
         print(f"`{' '.join(command)}` in {cwd}: {len(failed)} failed:\n" + "\n".join(failed),
               file=sys.stderr, flush=True)
+    # Pants says why a lookup failed only in its warnings (with back-off): pass them on.
+    for warning in sorted({line for line in result.stderr.splitlines() if "remote cache" in line}):
+        print(f"{cwd.name}: {warning[:600]}", file=sys.stderr, flush=True)
     return elapsed, pants_counters(result.stderr)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--package", nargs="*", default=["models/::"], metavar="SPEC",
+                        help="What to package (default models/::, every model; none: package nothing).")
     parser.add_argument("--suite", nargs="*", metavar="SPEC",
                         help="Also `test SPEC...` (default `test ::`, two more full suite runs; the "
                              "whole suite with two empty stores needs some 40 GB of disk).")
@@ -76,7 +97,8 @@ def main() -> None:
     if built.returncode != 0:
         sys.exit(f"`./pants package {SERVE}` failed:\n{built.stderr[-3000:]}")
     scratch = Path(tempfile.mkdtemp(prefix="ml-platform-bench-cache-"))
-    goals = [["package", "models/::"]] + ([["test", *(args.suite or ["::"])]] if args.suite is not None else [])
+    goals = ([["package", *args.package]] if args.package else []) + \
+        ([["test", *(args.suite or ["::"])]] if args.suite is not None else [])
     rows = []
     try:
         with remote_cache(scratch / "cache", pex=root / "dist" / SERVE_PEX, max_size="200G") as cache:
@@ -92,21 +114,22 @@ def main() -> None:
             reader = scratch_clone(scratch / "a-reader-elsewhere")
             for goal, (cold_s, wrote) in zip(goals, cold):
                 print(f"{' '.join(goal)}: warm, reading it ...", file=sys.stderr, flush=True)
+                sent_before = loopback_bytes()
                 warm_s, read = timed(goal, reader, clone_env(scratch / "reader-caches", cache.address, False,
                                                              args.cold_downloads))
-                rows.append((" ".join(goal), cold_s, warm_s, disk_bytes(scratch / "reader-caches" / "lmdb_store"),
+                downloaded = loopback_bytes() - sent_before
+                rows.append((" ".join(goal), cold_s, warm_s, downloaded, disk_bytes(scratch / "reader-caches" / "lmdb_store"),
                              cache.size_bytes(), wrote.get("remote_cache_write_successes", 0),
-                             read.get("remote_cache_requests_cached", 0),
-                             read.get("remote_cache_requests_uncached", 0),
-                             read.get("remote_cache_request_timeouts", 0)))
+                             *(read.get(f"remote_cache_{name}", 0) for name, _ in READ_COUNTERS)))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    print(f"{'goal':<20}{'cold s':>9}{'warm s':>9}{'warm/cold':>11}{'store MB':>10}{'cache MB':>10}"
-          f"{'written':>9}{'hits':>7}{'misses':>8}{'timeouts':>10}")
-    for name, cold, warm, stored, size, written, hits, misses, timeouts in rows:
-        print(f"{name:<20}{cold:>9.1f}{warm:>9.1f}{warm / cold:>10.1%}{stored / 1e6:>10.1f}{size / 1e6:>10.1f}"
-              f"{written:>9}{hits:>7}{misses:>8}{timeouts:>10}")
+    print(f"{'goal':<20}{'cold s':>9}{'warm s':>9}{'warm/cold':>11}{'got MB':>9}{'store MB':>10}{'cache MB':>10}"
+          f"{'written':>9}" + "".join(f"{title:>{len(title) + 2}}" for _, title in READ_COUNTERS))
+    for name, cold, warm, downloaded, stored, size, written, *read in rows:
+        print(f"{name:<20}{cold:>9.1f}{warm:>9.1f}{warm / cold:>10.1%}{downloaded / 1e6:>9.1f}{stored / 1e6:>10.1f}"
+              f"{size / 1e6:>10.1f}"
+              f"{written:>9}" + "".join(f"{n:>{len(title) + 2}}" for n, (_, title) in zip(read, READ_COUNTERS)))
 
 
 if __name__ == "__main__":

@@ -84,6 +84,8 @@ def test_a_clone_with_empty_caches_gets_the_same_image_from_the_cache(clones) ->
     # Every process the reader looked up, it found: nothing missed, nothing ran again. How many
     # it looks up varies a little with scheduling (a fresh clone's run: 12 of the 13 stored).
     assert read["remote_cache_requests_uncached"] == 0, read
+    # ... and no lookup failed (the server refused none: serve.py's --max-rpcs).
+    assert read["remote_cache_read_errors"] == 0, read
     assert wrote["remote_cache_write_successes"] - 2 <= read["remote_cache_requests_cached"], (wrote, read)
     assert read["remote_cache_write_attempts"] == 0, read  # a reader writes nothing
     image = digests(writer)
