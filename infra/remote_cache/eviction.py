@@ -15,6 +15,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from remote_cache.cas_layout import blob_files
+
 LOG = logging.getLogger(__name__)
 
 # Evicting down to this fraction of the bound, not just under it, so that a busy cache sweeps
@@ -36,9 +38,9 @@ class Sweep:
     evicted_bytes: int
 
 
-def blobs(objects_dir: Path) -> list[Blob]:
+def blobs(data: Path) -> list[Blob]:
     found = []
-    for entry in objects_dir.glob("*/*"):
+    for entry in blob_files(data):
         try:
             st = entry.stat()
         except FileNotFoundError:  # evicted or replaced meanwhile
@@ -47,9 +49,10 @@ def blobs(objects_dir: Path) -> list[Blob]:
     return found
 
 
-def sweep(objects_dir: Path, max_bytes: int) -> Sweep:
-    """Deletes the least recently used blobs once their total passes `max_bytes`."""
-    found = blobs(objects_dir)
+def sweep(data: Path, max_bytes: int) -> Sweep:
+    """Deletes the least recently used blobs of the CAS under `data` once their total passes
+    `max_bytes`."""
+    found = blobs(data)
     total = sum(b.size for b in found)
     if total <= max_bytes:
         return Sweep(total, 0, 0)
@@ -71,10 +74,10 @@ def sweep(objects_dir: Path, max_bytes: int) -> Sweep:
     return Sweep(total - evicted_bytes, evicted, evicted_bytes)
 
 
-def keep_bounded(objects_dir: Path, max_bytes: int, every_seconds: float, stop: threading.Event) -> None:
+def keep_bounded(data: Path, max_bytes: int, every_seconds: float, stop: threading.Event) -> None:
     """Sweeps every `every_seconds` until `stop` is set (the server's lifetime)."""
     while not stop.wait(every_seconds):
         try:
-            sweep(objects_dir, max_bytes)
+            sweep(data, max_bytes)
         except OSError as e:  # a full disk or a vanished folder must not take the server down
             LOG.warning("remote cache: eviction sweep failed: %s", e)

@@ -2,11 +2,12 @@ import os
 import threading
 from pathlib import Path
 
+from remote_cache.cas_layout import OBJECTS_SUBDIR
 from remote_cache.eviction import LOW_WATERMARK, keep_bounded, sweep
 
 
-def _blob(objects: Path, name: str, size: int, last_used: float) -> Path:
-    path = objects / name[:2] / name[2:]
+def _blob(data: Path, name: str, size: int, last_used: float) -> Path:
+    path = data / OBJECTS_SUBDIR / name[:2] / name[2:]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"x" * size)
     os.utime(path, (last_used, last_used))

@@ -18,8 +18,6 @@ from pathlib import Path
 from remote_cache.eviction import keep_bounded
 
 CONFIG_TEMPLATE = Path(__file__).with_name("buildgrid.yaml")
-# BuildGrid's disk storage keeps blobs under <path>/cas/objects/<2 hex>/<62 hex>.
-OBJECTS_SUBDIR = Path("cas", "objects")
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_MAX_SIZE = "50G"
 DEFAULT_MAX_ACTIONS = 500_000
@@ -89,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     threading.Thread(
         target=keep_bounded,
-        args=(args.data / OBJECTS_SUBDIR, args.max_size, args.sweep_seconds, stop),
+        args=(args.data, args.max_size, args.sweep_seconds, stop),
         name="cas-eviction",
         daemon=True,
     ).start()

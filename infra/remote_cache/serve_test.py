@@ -14,6 +14,7 @@ from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_p
 from buildgrid._protos.google.bytestream import bytestream_pb2, bytestream_pb2_grpc
 from buildgrid.server.app.settings.parser import load_config
 
+from remote_cache.cas_layout import OBJECTS_SUBDIR, blob_files
 from remote_cache.serve import PANTS_RPCS_PER_CLIENT, parse_size, parser, render_config
 
 
@@ -37,7 +38,7 @@ def test_the_rendered_config_is_one_buildgrid_accepts(tmp_path: Path) -> None:
     assert f"path: {tmp_path / 'cache'}" in text
     assert "max-cached-refs: 1000" in text
     # The disk CAS made its folders; the instance is the default one Pants asks for.
-    assert (tmp_path / "cache" / "cas" / "objects").is_dir()
+    assert (tmp_path / "cache" / OBJECTS_SUBDIR).is_dir()
     assert settings["instances"][0]["name"] == ""
 
 
@@ -79,6 +80,9 @@ def test_by_default_it_serves_as_many_rpcs_at_once_as_a_pants_run_sends(tmp_path
         stored = cas.BatchUpdateBlobs(remote_execution_pb2.BatchUpdateBlobsRequest(
             requests=[remote_execution_pb2.BatchUpdateBlobsRequest.Request(digest=digest, data=blob)]))
         assert [r.status.code for r in stored.responses] == [0]
+        # Where cas_layout says (eviction and the tests read the CAS by it).
+        assert [p.relative_to(tmp_path / "cache" / OBJECTS_SUBDIR).parts for p in blob_files(tmp_path / "cache")] \
+            == [(digest.hash[:2], digest.hash[2:])]
         reads = bytestream_pb2_grpc.ByteStreamStub(channel)
         name = f"blobs/{digest.hash}/{digest.size_bytes}"
         # Every stream takes its first chunk and then waits: all are open on the server at once.

@@ -11,9 +11,10 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict, Iterator, List
 
 import pytest
+from remote_cache.cas_layout import blob_files
 
 from testutil.net import free_port
 from testutil.scratch import stop_pid
@@ -26,13 +27,12 @@ _START_TIMEOUT = 60.0
 @dataclass(frozen=True)
 class RunningCache:
     address: str  # grpc://127.0.0.1:<port>, ML_REMOTE_CACHE's form
-    data: Path  # the CAS: <data>/cas/objects/<2 hex>/<62 hex>, one file per blob
+    data: Path  # serve.py's --data: the CAS, laid out as remote_cache.cas_layout says
     log: Path
     pid: int
 
-
-    def blobs(self) -> list:
-        return [p for p in (self.data / "cas" / "objects").glob("*/*") if p.is_file()]
+    def blobs(self) -> List[Path]:
+        return list(blob_files(self.data))
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.blobs())
