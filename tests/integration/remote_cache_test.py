@@ -80,14 +80,18 @@ def clones(tmp_path_factory, cache: RunningCache):
 
 def test_a_clone_with_empty_caches_gets_the_same_image_from_the_cache(clones) -> None:
     writer, reader, _, wrote, read = clones
-    assert wrote["remote_cache_write_successes"] >= 10, wrote
-    # Every process the reader looked up, it found: nothing missed, nothing ran again. How many
-    # it looks up varies a little with scheduling (a fresh clone's run: 12 of the 13 stored).
-    assert read["remote_cache_requests_uncached"] == 0, read
+    counts = {side: {k: v for k, v in counters.items() if k.startswith("remote_cache_")}
+              for side, counters in (("writer", wrote), ("reader", read))}
+    assert wrote["remote_cache_write_successes"] >= 10, counts
+    # Every upload finished before the writer's run ended (pants.toml's session_end_tasks_timeout).
+    assert wrote["remote_cache_write_successes"] == wrote["remote_cache_write_attempts"], counts
+    # The reader looked up every process the writer stored, and found each: nothing ran again.
+    # (Both clones are the same commit, as scratch_repo dates it: images carry their revision.)
+    assert read["remote_cache_requests"] == wrote["remote_cache_write_successes"], counts
+    assert read["remote_cache_requests_cached"] == read["remote_cache_requests"], counts
     # ... and no lookup failed (the server refused none: serve.py's --max-rpcs).
-    assert read["remote_cache_read_errors"] == 0, read
-    assert wrote["remote_cache_write_successes"] - 2 <= read["remote_cache_requests_cached"], (wrote, read)
-    assert read["remote_cache_write_attempts"] == 0, read  # a reader writes nothing
+    assert read["remote_cache_read_errors"] == 0, counts
+    assert read["remote_cache_write_attempts"] == 0, counts  # a reader writes nothing
     image = digests(writer)
     assert image and any(name.startswith("image/blobs/") for name in image)
     assert digests(reader) == image

@@ -17,11 +17,17 @@ from typing import Dict, Mapping, Sequence
 GITIGNORE = "/dist/\n/.pants.d/\n/.pids/\n"
 
 
-def git(repo: Path, *args: str) -> str:
-    """Runs git in `repo` as a test user; its standard output."""
+# The date of a scratch repository's first commit: the same tree is then the same commit (as two
+# clones of one commit are), whenever it is made. Images are labelled with their commit, so two
+# scratch copies made a second apart would otherwise never share an image build.
+INITIAL_COMMIT_DATE = "2020-01-01T00:00:00+00:00"
+
+
+def git(repo: Path, *args: str, env: Mapping[str, str] = {}) -> str:
+    """Runs git in `repo` as a test user, with `env` added to the environment; its standard output."""
     return subprocess.run(
         ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
-        cwd=repo, check=True, capture_output=True, text=True,
+        cwd=repo, check=True, capture_output=True, text=True, env={**os.environ, **env},
     ).stdout
 
 
@@ -39,7 +45,7 @@ def scratch_repo(destination: Path, tops: Sequence[str], *, ignore: Sequence[str
                  ignore_in: Mapping[str, Sequence[str]] = {}, append: Mapping[str, str] = {}) -> Path:
     """Copies the top-level entries `tops` of the repository (the current directory: in a test
     sandbox, the files //:repo puts there) into `destination` and makes it a git repository on
-    branch `main` with one commit, "initial"; returns `destination`.
+    branch `main` with one commit, "initial" (dated INITIAL_COMMIT_DATE); returns `destination`.
 
     Names matching the glob patterns `ignore` are left out everywhere, those of `ignore_in[top]`
     under `top` too, and tests/integration (the tests that call this) always. Before the commit, each
@@ -62,7 +68,8 @@ def scratch_repo(destination: Path, tops: Sequence[str], *, ignore: Sequence[str
     (destination / ".gitignore").write_text(GITIGNORE)
     git(destination, "init", "-q", "-b", "main")
     git(destination, "add", "-A")
-    git(destination, "commit", "-q", "-m", "initial")
+    git(destination, "commit", "-q", "-m", "initial",
+        env={"GIT_AUTHOR_DATE": INITIAL_COMMIT_DATE, "GIT_COMMITTER_DATE": INITIAL_COMMIT_DATE})
     return destination
 
 
