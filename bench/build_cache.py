@@ -16,7 +16,7 @@ of the reader's lookups. Pants' named caches (downloaded wheels, never part of a
 key) are this machine's, unless --cold-downloads gives each clone empty ones (then the cold
 build downloads every wheel again).
 
-Usage: ./pants run bench/remote_cache.py -- [--package SPEC ...] [--suite [SPEC ...]] [--cold-downloads]
+Usage: ./pants run bench/build_cache.py -- [--package SPEC ...] [--suite [SPEC ...]] [--cold-downloads]
 """
 
 from __future__ import annotations
