@@ -8,6 +8,7 @@ server on it and keeps the CAS under `--max-size` (eviction.py). One process: st
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import string
@@ -15,6 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
+from remote_cache.access_token import TOKEN_ALGORITHM, read_secret
 from remote_cache.eviction import keep_bounded
 
 CONFIG_TEMPLATE = Path(__file__).with_name("buildgrid.yaml")
@@ -26,6 +28,14 @@ DEFAULT_SWEEP_SECONDS = 60.0
 PANTS_RPCS_PER_CLIENT = 256
 DEFAULT_MAX_RPCS = 4 * PANTS_RPCS_PER_CLIENT
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+# With --token-secret: the subjects (a token's `sub`) that may write. CI on main, by convention.
+DEFAULT_WRITERS = "ci-main"
+# What a token that may only read may ask for (BuildGrid checks each RPC by its method's name):
+# looking results up and fetching blobs. Everything else (UpdateActionResult, BatchUpdateBlobs,
+# ByteStream Write) is a writer's.
+READ_REQUESTS = ("GetCapabilities", "GetActionResult", "FindMissingBlobs", "BatchReadBlobs", "GetTree", "Read")
+# Beside the rendered config in --data: who may read and write (BuildGrid's acl-config).
+ACL_FILE = "acl.yaml"
 
 
 def parse_size(text: str) -> int:
@@ -64,7 +74,74 @@ def parser() -> argparse.ArgumentParser:
                         f"Pants run opens up to {PANTS_RPCS_PER_CLIENT} at once (its "
                         "remote_store_rpc_concurrency + remote_cache_rpc_concurrency): give this "
                         "that times the builds running at the same time.")
+    p.add_argument("--tls-cert", type=Path,
+                   help="PEM certificate (with its chain) to serve TLS with, given with --tls-key. "
+                        "Pants then uses ML_REMOTE_CACHE=grpcs://<host:port>, and "
+                        "PANTS_REMOTE_CA_CERTS_PATH=<CA file> for a private CA. Without it the "
+                        "cache speaks plain gRPC: keep it to a network you trust.")
+    p.add_argument("--tls-key", type=Path, help="The private key (PEM) of --tls-cert.")
+    p.add_argument("--token-secret", type=Path,
+                   help="File holding the secret that signs access tokens "
+                        f"({TOKEN_ALGORITHM} JWTs; `./pants run infra/remote_cache:token` issues "
+                        "them): every RPC must then carry a valid, unexpired one (Pants: "
+                        "PANTS_REMOTE_OAUTH_BEARER_TOKEN_PATH=<token file>). Without it anyone who "
+                        "reaches the address reads and writes. Make one with `openssl rand -hex 32`.")
+    p.add_argument("--writers",
+                   help=f"With --token-secret: the token subjects that may write, a regular "
+                        f"expression the whole subject must match (default {DEFAULT_WRITERS}); "
+                        "every other valid token only reads.")
     return p
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses, saying what to give, what BuildGrid would only fail on later or take silently."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        p.error("--tls-cert and --tls-key go together: give both (TLS) or neither (plain gRPC).")
+    if args.writers is not None and args.token_secret is None:
+        p.error("--writers needs --token-secret: without tokens everyone writes.")
+    for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is not None and not path.is_file():
+            p.error(f"{option} {path}: no such file.")
+    if args.token_secret is not None:
+        try:
+            read_secret(args.token_secret)
+        except ValueError as e:
+            p.error(f"--token-secret {e}")
+    if args.writers is not None:
+        try:
+            re.compile(args.writers)
+        except re.error as e:
+            p.error(f"--writers {args.writers!r} is not a regular expression: {e}.")
+
+
+def _yaml_string(value: object) -> str:
+    return json.dumps(str(value))  # a JSON string is a YAML string, quoted and escaped
+
+
+def channel_security(args: argparse.Namespace) -> str:
+    """The `!channel`'s TLS settings, indented as buildgrid.yaml places them."""
+    if args.tls_cert is None:
+        return "    insecure-mode: true"
+    return ("    insecure-mode: false\n"
+            "    credentials:\n"
+            f"      tls-server-key: {_yaml_string(args.tls_key.resolve())}\n"
+            f"      tls-server-cert: {_yaml_string(args.tls_cert.resolve())}")
+
+
+def access_control(args: argparse.Namespace, acl_path: Path) -> str:
+    """The config's `authorization` section, and the ACL it names written to `acl_path`: any
+    valid token reads, the writers' also write. Empty without --token-secret (no checks)."""
+    if args.token_secret is None:
+        return ""
+    writers = args.writers if args.writers is not None else DEFAULT_WRITERS
+    # BuildGrid matches a subject from its start (re.match); \Z makes it the whole subject.
+    acl = {args.instance: {"allow": [{"requests": list(READ_REQUESTS)}, {"subject": f"(?:{writers})\\Z"}]}}
+    acl_path.write_text(json.dumps(acl, indent=2) + "\n")  # JSON is YAML
+    return ("authorization:\n"
+            "  method: jwt\n"
+            f"  algorithm: {TOKEN_ALGORITHM.lower()}\n"
+            f"  secret: {_yaml_string(args.token_secret.resolve())}\n"
+            f"  acl-config: {_yaml_string(acl_path.resolve())}\n")
 
 
 def render_config(args: argparse.Namespace, config_path: Path) -> Path:
@@ -74,13 +151,17 @@ def render_config(args: argparse.Namespace, config_path: Path) -> Path:
         max_actions=args.max_actions,
         instance=f'"{args.instance}"',
         max_rpcs=args.max_rpcs,
+        channel_security=channel_security(args),
+        authorization=access_control(args, config_path.with_name(ACL_FILE)),
     )
     config_path.write_text(text)
     return config_path
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    check_args(p, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.data.mkdir(parents=True, exist_ok=True)
     config = render_config(args, args.data / "buildgrid.yaml")
@@ -91,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         name="cas-eviction",
         daemon=True,
     ).start()
-    print(f"remote cache: grpc://{args.address}, blobs in {args.data} (at most {args.max_size:,} bytes)",
-          file=sys.stderr, flush=True)
+    scheme = "grpc" if args.tls_cert is None else "grpcs"
+    tokens = "" if args.token_secret is None else ", tokens required"
+    print(f"remote cache: {scheme}://{args.address}{tokens}, blobs in {args.data} "
+          f"(at most {args.max_size:,} bytes)", file=sys.stderr, flush=True)
     from buildgrid.server.app.cli import cli  # BuildGrid's own `bgd` command
 
     try:

@@ -1,6 +1,7 @@
 import argparse
 import contextlib
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -14,8 +15,9 @@ from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_p
 from buildgrid._protos.google.bytestream import bytestream_pb2, bytestream_pb2_grpc
 from buildgrid.server.app.settings.parser import load_config
 
+from remote_cache.access_token import issue
 from remote_cache.cas_layout import OBJECTS_SUBDIR, blob_files
-from remote_cache.serve import PANTS_RPCS_PER_CLIENT, parse_size, parser, render_config
+from remote_cache.serve import ACL_FILE, PANTS_RPCS_PER_CLIENT, check_args, parse_size, parser, render_config
 
 
 def test_sizes() -> None:
@@ -40,6 +42,42 @@ def test_the_rendered_config_is_one_buildgrid_accepts(tmp_path: Path) -> None:
     # The disk CAS made its folders; the instance is the default one Pants asks for.
     assert (tmp_path / "cache" / OBJECTS_SUBDIR).is_dir()
     assert settings["instances"][0]["name"] == ""
+    assert "insecure-mode: true" in text and "authorization" not in settings
+
+
+def test_with_tls_and_tokens_the_rendered_config_is_one_buildgrid_accepts(tmp_path: Path) -> None:
+    for name in ("tls.pem", "tls.key", "secret"):
+        (tmp_path / name).write_text(f"{name} " * 8 + "\n")  # BuildGrid reads them when it starts, not here
+    args = parser().parse_args(["--data", str(tmp_path / "cache"), "--tls-cert", str(tmp_path / "tls.pem"),
+                                "--tls-key", str(tmp_path / "tls.key"), "--token-secret", str(tmp_path / "secret"),
+                                "--writers", "ci-main|release-.*"])
+    (tmp_path / "cache").mkdir()
+    settings = load_config(str(render_config(args, tmp_path / "cache" / "buildgrid.yaml")))
+    channel = settings["server"][0]
+    assert channel.insecure_mode is False
+    assert channel.credentials == {"tls-server-key": str(tmp_path / "tls.key"),
+                                   "tls-server-cert": str(tmp_path / "tls.pem")}
+    assert settings["authorization"] is not None
+    acl = json.loads((tmp_path / "cache" / ACL_FILE).read_text())
+    assert acl[""]["allow"][1] == {"subject": "(?:ci-main|release-.*)\\Z"}
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--tls-cert", "tls.pem"], "--tls-cert and --tls-key go together"),
+    (["--writers", "ci-main"], "--writers needs --token-secret"),
+    (["--token-secret", "missing"], "--token-secret missing: no such file"),
+    (["--token-secret", "short"], "holds 14 bytes: write a secret of 32 or more into it"),
+    (["--token-secret", "secret", "--writers", "ci-(main"], "is not a regular expression"),
+])
+def test_a_mistaken_option_is_refused_saying_what_to_give(tmp_path: Path, monkeypatch, capsys, argv, says) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("tls.pem", "secret"):
+        (tmp_path / name).write_text("x" * 32 + "\n")
+    (tmp_path / "short").write_text("a-short-secret\n")
+    p = parser()
+    with pytest.raises(SystemExit):
+        check_args(p, p.parse_args(["--data", "cache", *argv]))
+    assert says in capsys.readouterr().err
 
 
 def _free_port() -> int:
@@ -49,12 +87,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _serving(data: Path) -> Iterator[grpc.Channel]:
+def _serving(data: Path, *options: str) -> Iterator[grpc.Channel]:
     port = _free_port()
     # This test's own interpreter and path: serve.py as `./pants run` starts it, with its defaults.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     proc = subprocess.Popen([sys.executable, "-m", "remote_cache.serve", "--data", str(data),
-                             "--address", f"127.0.0.1:{port}"], env=env,
+                             "--address", f"127.0.0.1:{port}", *options], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -96,3 +134,56 @@ def test_by_default_it_serves_as_many_rpcs_at_once_as_a_pants_run_sends(tmp_path
         for stream in streams:
             stream.cancel()
     assert refused == [], f"{len(refused)} of {PANTS_RPCS_PER_CLIENT} reads refused: {set(refused)}"
+
+
+def test_with_a_token_secret_any_valid_token_reads_and_only_a_writers_writes(tmp_path: Path) -> None:
+    """What each holder may do, RPC by RPC, as Pants sends them (its bearer token in the
+    `authorization` header)."""
+    secret = tmp_path / "secret"
+    key, other = "0123456789abcdef" * 4, "fedcba9876543210" * 4
+    secret.write_text(key + "\n")
+    tokens = {"ci-main": issue(key, "ci-main", days=1),
+              "a developer": issue(key, "alice", days=1),
+              "ci-main, expired": issue(key, "ci-main", days=1, now=0),
+              "ci-main, signed with another secret": issue(other, "ci-main", days=1),
+              "a subject that only starts like a writer's": issue(key, "ci-main-fork", days=1),
+              "no token": None}
+    blob = b"a blob"
+    digest = remote_execution_pb2.Digest(hash=hashlib.sha256(blob).hexdigest(), size_bytes=len(blob))
+    write = remote_execution_pb2.BatchUpdateBlobsRequest(
+        requests=[remote_execution_pb2.BatchUpdateBlobsRequest.Request(digest=digest, data=blob)])
+    # Results stored under one action, looked up under another: every lookup let through misses.
+    result = remote_execution_pb2.UpdateActionResultRequest(action_digest=digest, action_result=remote_execution_pb2.ActionResult())
+    unknown = remote_execution_pb2.Digest(hash=hashlib.sha256(b"never run").hexdigest(), size_bytes=9)
+    lookup = remote_execution_pb2.GetActionResultRequest(action_digest=unknown)
+    missing = remote_execution_pb2.FindMissingBlobsRequest(blob_digests=[digest])
+
+    def outcome(call, request, token):
+        metadata = [] if token is None else [("authorization", f"Bearer {token}")]
+        try:
+            call(request, metadata=metadata)
+            return "ok"
+        except grpc.RpcError as e:
+            return e.code().name
+
+    seen = {}
+    with _serving(tmp_path / "cache", "--token-secret", str(secret)) as channel:
+        cas = remote_execution_pb2_grpc.ContentAddressableStorageStub(channel)
+        actions = remote_execution_pb2_grpc.ActionCacheStub(channel)
+        for holder, token in tokens.items():
+            seen[holder] = {"find missing blobs": outcome(cas.FindMissingBlobs, missing, token),
+                            "look up a result": outcome(actions.GetActionResult, lookup, token),
+                            "store a blob": outcome(cas.BatchUpdateBlobs, write, token),
+                            "store a result": outcome(actions.UpdateActionResult, result, token)}
+    refused = {rpc: "UNAUTHENTICATED" for rpc in seen["no token"]}
+    # A lookup let through is NOT_FOUND (a miss), a refused one UNAUTHENTICATED.
+    assert seen == {
+        "ci-main": {"find missing blobs": "ok", "look up a result": "NOT_FOUND", "store a blob": "ok",
+                    "store a result": "ok"},
+        "a developer": {"find missing blobs": "ok", "look up a result": "NOT_FOUND", "store a blob": "UNAUTHENTICATED",
+                        "store a result": "UNAUTHENTICATED"},
+        "ci-main, expired": refused,
+        "ci-main, signed with another secret": refused,
+        "a subject that only starts like a writer's": seen["a developer"],
+        "no token": refused,
+    }
