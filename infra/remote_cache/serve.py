@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         daemon=True,
     ).start()
     scheme = "grpc" if args.tls_cert is None else "grpcs"
+    if args.token_secret is not None and args.tls_cert is None:
+        print("remote cache: tokens over plain gRPC can be read by anyone on the network between a "
+              "client and here: add --tls-cert and --tls-key off this machine", file=sys.stderr, flush=True)
     tokens = "" if args.token_secret is None else ", tokens required"
     print(f"remote cache: {scheme}://{args.address}{tokens}, blobs in {args.data} "
           f"(at most {args.max_size:,} bytes)", file=sys.stderr, flush=True)
