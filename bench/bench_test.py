@@ -18,10 +18,12 @@ def test_every_bench_is_here() -> None:
 
 
 @pytest.mark.parametrize("bench", BENCHES, ids=lambda p: p.stem)
-def test_the_bench_starts_and_says_how_to_use_it(bench: Path) -> None:
-    # The sandbox's other source roots and requirements, as `./pants run` gives them.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    result = subprocess.run([sys.executable, str(bench), "--help"], env=env, capture_output=True,
-                            text=True, timeout=120)
+def test_the_bench_starts_and_says_how_to_use_it(bench: Path, tmp_path: Path) -> None:
+    # The sandbox's other source roots and requirements, as `./pants run` gives them ...
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in sys.path if p)}
+    # ... in a git checkout, where `./pants run` runs a bench (several find the repository so).
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    result = subprocess.run([sys.executable, str(bench.resolve()), "--help"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("usage:"), result.stdout[:500]
