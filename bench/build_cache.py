@@ -64,7 +64,7 @@ def loopback_bytes() -> int:
 
 def drop_outputs(clone: Path) -> None:
     """What a goal wrote to dist/ (every image, 16 GB for models/::) is in the clone's store too,
-    and no later goal reads it: the disk for the suite, which needs some 20 GB more."""
+    and no later goal reads it: the disk for the suite (--suite's help says how much)."""
     shutil.rmtree(clone / "dist", ignore_errors=True)
 
 
