@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The shared build cache's figures, measured side by side in one run.
 
-Two scratch clones of the current commit at different paths, each with an empty Pants store and
-execution root of its own, share one BuildGrid on 127.0.0.1 (infra/remote_cache:serve, empty at
-the start):
+Two scratch clones of the current commit at different paths (--same-path: at one), each with an
+empty Pants store and execution root of its own, share one BuildGrid on 127.0.0.1
+(infra/remote_cache:serve, empty at the start):
 
   cold   the first clone builds everything and writes the cache (ML_REMOTE_CACHE_WRITE=true)
   warm   the second clone, as a new CI runner or developer would, reads it
@@ -17,6 +17,7 @@ key) are this machine's, unless --cold-downloads gives each clone empty ones (th
 build downloads every wheel again).
 
 Usage: ./pants run bench/build_cache.py -- [--package SPEC ...] [--suite [SPEC ...]] [--cold-downloads]
+       [--same-path]
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ def main() -> None:
                              "store, 9 GB each, and the suite's sandboxes).")
     parser.add_argument("--cold-downloads", action="store_true",
                         help="Empty named caches too: the cold build downloads every wheel.")
+    parser.add_argument("--same-path", action="store_true",
+                        help="The reader where the writer was, as CI runners of one image check out "
+                             "(on this one machine, they are then alike for the tests that use its "
+                             "tools, as runners with one ML_TEST_MACHINE are, and share their results).")
     args = parser.parse_args()
 
     root = repo_root()
@@ -119,7 +124,7 @@ def main() -> None:
             # The writer's outputs and store are of no more use: the disk for the reader's.
             shutil.rmtree(writer, ignore_errors=True)
             shutil.rmtree(scratch / "writer-caches" / "lmdb_store", ignore_errors=True)
-            reader = scratch_clone(scratch / "a-reader-elsewhere")
+            reader = scratch_clone(scratch / ("writer" if args.same_path else "a-reader-elsewhere"))
             for goal, (cold_s, wrote) in zip(goals, cold):
                 print(f"{' '.join(goal)}: warm, reading it ...", file=sys.stderr, flush=True)
                 sent_before = loopback_bytes()

@@ -3,7 +3,9 @@ its Pants and its caches (HOME), or services they start from them.
 
 A test's environment is part of its cache key, so what such a test found is keyed on the machine
 that found it (ML_TEST_MACHINE): Pants replays it on this machine, as before, and never on another
-one, not even through the shared build cache (README: "The shared build cache"). Every other test
+one, not even through the shared build cache (README: "The shared build cache"), unless the
+machines say they are alike: CI runners of one image set ML_TEST_MACHINE to `.ci/install-deps
+--key` (the OS release and the tools' versions) and share these results too. Every other test
 gets no machine environment at all, so its result is shared by every clone and every CI runner.
 """
 
@@ -22,8 +24,12 @@ _MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 
 
 def machine_id() -> str:
-    """This machine's systemd id (a fresh one on every new VM or CI runner), plus its host name
-    for containers that share an image's id."""
+    """ML_TEST_MACHINE when it is set (machines alike for these tests, e.g. CI runners of one
+    image), else this machine's systemd id (a fresh one on every new VM or CI runner), plus its
+    host name for containers that share an image's id."""
+    given = os.environ.get("ML_TEST_MACHINE", "").strip()
+    if given:
+        return given
     for path in _MACHINE_ID_FILES:
         try:
             with open(path) as f:
