@@ -49,6 +49,7 @@ from ml_image.registry import (
 from ml_image.layers import file_digest
 from testutil.net import free_port
 from testutil.registry import RunningRegistry, require_tool, start_registry
+from testutil.tls import issue_server_certificate
 
 USER, PASSWORD = "ci-user", "s3cret-Pa55word"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -169,14 +170,11 @@ def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
 
 @pytest.fixture(scope="module")
 def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[RunningRegistry, Path]]:
-    """HTTPS with a self-signed certificate for 127.0.0.1, and Basic auth; yields the CA file too."""
+    """HTTPS with a private CA's certificate for 127.0.0.1, and Basic auth; yields the CA file too."""
     root = tmp_path_factory.mktemp("tls-registry")
-    cert, key = root / "tls.pem", root / "tls.key"
-    subprocess.run([require_tool("openssl", "openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1", "-days", "2",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-    with start_registry(root, tls=(cert, key), username=USER, password=PASSWORD) as running:
-        yield running, cert
+    certificate = issue_server_certificate(root / "tls")
+    with start_registry(root, tls=(certificate.cert, certificate.key), username=USER, password=PASSWORD) as running:
+        yield running, certificate.ca
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """TLS as a team's own certificate authority gives it: a private CA, and a server certificate it
 signed for this machine's loopback (localhost and 127.0.0.1), made with the openssl CLI.
 
-A client trusts the CA, not the server's certificate itself: Pants' TLS (rustls) refuses a
-self-signed certificate that is its own CA, as many clients do."""
+A client trusts the CA, not the server's certificate itself, as with a team's own CA; the server's
+certificate is no CA (a leaf certificate with the server-auth usage)."""
 
 from __future__ import annotations
 
